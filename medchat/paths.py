@@ -40,7 +40,11 @@ def config_file() -> Path:
     return config_dir() / "config.toml"
 
 
+# The shipped default adapter is a complete run directory (run card, manifest, metrics, guard index).
+DEFAULT_RUN_DIR = ASSETS_DIR / "default-run"
+
+
 def default_adapter_dir() -> Path | None:
-    """The adapter shipped in assets/adapter, if this install has one."""
-    candidate = ASSETS_DIR / "adapter"
+    """The adapter shipped in assets/default-run/adapter, if this install has one."""
+    candidate = DEFAULT_RUN_DIR / "adapter"
     return candidate if (candidate / "adapter_config.json").is_file() else None
