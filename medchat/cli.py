@@ -1,0 +1,73 @@
+"""`medchat`: the chat app (default), `medchat ask` for one-shot answers, and friends."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from medchat import paths
+from medchat.cli_options import model_options
+
+
+def _show_paths() -> None:
+    rows = {
+        "data": paths.data_dir(),
+        "history": paths.history_db_path(),
+        "config": paths.config_file(),
+        "cache": paths.cache_dir(),
+        "runs": paths.runs_root(),
+        "shipped adapter": paths.default_adapter_dir() or "(none in this install)",
+    }
+    for name, value in rows.items():
+        click.echo(f"{name:>15}: {value}")
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--paths", "show_paths", is_flag=True, help="Print where medchat keeps data, config and cache, then exit.")
+@click.option("--no-history", is_flag=True, help="Incognito: write no conversation history.")
+@model_options
+@click.pass_context
+def main(ctx: click.Context, show_paths: bool, no_history: bool, spec) -> None:
+    """Chat with a local medical assistant model in your terminal.
+
+    Not a doctor: every answer ends with a reminder to consult a licensed physician.
+    """
+    if show_paths:
+        _show_paths()
+        return
+    if ctx.invoked_subcommand is not None:
+        return
+    from medchat.tui.app import run_app
+
+    run_app(spec, no_history=no_history)
+
+
+@main.command()
+@click.argument("question", required=False)
+@click.option("--system", "system_prompt", default=None, help="System prompt (default: medchat's medical one).")
+@click.option("--style", type=click.Choice(["chat", "seed"]), default="chat", show_default=True,
+              help="Prompt format: the model's chat template, or the seed's ### format.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.1, show_default=True)
+@click.option("--stats", is_flag=True, help="Print timing and token counts to stderr.")
+@model_options
+def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, spec):
+    """Answer one QUESTION (or the text piped on stdin), streaming to stdout."""
+    from medchat.ask import run_ask
+    from medchat.engine import GenerationSettings
+
+    if question is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("Give a QUESTION, or pipe one on stdin.")
+        question = sys.stdin.read()
+    if not question.strip():
+        raise click.UsageError("The question is empty.")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  repetition_penalty=repetition_penalty)
+    run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats)
+
+
+# --- subcommands registered by other modules ---

@@ -1,0 +1,50 @@
+"""Click options that build a ModelSpec, shared by medchat, medchat-train and medchat-metrics."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from medchat.model import BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
+from medchat.paths import default_adapter_dir
+
+
+def model_options(func):
+    """Add --base/--adapter/--no-adapter/--quantization/--device/--dtype/--trust-remote-code."""
+    options = [
+        click.option("--base", default=BUNDLED, show_default=True, metavar="ID|DIR|FILE.gguf",
+                     help="Base model: 'bundled' (SmolLM2-135M-Instruct), a Hub id, a local directory or a .gguf file."),
+        click.option("--adapter", type=click.Path(file_okay=False), default=None,
+                     help="LoRA adapter directory. Default: the shipped adapter when the base is the bundled model."),
+        click.option("--no-adapter", is_flag=True, help="Use the base model alone."),
+        click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="auto", show_default=True,
+                     help="auto = 4-bit NF4 on a CUDA GPU, none on CPU."),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                     help="auto = bf16 on CUDA and on CPUs with bf16 instructions, else fp32."),
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Allow a Hub model to run its own Python code (off by default)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        kwargs["spec"] = spec_from_options(
+            kwargs.pop("base"), kwargs.pop("adapter"), kwargs.pop("no_adapter"), kwargs.pop("quantization"),
+            kwargs.pop("device"), kwargs.pop("dtype"), kwargs.pop("trust_remote_code"),
+        )
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def spec_from_options(base, adapter, no_adapter, quantization, device, dtype, trust_remote_code) -> ModelSpec:
+    if adapter and no_adapter:
+        raise click.UsageError("--adapter and --no-adapter contradict each other; pass one.")
+    if adapter is None and not no_adapter and base == BUNDLED:
+        shipped = default_adapter_dir()
+        adapter = str(shipped) if shipped else None
+    return ModelSpec(base=base, adapter=None if no_adapter else adapter, quantization=quantization,
+                     device=device, dtype=dtype, trust_remote_code=trust_remote_code)
