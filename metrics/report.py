@@ -1,0 +1,418 @@
+"""The report: base vs fine-tuned, the experiment table over every run, the probes; rich, markdown, JSON, PNG.
+
+Everything here is built from the files in the run directories (run.json, loss_log.jsonl, eval/results.json,
+eval/examples.jsonl), never from typed-in numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metrics.runs import Run, evaluate_command
+from metrics.scores import ALL_METRICS, LOWER_IS_BETTER, METRIC_LABELS, is_improvement, relative_change
+
+EXPERIMENT_COLUMNS = [
+    ("run", "run"),
+    ("status", "status"),
+    ("learning_rate", "lr"),
+    ("epochs", "epochs"),
+    ("effective_batch", "eff. batch"),
+    ("rougeL", "ROUGE-L"),
+    ("bleu", "BLEU"),
+    ("token_f1", "token F1"),
+    ("perplexity", "perplexity"),
+    ("elapsed_s", "time"),
+    ("notes", "notes"),
+]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_metric(name: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if name == "bleu":
+        return f"{value:.2f}"
+    if name == "perplexity":
+        return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"
+    return f"{value:.4f}"
+
+
+def fmt_change(change: float | None) -> str:
+    return "—" if change is None else f"{change * 100:+.1f}%"
+
+
+def fmt_duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "—"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def fmt_value(value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_settings(results: dict[str, Any]) -> str:
+    s = results.get("settings") or {}
+    decoding = "greedy" if not s.get("temperature") else f"temperature {s.get('temperature')}, top_p {s.get('top_p')}"
+    parts = [
+        decoding,
+        f"max_new_tokens {s.get('max_new_tokens', '?')}",
+        f"repetition_penalty {s.get('repetition_penalty', '?')}",
+        f"no_repeat_ngram_size {s.get('no_repeat_ngram_size', '?')}",
+    ]
+    return ", ".join(parts) + " (same for base and fine-tuned)"
+
+
+def describe_data(results: dict[str, Any]) -> str:
+    data = results.get("data") or {}
+    n = results.get("n_examples", "?")
+    where = data.get("path") or "?"
+    sha = (data.get("sha256") or "")[:12]
+    limit = f", first {data['limit']}" if data.get("limit") else ""
+    return f"{n} held-out examples from {where}{limit}" + (f" (sha256 {sha}…)" if sha else "")
+
+
+# --------------------------------------------------------------------------- the report's data
+
+
+@dataclass
+class Report:
+    experiments: list[dict[str, Any]]
+    details: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    charts: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"experiments": self.experiments, "details": self.details, "notes": self.notes, "charts": self.charts}
+
+
+def experiment_row(run: Run) -> dict[str, Any]:
+    h = run.hyper
+    eff = h.get("effective_batch")
+    if eff is None and isinstance(h.get("batch_size"), int) and isinstance(h.get("grad_accum"), int):
+        eff = h["batch_size"] * h["grad_accum"]
+    row: dict[str, Any] = {
+        "run": run.id,
+        "path": str(run.path),
+        "status": run.status,
+        "preset": run.meta.get("preset"),
+        "learning_rate": h.get("learning_rate"),
+        "epochs": h.get("epochs"),
+        "effective_batch": eff,
+        "elapsed_s": run.meta.get("elapsed_s"),
+        "notes": run.meta.get("notes") or "",
+        "evaluated": run.evaluated,
+    }
+    for name in ("rougeL", "bleu", "token_f1", "perplexity"):
+        row[name] = run.metric("finetuned", name)
+        row[f"{name}_base"] = run.metric("base", name)
+        row[f"{name}_change"] = relative_change(row[f"{name}_base"], row[name])
+    return row
+
+
+def comparison_rows(run: Run) -> list[dict[str, Any]]:
+    rows = []
+    for name in ALL_METRICS:
+        base, tuned = run.metric("base", name), run.metric("finetuned", name)
+        rows.append(
+            {
+                "metric": name,
+                "label": METRIC_LABELS[name],
+                "base": base,
+                "finetuned": tuned,
+                "change": relative_change(base, tuned),
+                "better": is_improvement(name, base, tuned),
+                "lower_is_better": name in LOWER_IS_BETTER,
+            }
+        )
+    return rows
+
+
+def detail(run: Run) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "run": run.id,
+        "path": str(run.path),
+        "status": run.status,
+        "notice": run.notice(),
+        "evaluated": run.evaluated,
+    }
+    if run.results:
+        r = run.results
+        out.update(
+            {
+                "base_model": r.get("base_model_name"),
+                "adapter": r.get("adapter"),
+                "prompt_style": r.get("prompt_style"),
+                "n_examples": r.get("n_examples"),
+                "settings": r.get("settings"),
+                "settings_text": describe_settings(r),
+                "data_text": describe_data(r),
+                "comparison": comparison_rows(run),
+                "probes": list(r.get("probes") or []),
+                "perplexity_note": "perplexity of the reference answers (answer tokens only, training mask)",
+            }
+        )
+    return out
+
+
+def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Report:
+    """Experiment table over `all_runs`; detail sections for `selected` (default: newest evaluated run)."""
+    notes: list[str] = []
+    if selected is None:
+        evaluated = [r for r in all_runs if r.evaluated]
+        selected = evaluated[-1:] if evaluated else []
+        others = len(evaluated) - len(selected)
+        if others > 0:
+            notes.append(f"{others} more evaluated run(s): medchat-metrics report RUN shows their details.")
+    if not all_runs:
+        from medchat import paths
+
+        notes.append(f"No runs found under {paths.runs_root()}. Train one with: medchat-train run")
+    elif not any(r.evaluated for r in all_runs):
+        first = all_runs[-1]
+        notes.append(f"No run has been evaluated yet. Make an evaluation with: {evaluate_command(first.path)}")
+    return Report(experiments=[experiment_row(r) for r in all_runs], details=[detail(r) for r in selected], notes=notes)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def render_json(report: Report) -> str:
+    return json.dumps(_clean(report.as_dict()), indent=2, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def verdict(row: dict[str, Any]) -> str:
+    return {True: "better", False: "worse", None: "same" if row["change"] == 0 else "—"}[row["better"]]
+
+
+def experiment_cells(row: dict[str, Any]) -> list[str]:
+    cells = []
+    for key, _ in EXPERIMENT_COLUMNS:
+        if key in ("rougeL", "bleu", "token_f1", "perplexity"):
+            text = fmt_metric(key, row[key])
+            if row[key] is not None and row.get(f"{key}_change") is not None:
+                text += f" ({fmt_change(row[f'{key}_change'])})"
+            cells.append(text)
+        elif key == "elapsed_s":
+            cells.append(fmt_duration(row[key]))
+        elif key == "status":
+            cells.append(row[key] + ("" if row["evaluated"] else ", not evaluated"))
+        else:
+            cells.append(fmt_value(row[key]))
+    return cells
+
+
+def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str:
+    charts = charts or {}
+    out: list[str] = ["# medchat evaluation report", ""]
+    for d in report.details:
+        out += [f"## Base vs fine-tuned: {d['run']}", ""]
+        if d.get("notice"):
+            out += [f"> **{line}**" if i == 0 else f"> {line}" for i, line in enumerate(d["notice"].splitlines())]
+            out.append("")
+        if not d["evaluated"]:
+            continue
+        out += [
+            f"- base model: `{d.get('base_model')}`, adapter: `{d.get('adapter')}`, prompt style: {d.get('prompt_style')}",
+            f"- data: {d['data_text']}",
+            f"- decoding: {d['settings_text']}",
+            f"- perplexity: {d['perplexity_note']}; lower is better",
+            "",
+        ]
+        rows = [
+            [r["label"], fmt_metric(r["metric"], r["base"]), fmt_metric(r["metric"], r["finetuned"]),
+             fmt_change(r["change"]), verdict(r)]
+            for r in d["comparison"]
+        ]
+        out += _md_table(["metric", "base", "fine-tuned", "change", "verdict"], rows) + [""]
+        if d["run"] in charts:
+            out += [f"![metrics: base vs fine-tuned]({charts[d['run']]})", ""]
+        if d.get("probes"):
+            out += ["### Qualitative probes", ""]
+            for p in d["probes"]:
+                kind = " (out-of-domain probe)" if p.get("kind") == "out_of_domain" else ""
+                out += [f"**{_md_cell(p.get('question'))}**{kind}", ""]
+                out += _md_table(["model", "answer"], [["base", p.get("base", "")], ["fine-tuned", p.get("finetuned", "")]])
+                out.append("")
+    out += ["## Experiments", ""]
+    headers = [label for _, label in EXPERIMENT_COLUMNS]
+    out += _md_table(headers, [experiment_cells(r) for r in report.experiments]) if report.experiments else ["(no runs)"]
+    out += [
+        "",
+        "ROUGE-L, BLEU, token F1 and perplexity are the fine-tuned model's on the run's held-out split, with the "
+        "change against the base model in parentheses. Runs that did not complete are marked as such.",
+        "",
+    ]
+    if "loss" in charts:
+        out += [f"![loss curves]({charts['loss']})", ""]
+    for note in report.notes:
+        out += [f"_{note}_", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- rich
+
+
+def render_rich(report: Report, console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    for d in report.details:
+        title = f"Base vs fine-tuned: {d['run']}"
+        if d.get("notice"):
+            console.print(Text(d["notice"], style="bold yellow"))
+        if not d["evaluated"]:
+            continue
+        table = Table(title=title, caption=f"{d['data_text']}\n{d['settings_text']}")
+        table.add_column("metric")
+        table.add_column("base", justify="right")
+        table.add_column("fine-tuned", justify="right")
+        table.add_column("change", justify="right")
+        for r in d["comparison"]:
+            style = {True: "green", False: "red", None: ""}[r["better"]]
+            label = r["label"] + (" (lower is better)" if r["lower_is_better"] else "")
+            table.add_row(label, fmt_metric(r["metric"], r["base"]), fmt_metric(r["metric"], r["finetuned"]),
+                          Text(fmt_change(r["change"]), style=style))
+        console.print(table)
+        if d.get("probes"):
+            probes = Table(title="Qualitative probes", show_lines=True)
+            probes.add_column("question", ratio=1)
+            probes.add_column("base", ratio=2)
+            probes.add_column("fine-tuned", ratio=2)
+            for p in d["probes"]:
+                q = p.get("question", "") + (" (out of domain)" if p.get("kind") == "out_of_domain" else "")
+                probes.add_row(q, p.get("base", ""), p.get("finetuned", ""))
+            console.print(probes)
+    table = Table(title="Experiments")
+    for key, label in EXPERIMENT_COLUMNS:
+        table.add_column(label, justify="right" if key not in ("run", "status", "notes") else "left")
+    for row in report.experiments:
+        style = "" if row["status"] == "complete" else "yellow"
+        table.add_row(*experiment_cells(row), style=style)
+    console.print(table)
+    for note in report.notes:
+        console.print(Text(note, style="italic"))
+
+
+# --------------------------------------------------------------------------- charts (PNG)
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def loss_series(run: Run) -> dict[str, tuple[list[float], list[float]]]:
+    """{"train": (steps, losses), "eval": (steps, losses)} from loss_log.jsonl."""
+    series: dict[str, tuple[list[float], list[float]]] = {"train": ([], []), "eval": ([], [])}
+    for i, row in enumerate(run.loss_log()):
+        step = row.get("step", i)
+        for kind in ("train", "eval"):
+            value = row.get(f"{kind}_loss")
+            if isinstance(value, (int, float)) and isinstance(step, (int, float)):
+                series[kind][0].append(float(step))
+                series[kind][1].append(float(value))
+    return series
+
+
+def write_charts(all_runs: list[Run], selected: list[Run], out_dir: Path, stem: str = "report") -> dict[str, str]:
+    """Loss curves (one panel per run) and a base-vs-fine-tuned bar chart per selected run; names relative to out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+
+    with_loss = [(r, loss_series(r)) for r in all_runs]
+    with_loss = [(r, s) for r, s in with_loss if s["train"][0] or s["eval"][0]]
+    if with_loss:
+        n = len(with_loss)
+        cols = min(n, 3)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+        for ax, (run, s) in zip(axes.flat, with_loss):
+            if s["train"][0]:
+                ax.plot(*s["train"], label="train loss", color="tab:blue")
+            if s["eval"][0]:
+                ax.plot(*s["eval"], label="eval loss", color="tab:orange", marker="o")
+            title = run.id if run.complete else f"{run.id} ({run.status})"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        fig.tight_layout()
+        name = f"{stem}-loss.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written["loss"] = name
+
+    for run in selected:
+        if not run.evaluated:
+            continue
+        names = ["rouge1", "rouge2", "rougeL", "token_f1", "set_f1", "bleu"]
+        # BLEU is 0-100; show it on the same 0-1 axis
+        scale = {"bleu": 0.01}
+        base = [(run.metric("base", m) or 0.0) * scale.get(m, 1.0) for m in names]
+        tuned = [(run.metric("finetuned", m) or 0.0) * scale.get(m, 1.0) for m in names]
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [4, 1]})
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x], base, width=0.4, label="base", color="tab:gray")
+        ax.bar([i + 0.2 for i in x], tuned, width=0.4, label="fine-tuned", color="tab:green")
+        ax.set_xticks(list(x), [METRIC_LABELS[m] + (" /100" if m == "bleu" else "") for m in names], fontsize=8)
+        ax.set_ylabel("score (higher is better)")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ppl = [run.metric("base", "perplexity") or 0.0, run.metric("finetuned", "perplexity") or 0.0]
+        ax2.bar(["base", "fine-tuned"], ppl, color=["tab:gray", "tab:green"])
+        ax2.set_title("answer perplexity\n(lower is better)", fontsize=9)
+        fig.suptitle(f"{run.id}: base vs fine-tuned", fontsize=10)
+        fig.tight_layout()
+        name = f"{stem}-metrics-{_safe_name(run.id)}.png"
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written[run.id] = name
+    return written
