@@ -71,3 +71,7 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
 
 
 # --- subcommands registered by other modules ---
+
+
+if __name__ == "__main__":
+    main()

@@ -97,6 +97,7 @@ class Stream:
         self.error: BaseException | None = None
         self.truncated_turns = 0
         self.truncated_chars = 0
+        settings.validate()
         tokenizer, model = engine.tokenizer, engine.model
         ids = engine.fit_prompt(messages, settings.max_new_tokens, self)
         cancel_event = self._cancel

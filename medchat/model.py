@@ -174,7 +174,7 @@ def _hub_error(base: str, exc: Exception) -> ModelError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return ModelError(
         f"Could not load {base!r} from the Hugging Face Hub"
-        f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' (no network, or no such model)'}: {exc}. "
+        f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' (no network, or no such model)'}: {str(exc).splitlines()[0]} "
         "Download it where you have internet (`hf download " + base + "`) and pass the local directory, "
         "or use the bundled default (--base bundled)."
     )
