@@ -1,0 +1,782 @@
+"""medchat: the Textual chat app.
+
+The app is thin: the model loads and generates through `medchat.engine`, the history lives in
+`medchat.history`, settings in `medchat.settings`, and the safety surfaces come from `medchat.guard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, ListView, LoadingIndicator, Static
+from textual.worker import Worker, WorkerState
+
+from medchat.history import Conversation, HistoryError, HistoryStore, export_filename, write_export
+from medchat.settings import ChatSettings, SettingsError, load_defaults, save_defaults
+from medchat.textsafe import strip_control
+from medchat.tui import safety
+from medchat.tui.screens import (
+    ConfirmScreen,
+    ExportScreen,
+    HelpScreen,
+    MessageMenuScreen,
+    ModelInfoScreen,
+    SettingsScreen,
+    TextPromptScreen,
+)
+from medchat.tui.widgets import AssistantMessage, ChatInput, ChatView, HistorySidebar, UserMessage
+from medchat.tui.widgets.sidebar import ConversationList
+
+EngineFactory = Callable[[], Any]
+GuardFactory = Callable[[], Any]
+
+_DONE = object()
+
+
+def _title_from(text: str) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "Conversation")
+    return line if len(line) <= 60 else line[:59] + "…"
+
+
+def default_engine_factory(spec, prompt_style: str = "chat") -> EngineFactory:
+    def factory():
+        from medchat.engine import Engine
+        from medchat.model import load
+
+        return Engine(load(spec), prompt_style=prompt_style)
+
+    return factory
+
+
+def default_guard_factory(spec) -> GuardFactory:
+    adapter = getattr(spec, "adapter", None)
+    return lambda: safety.load_guard(adapter)
+
+
+class MedchatApp(App):
+    """Chat with a local medical assistant model."""
+
+    CSS_PATH = "medchat.tcss"
+    TITLE = "medchat"
+    ENABLE_COMMAND_PALETTE = True
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", priority=False),
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+n", "new_conversation", "New"),
+        Binding("ctrl+b,f4", "toggle_sidebar", "History"),
+        Binding("ctrl+f", "search_history", "Search", show=False),
+        Binding("ctrl+t", "rename", "Rename", show=False),
+        Binding("ctrl+s", "export", "Export"),
+        Binding("ctrl+o", "copy_last", "Copy"),
+        Binding("f2", "model_info", "Model"),
+        Binding("f3", "settings", "Settings"),
+        Binding("f5,ctrl+r", "metrics_report", "Report", show=False),
+    ]
+
+    def __init__(
+        self,
+        spec: Any = None,
+        *,
+        no_history: bool = False,
+        history_path: Path | None = None,
+        engine_factory: EngineFactory | None = None,
+        guard_factory: GuardFactory | None = None,
+        prompt_style: str = "chat",
+        cursor_blink: bool = True,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.incognito = no_history
+        self.history_path = history_path
+        self.engine_factory = engine_factory or default_engine_factory(spec, prompt_style)
+        self.guard_factory = guard_factory if guard_factory is not None else default_guard_factory(spec)
+        self.cursor_blink = cursor_blink
+        self.store: HistoryStore | None = None
+        self.history_error: str | None = None
+        self.engine: Any = None
+        self.model_status = "loading"
+        self.model_error: str | None = None
+        self.guard: Any = None
+        self.guard_status = "loading"
+        self._guard_ready = asyncio.Event()
+        self.reminder = safety.physician_reminder()
+        self.conversation: Conversation | None = None
+        self.turns: list[dict] = []
+        self.settings_error: str | None = None
+        try:
+            self.default_settings = load_defaults()
+        except SettingsError as exc:
+            self.default_settings = ChatSettings()
+            self.settings_error = str(exc)
+        self.settings = self.default_settings
+        self.generating = False
+        self._stream: Any = None
+        self._stop_requested = False
+        self._pending: str | None = None
+
+    # ---------------------------------------------------------------- layout
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False, icon="✚")
+        with Horizontal(id="main"):
+            yield HistorySidebar(incognito=self.incognito, id="sidebar")
+            with Vertical(id="chat-column"):
+                yield ChatView(id="chat")
+                with Horizontal(id="status-bar"):
+                    yield LoadingIndicator(id="loading")
+                    yield Static("", id="status")
+                yield ChatInput(id="prompt", placeholder="Ask a medical question · Enter sends · F1 help")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        prompt = self.query_one(ChatInput)
+        prompt.cursor_blink = self.cursor_blink
+        prompt.focus()
+        self.query_one("#sidebar").display = self.size.width >= 120 and not self.incognito
+        if not self.incognito:
+            try:
+                self.store = HistoryStore(self.history_path)
+            except HistoryError as exc:
+                self.history_error = str(exc)
+                self.notify(f"{exc}\nThis session is not saved.", severity="error", timeout=15)
+        if self.settings_error:
+            self.notify(self.settings_error, title="Settings", severity="warning", timeout=15)
+        self._update_title()
+        self.refresh_history()
+        self._set_status("Loading the model… you can type meanwhile.", loading=True)
+        self.load_model()
+
+    def _update_title(self) -> None:
+        title = self.conversation.title if self.conversation else "New conversation"
+        self.title = f"medchat — {title}"
+        self.sub_title = "incognito" if self.incognito else ("not saved" if self.store is None else "")
+
+    def _set_status(self, text: str, *, loading: bool = False, error: bool = False) -> None:
+        status = self.query_one("#status", Static)
+        status.update(Text(text))
+        status.set_class(error, "error")
+        self.query_one("#loading").display = loading
+
+    # ---------------------------------------------------------------- model and guard loading
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load_model(self) -> None:
+        try:
+            engine = self.engine_factory()
+        except Exception as exc:  # a readable message, never a traceback
+            self.call_from_thread(self._model_failed, exc)
+            return
+        self.call_from_thread(self._model_loaded, engine)
+
+    def _model_loaded(self, engine: Any) -> None:
+        self.engine = engine
+        self.model_status = "ready"
+        info = getattr(engine, "info", None)
+        summary = info.summary() if info is not None and hasattr(info, "summary") else "model ready"
+        self._set_status(f"Ready · {summary}")
+        self.load_guard()
+        if self._pending is not None:
+            text, self._pending = self._pending, None
+            self.start_turn(text)
+
+    def _model_failed(self, exc: BaseException) -> None:
+        try:
+            from medchat.model import ModelError
+        except Exception:  # pragma: no cover - the core is always there
+            ModelError = ()  # type: ignore[assignment]
+        if isinstance(exc, ModelError):
+            message = str(exc)
+        else:
+            message = (
+                f"{type(exc).__name__}: {exc}. Try --device cpu, --no-adapter or another --base; "
+                "`medchat --paths` shows where the model cache is."
+            )
+        self.model_status = "failed"
+        self.model_error = message
+        self._pending = None
+        self._set_status(f"The model did not load: {message}", error=True)
+        self.notify(message, title="Model not loaded", severity="error", timeout=30)
+        self.load_guard()
+
+    @work(thread=True, exclusive=True, group="guard", exit_on_error=False)
+    def load_guard(self) -> None:
+        try:
+            guard = self.guard_factory() if self.guard_factory else None
+            status = "ready" if guard is not None else "off"
+        except Exception as exc:
+            guard, status = None, f"unavailable ({type(exc).__name__}: {exc})"
+        self.call_from_thread(self._guard_loaded, guard, status)
+
+    def _guard_loaded(self, guard: Any, status: str) -> None:
+        self.guard = guard
+        self.guard_status = status
+        self._guard_ready.set()
+
+    async def _check_guard(self, text: str) -> dict:
+        await self._guard_ready.wait()
+        if self.guard is None:
+            return {}
+        try:
+            result = await asyncio.to_thread(self.guard.check, text)
+        except Exception as exc:
+            self.log.warning(f"guard check failed: {exc!r}")
+            return {}
+        return safety.result_dict(result)
+
+    # ---------------------------------------------------------------- history
+
+    def refresh_history(self, query: str | None = None) -> None:
+        if self.store is None or self.incognito:
+            return
+        if query is None:
+            try:
+                query = self.query_one("#history-search", Input).value
+            except Exception:
+                query = ""
+        hits = [(h.conversation, h.snippet) for h in self.store.search(query, limit=200)]
+        self.query_one(HistorySidebar).show(hits, self.conversation.id if self.conversation else None)
+
+    @on(Input.Changed, "#history-search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        self.refresh_history(event.value)
+
+    @on(Input.Submitted, "#history-search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(ConversationList).focus()
+
+    @on(ListView.Selected, "#history-list")
+    async def _history_selected(self, event: ListView.Selected) -> None:
+        conversation = getattr(event.item, "conversation", None)
+        if conversation is not None:
+            await self.open_conversation(conversation.id)
+
+    @on(ConversationList.Action)
+    def _history_action(self, event: ConversationList.Action) -> None:
+        conv = event.conversation
+        if event.action == "rename":
+            self._ask_rename(conv)
+        elif event.action == "delete":
+            self._ask_delete(conv)
+        elif event.action == "export":
+            self._ask_export(conv)
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        if self.store is None:
+            return
+        if self.generating:
+            self.notify("Wait for the answer, or press Esc to stop it, before switching.", severity="warning")
+            return
+        try:
+            conv = self.store.get_conversation(conversation_id)
+            messages = self.store.messages(conversation_id)
+        except HistoryError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.conversation = conv
+        try:
+            self.settings = ChatSettings.from_dict(conv.settings, base=self.default_settings)
+        except SettingsError:
+            self.settings = self.default_settings
+        chat = self.query_one(ChatView)
+        await chat.remove_children()
+        self.turns = []
+        widgets = []
+        guard: dict = {}
+        question = ""
+        for message in messages:
+            if message.role == "user":
+                guard = message.guard or {}
+                question = message.content
+                widgets.append(UserMessage(message.content, level=guard.get("ood_level"), message_id=message.id))
+                self.turns.append({"role": "user", "content": message.content})
+            elif message.role == "assistant":
+                widget = AssistantMessage(reminder=self.reminder, message_id=message.id)
+                widget.question = question
+                widgets.append((widget, message, safety.notices(guard)))
+                if message.content:
+                    self.turns.append({"role": "assistant", "content": message.content})
+        for item in widgets:
+            if isinstance(item, tuple):
+                widget, message, notes = item
+                await chat.mount(widget)
+                widget.set_notices(notes)
+                await widget.finish(message.content, message.status, message.stats)
+            else:
+                await chat.mount(item)
+        chat.anchor()
+        self.query_one(ChatInput).set_history([t["content"] for t in self.turns if t["role"] == "user"])
+        self._update_title()
+        self.refresh_history()
+        self.query_one(ChatInput).focus()
+
+    def _ask_rename(self, conv: Conversation | None) -> None:
+        if conv is None or self.store is None:
+            self.notify("Nothing to rename yet: send a message first." if self.store else "History is off.")
+            return
+
+        def done(title: str | None) -> None:
+            if title is None or not title.strip():
+                return
+            try:
+                renamed = self.store.rename_conversation(conv.id, strip_control(title))
+            except HistoryError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            if self.conversation and self.conversation.id == conv.id:
+                self.conversation = renamed
+                self._update_title()
+            self.refresh_history()
+
+        self.push_screen(TextPromptScreen("Rename conversation", conv.title), done)
+
+    def _ask_delete(self, conv: Conversation | None) -> None:
+        if conv is None or self.store is None:
+            return
+
+        async def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.generating and self.conversation and self.conversation.id == conv.id:
+                self.notify("Stop the answer (Esc) before deleting this conversation.", severity="warning")
+                return
+            try:
+                self.store.delete_conversation(conv.id)
+            except HistoryError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            if self.conversation and self.conversation.id == conv.id:
+                await self._reset_conversation()
+            self.refresh_history()
+            self.notify(f"Deleted “{conv.title}”.")
+
+        self.push_screen(ConfirmScreen(f"Delete “{conv.title}” and all its messages?"), done)
+
+    def _ask_export(self, conv: Conversation | None) -> None:
+        if self.store is None and self.turns:
+            conv = None  # incognito: export from memory
+        elif conv is None:
+            self.notify("Nothing to export yet: send a message first.")
+            return
+        default = Path.cwd() / (export_filename(conv) if conv else "medchat-incognito.md")
+
+        def done(choice: tuple[str, Path] | None) -> None:
+            if choice is None:
+                return
+            fmt, path = choice
+            try:
+                if conv is not None and self.store is not None:
+                    out = self.store.export(conv.id, path, fmt, reminder=self.reminder)
+                else:
+                    out = write_export(path, self._memory_export(fmt))
+            except HistoryError as exc:
+                self.notify(str(exc), severity="error", timeout=10)
+                return
+            self.notify(f"Exported to {out}", title="Export", timeout=8)
+
+        self.push_screen(ExportScreen(default), done)
+
+    def _memory_export(self, fmt: str) -> str:
+        """Incognito export: built from what is on screen (nothing was written to disk before)."""
+        import json
+
+        from medchat.history import Message, conversation_markdown
+
+        conv = Conversation(id=0, title="Incognito conversation", created="", updated="",
+                            settings=self.settings.as_dict())
+        messages = []
+        for i, widget in enumerate(self.query_one(ChatView).query("UserMessage, AssistantMessage")):
+            if isinstance(widget, UserMessage):
+                messages.append(Message(i, 0, "user", widget.text, ""))
+            elif isinstance(widget, AssistantMessage):
+                status = widget.status if widget.status in ("stopped", "error") else "complete"
+                messages.append(Message(i, 0, "assistant", widget.text, "", status, widget.stats))
+        if fmt == "json":
+            data = conv.as_dict() | {"messages": [m.as_dict() for m in messages]}
+            return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+        return conversation_markdown(conv, messages, reminder=self.reminder)
+
+    async def _reset_conversation(self) -> None:
+        self.conversation = None
+        self.turns = []
+        self.settings = self.default_settings
+        await self.query_one(ChatView).remove_children()
+        self.query_one(ChatInput).set_history([])
+        self._update_title()
+
+    # ---------------------------------------------------------------- sending and streaming
+
+    @on(ChatInput.Submitted)
+    def _submitted(self, event: ChatInput.Submitted) -> None:
+        text = strip_control(event.text).strip()
+        if not text:
+            return
+        if self.generating:
+            self.notify("An answer is still being generated: press Esc to stop it first.", severity="warning")
+            return
+        if self.model_status == "failed":
+            self.notify(f"The model is not loaded: {self.model_error}", severity="error", timeout=10)
+            return
+        prompt = event.chat_input
+        prompt.remember(text)
+        prompt.clear()
+        if self.engine is None:
+            self._pending = text
+            self.notify("The model is still loading; your message is sent as soon as it is ready.")
+            self.query_one(ChatView).mount(UserMessage(text, level=None)).add_class("pending")
+            return
+        self.start_turn(text)
+
+    def start_turn(self, text: str) -> None:
+        self.generating = True
+        self._stop_requested = False
+        self.run_turn(text)
+
+    @work(exclusive=True, group="generate", exit_on_error=False)
+    async def run_turn(self, text: str) -> None:
+        chat = self.query_one(ChatView)
+        try:
+            await self._run_turn(text, chat)
+        finally:
+            self.generating = False
+            self._stream = None
+
+    async def _run_turn(self, text: str, chat: ChatView) -> None:
+        # The question is committed before the model starts: a crash keeps it.
+        user_message_id = self._save_user(text)
+        for pending in chat.query(".pending"):
+            await pending.remove()
+        user_widget = UserMessage(text, level="checking" if self.guard_status != "off" else None,
+                                  message_id=user_message_id)
+        answer = AssistantMessage(reminder=self.reminder)
+        answer.question = text
+        await chat.mount_all([user_widget, answer])
+        chat.anchor()
+
+        guard_task = asyncio.create_task(self._check_guard(text))
+
+        def apply_guard(task: asyncio.Task) -> None:
+            guard = task.result() if not task.cancelled() and task.exception() is None else {}
+            user_widget.set_level(guard.get("ood_level"), guard.get("ood_score"))
+            answer.set_notices(safety.notices(guard))
+            if guard and user_message_id is not None and self.store is not None:
+                try:
+                    self.store.update_message_guard(user_message_id, guard)
+                except Exception as exc:
+                    self.log.warning(f"saving guard result failed: {exc!r}")
+
+        guard_task.add_done_callback(apply_guard)
+        # Red-flag rules are instant: give the guard a moment so an emergency notice comes first on
+        # screen; it never blocks the answer (a slow check fills its slot above the answer later).
+        if self.guard is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(guard_task), timeout=0.5)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+        messages = [{"role": "system", "content": self.settings.effective_system_prompt}]
+        messages += self.turns + [{"role": "user", "content": text}]
+        self.turns.append({"role": "user", "content": text})
+
+        pieces: list[str] = []
+        status, error, stats = "complete", None, None
+        started = time.perf_counter()
+        first_at: float | None = None
+        stream = None
+        try:
+            generation = self.settings.to_generation()
+            stream = await asyncio.to_thread(self.engine.stream, messages, generation)
+            self._stream = stream
+            if self._stop_requested:
+                stream.cancel()
+            dropped = getattr(stream, "truncated_turns", 0) or 0
+            cut = getattr(stream, "truncated_chars", 0) or 0
+            if dropped:
+                answer.add_note(
+                    f"ⓘ The conversation is longer than the model's context: the oldest {dropped} "
+                    f"message{'s' if dropped != 1 else ''} were left out of this answer."
+                )
+            if cut:
+                answer.add_note(f"ⓘ Your message is too long for the model: its last {cut:,} characters were cut.")
+            iterator = iter(stream)
+            while True:
+                chunk = await asyncio.to_thread(next, iterator, _DONE)
+                if chunk is _DONE:
+                    break
+                if self._stop_requested:
+                    continue  # the model is stopping; what was shown at Esc is what is kept
+                chunk = strip_control(str(chunk))
+                if chunk:
+                    if first_at is None:
+                        first_at = time.perf_counter()
+                    pieces.append(chunk)
+                    await answer.write(chunk)
+        except Exception as exc:
+            status, error = "error", _readable(exc)
+        stream_stats = getattr(stream, "stats", None) if stream is not None else None
+        if stream_stats is not None:
+            stats = stream_stats.as_dict() if hasattr(stream_stats, "as_dict") else dict(vars(stream_stats))
+        if self._stop_requested and status != "error":
+            status = "stopped"
+        if stats is None:
+            elapsed = time.perf_counter() - started
+            stats = {
+                "ttft_s": round(first_at - started, 4) if first_at else None,
+                "tokens": None,
+                "tokens_per_s": None,
+                "elapsed_s": round(elapsed, 4),
+                "stop_reason": "cancelled" if status == "stopped" else ("error" if status == "error" else "eos"),
+            }
+        elif status == "stopped":
+            stats["stop_reason"] = "cancelled"
+        elif status == "error":
+            stats["stop_reason"] = "error"
+        final = strip_control("".join(pieces)).strip()
+        await answer.finish(final, status, stats, error)
+        if error:
+            self.notify(error, title="Generation failed", severity="error", timeout=15)
+        if final:
+            self.turns.append({"role": "assistant", "content": final})
+        answer.message_id = self._save_answer(final, status, stats)
+        self.refresh_history()
+
+    def _save_user(self, text: str) -> int | None:
+        if self.store is None:
+            return None
+        try:
+            if self.conversation is None:
+                model = {}
+                info = getattr(self.engine, "info", None)
+                if info is not None and hasattr(info, "as_dict"):
+                    data = info.as_dict()
+                    model = {k: data.get(k) for k in ("base", "adapter", "quantization", "device", "dtype")}
+                settings = self.settings.as_dict() | {"system_prompt": self.settings.effective_system_prompt}
+                self.conversation = self.store.create_conversation(_title_from(text), settings=settings, model=model)
+                self._update_title()
+            return self.store.add_message(self.conversation.id, "user", text).id
+        except Exception as exc:
+            self._history_failed(exc)
+            return None
+
+    def _save_answer(self, text: str, status: str, stats: dict | None) -> int | None:
+        if self.store is None or self.conversation is None:
+            return None
+        try:
+            return self.store.add_message(self.conversation.id, "assistant", text, status=status, stats=stats).id
+        except Exception as exc:
+            self._history_failed(exc)
+            return None
+
+    def _history_failed(self, exc: Exception) -> None:
+        self.notify(f"Could not save to the history: {exc}", severity="error", timeout=10)
+
+    # ---------------------------------------------------------------- actions
+
+    def action_stop(self) -> None:
+        if not self.generating:
+            if isinstance(self.focused, ConversationList) or isinstance(self.focused, Input):
+                self.query_one(ChatInput).focus()
+            return
+        self._stop_requested = True
+        if self._stream is not None:
+            try:
+                self._stream.cancel()
+            except Exception as exc:
+                self.log.warning(f"cancel failed: {exc!r}")
+        self._set_status("Stopping…")
+
+    async def action_new_conversation(self) -> None:
+        if self.generating:
+            self.notify("Wait for the answer or press Esc to stop it first.", severity="warning")
+            return
+        await self._reset_conversation()
+        self.refresh_history()
+        self.query_one(ChatInput).focus()
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.display = not sidebar.display
+        if sidebar.display and not self.incognito and self.store is not None:
+            self.refresh_history()
+            self.query_one(ConversationList).focus()
+        else:
+            self.query_one(ChatInput).focus()
+
+    def action_search_history(self) -> None:
+        if self.incognito or self.store is None:
+            self.notify("History is off in this session.")
+            return
+        self.query_one("#sidebar").display = True
+        self.query_one("#history-search", Input).focus()
+
+    def action_rename(self) -> None:
+        self._ask_rename(self.conversation)
+
+    def action_export(self) -> None:
+        self._ask_export(self.conversation)
+
+    def action_delete(self) -> None:
+        self._ask_delete(self.conversation)
+
+    def _answers(self) -> list[AssistantMessage]:
+        return [w for w in self.query_one(ChatView).query(AssistantMessage) if w.status != "generating"]
+
+    def action_copy_last(self) -> None:
+        answers = self._answers()
+        if not answers:
+            self.notify("No answer to copy yet.")
+            return
+        self._copy(answers[-1].copy_text(), "the last answer")
+
+    def _copy(self, text: str, what: str) -> None:
+        self.copy_to_clipboard(text)
+        self.notify(f"Copied {what} ({len(text):,} characters) to the clipboard.")
+
+    @on(AssistantMessage.CopyRequested)
+    def _copy_requested(self, event: AssistantMessage.CopyRequested) -> None:
+        self._copy(event.widget.copy_text(), "this answer")
+
+    @on(AssistantMessage.MenuRequested)
+    def _menu_requested(self, event: AssistantMessage.MenuRequested) -> None:
+        widget = event.widget
+
+        def done(choice: str | None) -> None:
+            if choice == "copy":
+                self._copy(widget.copy_text(), "this answer")
+            elif choice == "copy_raw":
+                self._copy(widget.text, "this answer")
+            elif choice == "copy_question":
+                self._copy(widget.question, "the question")
+
+        self.push_screen(MessageMenuScreen(classes="dialog"), done)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self._paths()))
+
+    def _paths(self) -> dict[str, str]:
+        from medchat import paths
+
+        history = "off (--no-history)" if self.incognito else str(self.store.path if self.store else paths.history_db_path())
+        return {"history": history, "config": str(paths.config_file()), "data": str(paths.data_dir()),
+                "cache": str(paths.cache_dir())}
+
+    def action_model_info(self) -> None:
+        info = getattr(self.engine, "info", None)
+        data = info.as_dict() if info is not None and hasattr(info, "as_dict") else None
+        if self.model_status == "ready":
+            status = info.summary() if info is not None and hasattr(info, "summary") else "ready"
+        elif self.model_status == "failed":
+            status = f"Not loaded: {self.model_error}"
+        else:
+            spec = self.spec
+            status = f"Loading {getattr(spec, 'base', 'the model')}…"
+            if spec is not None:
+                data = {k: getattr(spec, k) for k in ("base", "adapter", "quantization", "device", "dtype")}
+        extra = {"guard": self.guard_status, "settings": _settings_line(self.settings)}
+        extra |= self._paths()
+        self.push_screen(ModelInfoScreen(status, data, extra))
+
+    def action_settings(self) -> None:
+        def done(result: tuple[ChatSettings, bool] | None) -> None:
+            if result is None:
+                return
+            settings, as_default = result
+            self.settings = settings
+            if self.conversation is not None and self.store is not None:
+                data = settings.as_dict() | {"system_prompt": settings.effective_system_prompt}
+                try:
+                    self.store.update_settings(self.conversation.id, data)
+                except Exception as exc:
+                    self._history_failed(exc)
+            if as_default:
+                try:
+                    path = save_defaults(settings)
+                except OSError as exc:
+                    self.notify(f"Could not write the config file: {exc}", severity="error")
+                    return
+                self.default_settings = settings
+                self.notify(f"Saved as defaults in {path}")
+            else:
+                self.notify("Settings saved for this conversation." if self.conversation else
+                            "Settings apply to this conversation.")
+
+        self.push_screen(SettingsScreen(self.settings, allow_default=not self.incognito), done)
+
+    def action_metrics_report(self) -> None:
+        try:
+            from metrics.view import ReportScreen
+        except Exception as exc:
+            self.notify(
+                f"The metrics report view is not available ({type(exc).__name__}: {exc}). "
+                "Run `medchat-metrics show` in a terminal instead.",
+                severity="warning",
+                timeout=10,
+            )
+            return
+        try:
+            self.push_screen(ReportScreen())
+        except Exception as exc:
+            self.notify(f"The metrics report could not open: {exc}", severity="error", timeout=10)
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        commands = (
+            ("New conversation", "Start an empty conversation (Ctrl+N)", self.action_new_conversation),
+            ("Stop generating", "Stop the answer being generated (Esc)", self.action_stop),
+            ("Copy last answer", "Copy the last answer to the clipboard, over SSH too (Ctrl+O)", self.action_copy_last),
+            ("Toggle history", "Show or hide the conversation list (Ctrl+B)", self.action_toggle_sidebar),
+            ("Search history", "Search all conversations (Ctrl+F)", self.action_search_history),
+            ("Rename conversation", "Give this conversation a new title (Ctrl+T)", self.action_rename),
+            ("Delete conversation", "Delete this conversation and its messages", self.action_delete),
+            ("Export conversation", "Write this conversation to Markdown or JSON (Ctrl+S)", self.action_export),
+            ("Settings", "Temperature, top-p, max tokens, system prompt (F3)", self.action_settings),
+            ("Model info", "What is loaded, and where medchat keeps files (F2)", self.action_model_info),
+            ("Metrics report", "Base vs fine-tuned scores (F5)", self.action_metrics_report),
+            ("Keys", "All key bindings (F1)", self.action_help),
+        )
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+    async def on_unmount(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.cancel()
+            except Exception:
+                pass
+        if self.store is not None:
+            self.store.close()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR and event.worker.group == "generate":
+            self.notify(f"Generation failed: {_readable(event.worker.error)}", severity="error")
+
+
+def _settings_line(settings: ChatSettings) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.generation_dict().items())
+
+
+def _readable(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in ("EngineError", "ModelError") else f"{type(exc).__name__}: {text}"
+
+
+def run_app(
+    spec: Any,
+    *,
+    no_history: bool = False,
+    history_path: Path | None = None,
+    prompt_style: str = "chat",
+) -> None:
+    """Run the chat app in this terminal (called by `medchat`)."""
+    MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style).run()

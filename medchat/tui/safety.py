@@ -1,0 +1,96 @@
+"""The app's view of the guard: load it, check a message, turn the result into plain data.
+
+Works with whatever the guard package provides; if it is missing or fails, the chat goes on without
+indicators (the physician reminder is always shown: a fallback text is used if needed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FALLBACK_REMINDER = (
+    "medchat is not a doctor. Consult a licensed physician about your health, and call your local "
+    "emergency number in an emergency."
+)
+FALLBACK_DOSING_NOTE = "Dosing depends on the person: confirm any dose with a physician or pharmacist."
+
+
+def physician_reminder() -> str:
+    try:
+        from medchat.guard import PHYSICIAN_REMINDER
+    except Exception:
+        return FALLBACK_REMINDER
+    return str(PHYSICIAN_REMINDER)
+
+
+def guard_index_dir(adapter: str | None) -> Path | None:
+    """The guard's reference index for this adapter: <run>/guard_index beside <run>/adapter."""
+    from medchat.paths import DEFAULT_RUN_DIR
+
+    candidates = []
+    if adapter:
+        candidates.append(Path(adapter).parent / "guard_index")
+    candidates.append(DEFAULT_RUN_DIR / "guard_index")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def load_guard(adapter: str | None):
+    from medchat.guard import Guard
+
+    return Guard.load(guard_index_dir(adapter))
+
+
+def result_dict(result: Any) -> dict:
+    """GuardResult -> JSON-able dict {ood_level, ood_score, red_flags: [{rule_id, category, notice}], dosing_note}."""
+    if result is None:
+        return {}
+    if isinstance(result, dict):
+        return result
+    flags = []
+    for flag in getattr(result, "red_flags", None) or []:
+        if isinstance(flag, dict):
+            flags.append(flag)
+        else:
+            flags.append(
+                {
+                    "rule_id": getattr(flag, "rule_id", None),
+                    "category": getattr(flag, "category", None),
+                    "notice": str(getattr(flag, "notice", "") or ""),
+                }
+            )
+    score = getattr(result, "ood_score", None)
+    dosing = getattr(result, "dosing_note", False)
+    return {
+        "ood_level": getattr(result, "ood_level", None),
+        "ood_score": float(score) if score is not None else None,
+        "red_flags": flags,
+        "dosing_note": dosing if isinstance(dosing, str) else bool(dosing),
+    }
+
+
+def notices(guard: dict | None) -> list[str]:
+    """Texts shown before the answer: emergency notices (deduplicated), then the dosing note."""
+    guard = guard or {}
+    out: list[str] = []
+    for flag in guard.get("red_flags") or []:
+        text = (flag or {}).get("notice")
+        if text and text not in out:
+            out.append(text)
+    dosing = guard.get("dosing_note")
+    if dosing:
+        out.append(dosing if isinstance(dosing, str) else _dosing_text())
+    return out
+
+
+def _dosing_text() -> str:
+    try:
+        from medchat import guard as guard_module
+
+        text = getattr(guard_module, "DOSING_NOTE", None)
+    except Exception:
+        text = None
+    return str(text) if text else FALLBACK_DOSING_NOTE

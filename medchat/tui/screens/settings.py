@@ -1,0 +1,76 @@
+"""Settings for this conversation (and optionally the defaults for new ones)."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static, TextArea
+
+from medchat.settings import GENERATION_FIELDS, ChatSettings, SettingsError, field_help
+
+
+class SettingsScreen(ModalScreen):
+    """Returns (ChatSettings, save_as_default: bool) or None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "save", "Save", priority=True)]
+
+    def __init__(self, settings: ChatSettings, *, allow_default: bool = True) -> None:
+        super().__init__(classes="dialog")
+        self.settings = settings
+        self.allow_default = allow_default
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog-box wide", id="settings-box"):
+            yield Static(Text("Settings for this conversation", style="bold"))
+            for name in GENERATION_FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(name.replace("_", " "), classes="field-label")
+                    yield Input(str(getattr(self.settings, name)), id=f"set-{name}", classes="field-input")
+                yield Static(Text(field_help(name), style="dim"), classes="field-help")
+            yield Label("system prompt")
+            yield TextArea(self.settings.effective_system_prompt, id="set-system_prompt", soft_wrap=True)
+            yield Static("", id="settings-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Save (Ctrl+S)", variant="primary", id="save")
+                if self.allow_default:
+                    yield Button("Save as default", id="default")
+                yield Button("Built-in prompt", id="reset-prompt")
+                yield Button("Cancel", id="cancel")
+
+    def _collect(self) -> ChatSettings | None:
+        data: dict = {name: self.query_one(f"#set-{name}", Input).value for name in GENERATION_FIELDS}
+        prompt = self.query_one("#set-system_prompt", TextArea).text
+        data["system_prompt"] = prompt
+        try:
+            return ChatSettings.from_dict(data)
+        except SettingsError as exc:
+            error = self.query_one("#settings-error", Static)
+            error.update(Text(str(exc)))
+            error.add_class("error")
+            return None
+
+    def action_save(self) -> None:
+        settings = self._collect()
+        if settings is not None:
+            self.dismiss((settings, False))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_save()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "cancel":
+            self.dismiss(None)
+        elif event.button.id == "reset-prompt":
+            from medchat.settings import default_system_prompt
+
+            self.query_one("#set-system_prompt", TextArea).load_text(default_system_prompt())
+        else:
+            settings = self._collect()
+            if settings is not None:
+                self.dismiss((settings, event.button.id == "default"))

@@ -1,0 +1,227 @@
+"""Pilot tests of the chat app with a scripted fake engine (real SQLite, real Textual)."""
+
+from __future__ import annotations
+
+import json
+
+from medchat.history import HistoryStore
+from medchat.tui.safety import physician_reminder
+from medchat.tui.widgets import AssistantMessage, ChatInput, UserMessage
+
+from .conftest import FakeEngine, send, wait_idle, wait_ready
+
+
+def _answers(app):
+    return list(app.query(AssistantMessage))
+
+
+async def test_streams_answer_saves_it_and_shows_footer_and_reminder(make_app):
+    engine = FakeEngine([{"chunks": ["**Diabetes** ", "is a ", "chronic disease."]}])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "What is diabetes?")
+        await wait_idle(app, pilot)
+        [answer] = _answers(app)
+        assert answer.text == "**Diabetes** is a chronic disease."
+        assert answer.status == "complete"
+        footer = str(answer.query_one(".footer").render())
+        assert "first token 0.25 s" in footer and "3 tokens" in footer and "12.5 tok/s" in footer and "eos" in footer
+        assert str(answer.query_one(".reminder").render()) == physician_reminder()
+        assert app.query_one(UserMessage).query_one(".ood").render().plain == "● in domain"
+        assert app.query_one(ChatInput).text == ""
+        messages, settings = engine.requests[0]
+        assert messages[0]["role"] == "system" and messages[-1] == {"role": "user", "content": "What is diabetes?"}
+        assert settings.max_new_tokens == 256
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert conv.title == "What is diabetes?"
+        stored = store.messages(conv.id)
+        assert [(m.role, m.content) for m in stored] == [
+            ("user", "What is diabetes?"), ("assistant", "**Diabetes** is a chronic disease.")]
+        assert physician_reminder() not in stored[1].content  # the app adds it on screen, it is not saved
+        assert stored[1].stats["stop_reason"] == "eos"
+        assert stored[0].guard["ood_level"] == "in_domain"
+
+
+async def test_escape_stops_a_stream_that_never_ends_and_keeps_the_partial_answer(make_app):
+    engine = FakeEngine([{"chunks": ["Partial ", "answer"], "hang": True}, {"chunks": ["Second."]}])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "Tell me everything")
+        for _ in range(500):
+            if _answers(app) and _answers(app)[0].text == "Partial answer":
+                break
+            await pilot.pause(0.01)
+        assert app.generating
+        await pilot.press("escape")
+        await wait_idle(app, pilot)
+        [answer] = _answers(app)
+        assert engine.made[0].cancelled  # the model was told to stop, not just the display
+        assert answer.status == "stopped" and answer.text == "Partial answer"
+        assert "stopped" in str(answer.query_one(".marker").render())
+        assert "stopped" in str(answer.query_one(".footer").render())
+        # the conversation goes on, with the partial answer in the model's history
+        await send(app, pilot, "And then?")
+        await wait_idle(app, pilot)
+        messages, _ = engine.requests[1]
+        assert {"role": "assistant", "content": "Partial answer"} in messages
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert [(m.content, m.status) for m in store.messages(conv.id) if m.role == "assistant"] == [
+            ("Partial answer", "stopped"), ("Second.", "complete")]
+
+
+async def test_history_is_resumed_with_its_settings(make_app, isolated_user_dirs):
+    engine = FakeEngine([{"chunks": ["First answer."]}])
+    app = make_app(engine)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "First question")
+        await wait_idle(app, pilot)
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        store.update_settings(conv.id, conv.settings | {"temperature": 0.7})
+
+    engine2 = FakeEngine([{"chunks": ["Follow-up answer."]}])
+    app = make_app(engine2)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_ready(app, pilot)
+        assert app.query_one("#sidebar").display  # wide terminal: the history is shown
+        await pilot.press("ctrl+b")  # hide
+        await pilot.press("ctrl+b")  # show and focus the list
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.conversation is not None and app.conversation.id == conv.id
+        assert [w.text for w in app.query(UserMessage)] == ["First question"]
+        assert [w.text for w in _answers(app)] == ["First answer."]
+        assert app.settings.temperature == 0.7
+        prompt = app.query_one(ChatInput)
+        prompt.focus()
+        await pilot.press("up")
+        assert prompt.text == "First question"  # Up recalls the resumed conversation's prompts
+        prompt.clear()
+        await send(app, pilot, "Second question")
+        await wait_idle(app, pilot)
+        messages, settings = engine2.requests[0]
+        assert [m["content"] for m in messages[1:]] == ["First question", "First answer.", "Second question"]
+        assert settings.temperature == 0.7
+    with HistoryStore() as store:
+        assert len(store.list_conversations()) == 1
+        assert len(store.messages(conv.id)) == 4
+
+
+async def test_incognito_writes_nothing(make_app, isolated_user_dirs):
+    app = make_app(FakeEngine([{"chunks": ["Hi."]}]), no_history=True)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "Secret question")
+        await wait_idle(app, pilot)
+        assert _answers(app)[0].text == "Hi."
+        assert "incognito" in app.sub_title
+    assert not (isolated_user_dirs / "data").exists()
+    assert not (isolated_user_dirs / "config").exists()
+
+
+async def test_emergency_notice_and_out_of_domain_indicator(make_app):
+    app = make_app(FakeEngine([{"chunks": ["Answer."]}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "I have chest pain")
+        await wait_idle(app, pilot)
+        await send(app, pilot, "Who won the football game?")
+        await wait_idle(app, pilot)
+        first, second = _answers(app)
+        assert "EMERGENCY" in str(first.query_one(".notices").render())
+        assert first.query_one(".notices").display
+        assert not second.query_one(".notices").display
+        levels = [w.query_one(".ood").render().plain for w in app.query(UserMessage)]
+        assert levels == ["● in domain", "○ out of domain"]
+
+
+async def test_copy_last_answer_and_any_answer(make_app):
+    app = make_app(FakeEngine([{"chunks": ["One."]}, {"chunks": ["Two."]}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "q1")
+        await wait_idle(app, pilot)
+        await send(app, pilot, "q2")
+        await wait_idle(app, pilot)
+        await pilot.press("ctrl+o")
+        assert app.clipboard == "Two.\n\n" + physician_reminder()
+        first = _answers(app)[0]
+        first.focus()
+        await pilot.press("c")
+        assert app.clipboard.startswith("One.")
+        await pilot.press("enter")  # the answer's menu
+        await pilot.pause()
+        await pilot.press("down", "down", "enter")  # "Copy the question"
+        await pilot.pause()
+        assert app.clipboard == "q1"
+
+
+async def test_export_markdown_and_json(make_app, tmp_path):
+    app = make_app(FakeEngine([{"chunks": ["Drink water."]}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "Dehydration?")
+        await wait_idle(app, pilot)
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        path_input = app.screen.query_one("#export-path")
+        path_input.value = str(tmp_path / "out.md")
+        await pilot.click("#md")
+        await pilot.pause()
+        md = (tmp_path / "out.md").read_text(encoding="utf-8")
+        assert "# Dehydration?" in md and "Drink water." in md and physician_reminder() in md
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        app.screen.query_one("#export-path").value = str(tmp_path / "out.md")
+        await pilot.click("#json")
+        await pilot.pause()
+        data = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+        assert [m["content"] for m in data["messages"]] == ["Dehydration?", "Drink water."]
+
+
+async def test_model_load_failure_is_a_readable_message(make_app):
+    from medchat.model import ModelError
+    from medchat.tui.app import MedchatApp
+
+    def broken():
+        raise ModelError("Adapter directory /x has no adapter_config.json; pass --adapter DIR or --no-adapter.")
+
+    app = MedchatApp(None, engine_factory=broken, guard_factory=lambda: None, cursor_blink=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        assert app.model_status == "failed"
+        status = str(app.query_one("#status").render())
+        assert "did not load" in status and "adapter_config.json" in status
+        await send(app, pilot, "hello")
+        assert not app.query(AssistantMessage)
+        assert app.query_one(ChatInput).text == "hello"  # nothing lost
+
+
+async def test_generation_error_keeps_partial_text_and_is_saved(make_app):
+    engine = FakeEngine([{"chunks": ["Half"], "fail": RuntimeError("CUDA out of memory")}])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "q")
+        await wait_idle(app, pilot)
+        [answer] = _answers(app)
+        assert answer.status == "error" and answer.text == "Half"
+        assert "CUDA out of memory" in str(answer.query_one(".marker").render())
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert store.messages(conv.id)[-1].status == "error"
+
+
+async def test_context_truncation_note(make_app):
+    app = make_app(FakeEngine([{"chunks": ["ok"], "truncated_turns": 4}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "q")
+        await wait_idle(app, pilot)
+        note = app.query_one(AssistantMessage).query_one(".note")
+        assert note.display and "oldest 4 messages were left out" in str(note.render())
