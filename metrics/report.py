@@ -84,6 +84,9 @@ def describe_data(results: dict[str, Any]) -> str:
     data = results.get("data") or {}
     n = results.get("n_examples", "?")
     where = data.get("path") or "?"
+    run_dir = results.get("run_dir")
+    if run_dir and where.startswith(str(run_dir).rstrip("/") + "/"):
+        where = where[len(str(run_dir).rstrip("/")) + 1:]
     sha = (data.get("sha256") or "")[:12]
     limit = f", first {data['limit']}" if data.get("limit") else ""
     return f"{n} held-out examples from {where}{limit}" + (f" (sha256 {sha}…)" if sha else "")
@@ -98,6 +101,7 @@ class Report:
     details: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)
+    selected: list[Run] = field(default_factory=list, repr=False)  # the runs behind `details` (not serialised)
 
     def as_dict(self) -> dict[str, Any]:
         return {"experiments": self.experiments, "details": self.details, "notes": self.notes, "charts": self.charts}
@@ -188,7 +192,8 @@ def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Repo
     elif not any(r.evaluated for r in all_runs):
         first = all_runs[-1]
         notes.append(f"No run has been evaluated yet. Make an evaluation with: {evaluate_command(first.path)}")
-    return Report(experiments=[experiment_row(r) for r in all_runs], details=[detail(r) for r in selected], notes=notes)
+    return Report(experiments=[experiment_row(r) for r in all_runs], details=[detail(r) for r in selected], notes=notes,
+                  selected=list(selected))
 
 
 # --------------------------------------------------------------------------- JSON
@@ -225,18 +230,24 @@ def verdict(row: dict[str, Any]) -> str:
     return {True: "better", False: "worse", None: "same" if row["change"] == 0 else "—"}[row["better"]]
 
 
-def experiment_cells(row: dict[str, Any]) -> list[str]:
+def fmt_lr(value: Any) -> str:
+    return f"{value:.0e}" if isinstance(value, float) and 0 < value < 0.01 else fmt_value(value)
+
+
+def experiment_cells(row: dict[str, Any], changes: bool = True) -> list[str]:
     cells = []
     for key, _ in EXPERIMENT_COLUMNS:
         if key in ("rougeL", "bleu", "token_f1", "perplexity"):
             text = fmt_metric(key, row[key])
-            if row[key] is not None and row.get(f"{key}_change") is not None:
+            if changes and row[key] is not None and row.get(f"{key}_change") is not None:
                 text += f" ({fmt_change(row[f'{key}_change'])})"
             cells.append(text)
         elif key == "elapsed_s":
             cells.append(fmt_duration(row[key]))
         elif key == "status":
             cells.append(row[key] + ("" if row["evaluated"] else ", not evaluated"))
+        elif key == "learning_rate":
+            cells.append(fmt_lr(row[key]))
         else:
             cells.append(fmt_value(row[key]))
     return cells
@@ -293,7 +304,7 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
 # --------------------------------------------------------------------------- rich
 
 
-def render_rich(report: Report, console) -> None:
+def render_rich(report: Report, console, experiments: bool = True) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -323,15 +334,91 @@ def render_rich(report: Report, console) -> None:
                 q = p.get("question", "") + (" (out of domain)" if p.get("kind") == "out_of_domain" else "")
                 probes.add_row(q, p.get("base", ""), p.get("finetuned", ""))
             console.print(probes)
-    table = Table(title="Experiments")
+    if not experiments:
+        return
+    from rich import box
+
+    table = Table(title="Experiments", caption="fine-tuned scores on each run's held-out split; — = not evaluated",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for key, label in EXPERIMENT_COLUMNS:
-        table.add_column(label, justify="right" if key not in ("run", "status", "notes") else "left")
+        if key == "run":
+            table.add_column(label, overflow="fold", min_width=14)
+        elif key == "notes":
+            table.add_column(label, overflow="fold", min_width=8)
+        elif key == "status":
+            table.add_column(label, overflow="fold")
+        else:
+            table.add_column(label, justify="right")
     for row in report.experiments:
         style = "" if row["status"] == "complete" else "yellow"
-        table.add_row(*experiment_cells(row), style=style)
+        cells = experiment_cells(row, changes=False)
+        cells[1] = row["status"]
+        table.add_row(*cells, style=style)
     console.print(table)
     for note in report.notes:
         console.print(Text(note, style="italic"))
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare_table(runs: list[Run]) -> dict[str, Any]:
+    """Runs side by side (fine-tuned scores and change against each run's base), with comparability warnings."""
+    rows, warnings = [], []
+    for run in runs:
+        row: dict[str, Any] = {"run": run.id, "status": run.status, "evaluated": run.evaluated}
+        if run.results:
+            row["n_examples"] = run.results.get("n_examples")
+            row["data_sha256"] = (run.results.get("data") or {}).get("sha256")
+            row["settings"] = run.results.get("settings")
+        for name in ALL_METRICS:
+            row[name] = run.metric("finetuned", name)
+            row[f"{name}_base"] = run.metric("base", name)
+            row[f"{name}_change"] = relative_change(row[f"{name}_base"], row[name])
+        rows.append(row)
+        if not run.evaluated:
+            warnings.append(f"{run.id}: not evaluated yet ({evaluate_command(run.path)}).")
+        elif not run.complete:
+            warnings.append(f"{run.id}: the run is {run.status}; its scores are not a complete run's.")
+    evaluated = [r for r in rows if r["evaluated"]]
+    if len({r.get("data_sha256") for r in evaluated}) > 1:
+        warnings.append("The runs were evaluated on different data: compare the changes against each base, "
+                        "not the absolute scores.")
+    if len({json.dumps(r.get("settings"), sort_keys=True) for r in evaluated}) > 1:
+        warnings.append("The runs were evaluated with different decoding settings: the scores are not comparable.")
+    return {"metrics": list(ALL_METRICS), "rows": rows, "warnings": warnings}
+
+
+def render_compare(table: dict[str, Any], console=None, markdown: bool = False) -> str:
+    headers = ["run", "status", "n"] + [METRIC_LABELS[m] for m in table["metrics"]]
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        out = [row["run"], row["status"], fmt_value(row.get("n_examples"))]
+        for m in table["metrics"]:
+            text = fmt_metric(m, row[m])
+            if row[m] is not None and row.get(f"{m}_change") is not None:
+                text += f" ({fmt_change(row[f'{m}_change'])})"
+            out.append(text)
+        return out
+
+    if markdown:
+        lines = _md_table(headers, [cells(r) for r in table["rows"]])
+        lines += ["", "Fine-tuned scores; in parentheses the change against the same run's base model.", ""]
+        lines += [f"_{w}_" for w in table["warnings"]]
+        return "\n".join(lines).rstrip() + "\n"
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title="Runs compared (fine-tuned, change vs base)")
+    for h in headers:
+        t.add_column(h, justify="left" if h in ("run", "status") else "right")
+    for r in table["rows"]:
+        t.add_row(*cells(r), style="" if r["status"] == "complete" else "yellow")
+    if console is not None:
+        console.print(t)
+        for w in table["warnings"]:
+            console.print(Text(w, style="yellow"))
+    return ""
 
 
 # --------------------------------------------------------------------------- charts (PNG)

@@ -60,8 +60,23 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def run_ref(path: Path) -> str:
+    """The shortest way to name a run on the command line: its id under the runs root, 'default', or its path."""
+    from medchat import paths
+
+    path = Path(path)
+    try:
+        if path.resolve() == Path(paths.DEFAULT_RUN_DIR).resolve():
+            return "default"
+        if path.parent.resolve() == paths.runs_root().resolve():
+            return path.name
+    except OSError:
+        pass
+    return str(path)
+
+
 def evaluate_command(path: Path) -> str:
-    return f"medchat-metrics evaluate {shlex.quote(str(path))}"
+    return f"medchat-metrics evaluate {shlex.quote(run_ref(path))}"
 
 
 @dataclass

@@ -88,6 +88,7 @@ def fake_results(run: Path, *, base: dict[str, float], finetuned: dict[str, floa
     ev.mkdir(parents=True, exist_ok=True)
     results = {
         "schema": 1, "created": "2026-11-20T12:00:00+00:00", "run_id": run.name, "run_status": run_status,
+        "run_dir": str(run),
         "base_model_name": "bundled", "adapter": str(run / "adapter"), "prompt_style": "chat",
         "data": {"path": str(run / "splits" / "eval.jsonl"), "sha256": "ab" * 32, "limit": None},
         "n_examples": len(examples or []),

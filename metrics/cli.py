@@ -1,0 +1,227 @@
+"""medchat-metrics: evaluate base vs fine-tuned, report over every run, browse it in a terminal view."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FORMATS = ("rich", "markdown", "json")
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="medchat", prog_name="medchat-metrics")
+def main() -> None:
+    """Measure base vs fine-tuned models (ROUGE-1/2/L, BLEU, token F1, perplexity), compare runs, show the report.
+
+    \b
+    medchat-metrics evaluate RUN          score a run's held-out split (base and fine-tuned)
+    medchat-metrics report [RUNS...]      tables: base vs fine-tuned, every experiment, probes
+    medchat-metrics compare RUN RUN...    the runs' scores side by side
+    medchat-metrics show [RUNS...]        the interactive report view
+    """
+
+
+@main.command()
+@click.argument("run_or_adapter")
+@click.option("--base", default=None, help="Base model (default: the run's recorded base; 'bundled', a directory, a .gguf).")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL of {question, answer} (default: the run's splits/eval.jsonl; required for a bare adapter).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Prompts per generate call.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.1, show_default=True, help="Same for both models (1.0 = off).")
+@click.option("--no-repeat-ngram-size", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Same for both models (0 = off).")
+@click.option("--probes/--no-probes", default=True, show_default=True, help="Also answer the seed's qualitative probes.")
+@click.option("--allow-incomplete", is_flag=True, help="Score a run that did not complete (marked as such).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where results go (default: RUN/eval, or ADAPTER/eval).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
+@click.option("--quantization", type=click.Choice(["auto", "nf4", "none"]), default="auto", show_default=True)
+def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repetition_penalty, no_repeat_ngram_size,
+             probes, allow_incomplete, out, device, dtype, quantization) -> None:
+    """Generate answers with the base and the fine-tuned model on held-out questions and score them.
+
+    RUN_OR_ADAPTER is a run directory (or run id) made by medchat-train, or a bare LoRA adapter directory
+    (then --data is required). Decoding is greedy with the same repetition guards for both models; the
+    settings are recorded with the results. Predictions are cached: a rerun costs nothing, and an
+    interrupted evaluation resumes where it stopped.
+    """
+    from rich.console import Console
+
+    from metrics.evaluate import EvalError, default_settings, resolve_target
+    from metrics.evaluate import evaluate as run_evaluation
+    from metrics.report import build_report, render_rich
+    from metrics.runs import RunError, load_run
+
+    err = Console(stderr=True)
+    try:
+        target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
+    except (EvalError, RunError) as exc:
+        raise _fail(exc) from None
+    for note in target.notes:
+        err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+    if target.run_status not in (None, "complete"):
+        err.print(f"[yellow]warning:[/] run is {target.run_status}; results are marked as incomplete.", highlight=False)
+    settings = default_settings(max_new_tokens, repetition_penalty, no_repeat_ngram_size)
+    err.print(f"evaluating {target.adapter} against base {target.base!r} on {target.data_path}", highlight=False)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[tuple[str, str], int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+
+        def progress(which: str, phase: str, done: int, total: int) -> None:
+            key = (which, phase)
+            if key not in tasks:
+                label = "fine-tuned" if which == "finetuned" else which
+                tasks[key] = bar.add_task(f"{label}: {'answers' if phase == 'generate' else 'perplexity'}", total=total)
+            bar.update(tasks[key], completed=done)
+
+        try:
+            summary = run_evaluation(target, settings, limit=limit, batch_size=batch_size, probes=probes,
+                                     device=device, dtype=dtype, quantization=quantization, progress=progress)
+        except EvalError as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted. Finished batches are cached: run the same command again to resume.")
+            sys.exit(130)
+
+    gen = summary.generated
+    cached = "all cached, nothing generated" if not summary.loaded else (
+        f"generated {gen['base']} base and {gen['finetuned']} fine-tuned answers")
+    err.print(f"{cached}; results in {summary.results_path}", highlight=False)
+    if target.run_dir is not None:
+        report = build_report([load_run(target.run_dir)], [load_run(target.run_dir)])
+        report.experiments = []  # the experiment table belongs to `report`
+        render_rich(report, Console(), experiments=False)
+    else:
+        _print_bare_summary(summary.results)
+
+
+def _print_bare_summary(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from metrics.report import fmt_change, fmt_metric
+    from metrics.scores import ALL_METRICS, METRIC_LABELS, relative_change
+
+    table = Table(title="Base vs fine-tuned")
+    for col in ("metric", "base", "fine-tuned", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for m in ALL_METRICS:
+        b, f = results["base"].get(m), results["finetuned"].get(m)
+        table.add_row(METRIC_LABELS[m], fmt_metric(m, b), fmt_metric(m, f), fmt_change(relative_change(b, f)))
+    Console().print(table)
+
+
+@main.command()
+@click.argument("runs", nargs=-1)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file; with markdown, PNG charts are written next to it.")
+@click.option("--charts/--no-charts", default=True, show_default=True, help="PNG charts next to a markdown --output.")
+@click.option("--all-runs/--only-given", default=True, show_default=True,
+              help="Experiment table over every recorded run, or only the RUNS given.")
+def report(runs, fmt, output, charts, all_runs) -> None:
+    """The base-vs-fine-tuned table, the experiment table over every run, and the qualitative probes.
+
+    RUNS are run directories or run ids (default: every run; details for the newest evaluated one).
+    """
+    from metrics.report import build_report, render_json, render_markdown, render_rich, write_charts
+    from metrics.runs import RunError, discover_runs, load_run, load_runs
+
+    try:
+        selected = load_runs(list(runs)) if runs else None
+        if all_runs or not runs:
+            every = [load_run(p) for p in discover_runs()]
+            known = {r.path.resolve() for r in every}
+            every += [r for r in (selected or []) if r.path.resolve() not in known]
+        else:
+            every = list(selected or [])
+    except RunError as exc:
+        raise _fail(exc) from None
+    rep = build_report(every, selected)
+    if fmt == "rich" and output is None:
+        from rich.console import Console
+
+        render_rich(rep, Console())
+        return
+    if fmt == "json":
+        text = render_json(rep)
+    elif fmt == "markdown":
+        chart_names: dict[str, str] = {}
+        if output is not None and charts:
+            chart_names = write_charts(every, rep.selected, output.parent, stem=output.stem)
+            rep.charts = [str(output.parent / n) for n in chart_names.values()]
+        text = render_markdown(rep, chart_names)
+    else:  # rich to a file: plain text
+        from rich.console import Console
+
+        with open(output, "w", encoding="utf-8") as handle:
+            render_rich(rep, Console(file=handle, width=160, no_color=True))
+        click.echo(f"wrote {output}", err=True)
+        return
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}" + (f" and {len(rep.charts)} chart(s)" if rep.charts else ""), err=True)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
+def compare(runs, fmt) -> None:
+    """Evaluated runs side by side: every metric, base and each run's fine-tuned model."""
+    from metrics.report import compare_table, render_compare
+    from metrics.runs import RunError, load_runs
+
+    try:
+        loaded = load_runs(list(runs))
+    except RunError as exc:
+        raise _fail(exc) from None
+    table = compare_table(loaded)
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps(table, indent=2))
+        return
+    if fmt == "markdown":
+        click.echo(render_compare(table, markdown=True), nl=False)
+        return
+    from rich.console import Console
+
+    render_compare(table, console=Console())
+
+
+@main.command()
+@click.argument("runs", nargs=-1)
+def show(runs) -> None:
+    """Open the report view (runs, metrics tables, loss chart, per-example browser)."""
+    from metrics.runs import RunError, resolve_run
+
+    try:
+        paths = [resolve_run(r) for r in runs] if runs else None
+    except RunError as exc:
+        raise _fail(exc) from None
+    from metrics.view import ReportApp
+
+    ReportApp(runs=paths).run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

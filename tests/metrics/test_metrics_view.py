@@ -1,0 +1,153 @@
+"""The report view driven by Pilot: opens, lists runs, switches tabs, browses and sorts examples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from textual.app import App
+from textual.widgets import DataTable, Static, TabbedContent
+
+from metrics.view import ReportApp, ReportScreen
+from metrics.view.widgets import ExampleBrowser, MetricsPanel, Notice, RunList
+from metrics_fixtures import populated_runs_root
+
+SIZE = (120, 36)
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def _text(widget: Static) -> str:
+    return str(widget.render())
+
+
+async def test_opens_lists_runs_and_switches_tabs(isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+    app = ReportApp()  # discovers the runs under MEDCHAT_RUNS_DIR
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, ReportScreen)
+        ids = [r.id for r in screen.runs]
+        assert ids[:3] == [p.name for p in paths]
+        assert screen.query_one(RunList).option_count == len(ids)
+        assert screen.current.id == "20261120-100000-qv"  # the newest evaluated run opens first
+        table = screen.query_one("#metrics-table", DataTable)
+        assert table.row_count == 7
+        assert table.get_row("rougeL")[3].plain == "+20.0%"
+        assert table.get_row("perplexity")[3].plain == "-25.0%"
+
+        tabs = screen.query_one(TabbedContent)
+        for key, tab in (("2", "experiments"), ("3", "loss"), ("4", "examples"), ("5", "probes"), ("1", "metrics")):
+            await pilot.press(key)
+            await pilot.pause()
+            assert tabs.active == tab
+        assert screen.query_one("#experiments-table", DataTable).row_count == len(ids)
+        assert "capital of France" in _text(screen.query_one("#probes-text", Static))
+
+
+async def test_example_browser_sorts_by_score_delta(isolated_user_dirs):
+    populated_runs_root(isolated_user_dirs / "runs")
+    app = ReportApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await pilot.pause()
+        screen = app.screen
+        table = screen.query_one("#examples-table", DataTable)
+        order = lambda: [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]  # noqa: E731
+        assert order() == ["2", "0", "1"]  # biggest ROUGE-L gain first
+        detail = screen.query_one("#example-text", Static)
+        assert "What fights bacteria?" in _text(detail)
+        assert "White blood cells." in _text(detail)  # the fine-tuned answer
+        assert "Antibiotics." in _text(detail)  # the base answer
+
+        await pilot.press("s")  # biggest loss first
+        await pilot.pause()
+        assert order() == ["1", "0", "2"]
+        await pilot.press("s")  # data order
+        await pilot.pause()
+        assert order() == ["0", "1", "2"]
+
+        table.focus()
+        await pilot.press("down")
+        await pilot.pause()
+        assert "How does aspirin work?" in _text(detail)
+
+        await pilot.press("s", "m")  # back to gain-first, now by token F1
+        await pilot.pause()
+        browser = screen.query_one(ExampleBrowser)
+        assert browser.metric == "token_f1" and browser.sort_mode == "delta_desc"
+        assert "token F1" in _text(screen.query_one("#examples-status", Static))
+
+
+async def test_incomplete_and_unevaluated_runs_are_explained(isolated_user_dirs):
+    populated_runs_root(isolated_user_dirs / "runs")
+    app = ReportApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        run_list = screen.query_one(RunList)
+        notice = screen.query_one("#metrics-notice", Notice)
+
+        run_list.highlighted = 1  # complete, not evaluated
+        await pilot.pause()
+        assert screen.current.id == "20261121-090000-all-linear"
+        assert "medchat-metrics evaluate 20261121-090000-all-linear" in _text(notice)
+        assert notice.has_class("-shown")
+        assert not screen.query_one("#metrics-table", DataTable).display
+
+        run_list.highlighted = 2  # interrupted
+        await pilot.pause()
+        assert "interrupted" in _text(notice)
+        assert "not scored as a complete run" in _text(notice)
+        assert "interrupted" in _text(screen.query_one("#report-title", Static))
+        await pilot.press("4")
+        await pilot.pause()
+        assert "interrupted" in _text(screen.query_one("#examples-status", Static))
+
+
+async def test_no_runs_says_how_to_make_one(isolated_user_dirs):
+    app = ReportApp(runs=[])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        empty = app.screen.query_one("#report-empty", Static)
+        assert empty.display
+        assert "No runs found" in _text(empty) and "medchat-train" in _text(empty)
+
+
+async def test_model_output_is_shown_as_plain_text(isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+    examples = paths[0] / "eval" / "examples.jsonl"
+    rows = [json.loads(line) for line in examples.read_text().splitlines()]
+    rows[2]["finetuned"]["prediction"] = "[bold]not markup[/bold] \x1b[31mred\x1b[0m"
+    examples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    app = ReportApp(runs=[paths[0]])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await pilot.pause()
+        text = _text(app.screen.query_one("#example-text", Static))
+        assert "[bold]not markup[/bold] red" in text
+        assert "\x1b" not in text
+
+
+async def test_report_screen_is_pushable_from_another_app(isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+
+    class Host(App):
+        def compose(self):
+            yield Static("chat", id="host")
+
+    app = Host()
+    async with app.run_test(size=SIZE) as pilot:
+        app.push_screen(ReportScreen([paths[0]]))
+        await pilot.pause()
+        assert isinstance(app.screen, ReportScreen)
+        assert app.screen.query_one(MetricsPanel).query_one(DataTable).row_count == 7
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, ReportScreen)
+        assert app.query_one("#host", Static)
