@@ -48,7 +48,7 @@ class RunList(OptionList):
     """The runs, newest last, with their status and whether they have been evaluated."""
 
     DEFAULT_CSS = """
-    RunList { width: 36; height: 1fr; border: round $primary 50%; }
+    RunList { width: 32; height: 1fr; border: round $primary 50%; }
     RunList:focus { border: round $primary; }
     """
 
@@ -159,7 +159,8 @@ class ExperimentsTable(DataTable):
         self.clear()
         for i, run in enumerate(runs):
             row = experiment_row(run)
-            cells = experiment_cells(row)
+            cells = experiment_cells(row, changes=False)
+            cells[1] = run.status
             style = "" if run.complete else "yellow"
             self.add_row(*[Text(shorten(c, 40), style=style) for c in cells], key=str(i))
 
@@ -279,7 +280,7 @@ class ExampleBrowser(Vertical):
             style = {True: "green", False: "red", None: ""}[better]
             table.add_row(
                 str(row.get("index", "")),
-                shorten(str(row.get("question", "")), 48),
+                shorten(str(row.get("question", "")), 40),
                 Text(fmt_metric(self.metric, base), justify="right"),
                 Text(fmt_metric(self.metric, tuned), justify="right"),
                 Text("—" if delta is None else f"{delta:+.3f}" if self.metric != "bleu" else f"{delta:+.1f}",
