@@ -1,0 +1,77 @@
+"""Guard test helpers: a deterministic bag-of-words embedder (for tests where the embedder is not the point)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+
+STOPWORDS = frozenset("a an and are by do does for how in is of the to was what when where which who why with".split())
+
+
+class HashEmbedder:
+    """Each word hashes to a fixed random unit vector; a text is the normalised sum of its words."""
+
+    name = "test-hash-embedder"
+    dim = 32
+    loaded = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def load(self):
+        return self
+
+    def _word(self, w: str) -> np.ndarray:
+        seed = int(hashlib.sha256(w.encode()).hexdigest()[:8], 16)
+        return np.random.RandomState(seed).standard_normal(self.dim).astype(np.float32)
+
+    def encode(self, texts, batch_size: int = 64) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            v = sum((self._word(w) for w in re.findall(r"[a-z]+", t.lower()) if w not in STOPWORDS), np.zeros(self.dim, np.float32))
+            n = np.linalg.norm(v)
+            out[i] = v / n if n else v
+        return out
+
+
+MEDICAL = [
+    "what are the symptoms of diabetes",
+    "how is diabetes treated",
+    "what causes high blood pressure",
+    "what are the symptoms of asthma",
+    "how is asthma treated",
+    "what causes kidney disease",
+    "what are the treatments for migraine",
+    "what are the symptoms of migraine",
+    "how is high blood pressure treated",
+    "what causes asthma attacks",
+    "what are the symptoms of kidney disease",
+    "how is migraine diagnosed",
+]
+MEDICAL_CAL = [
+    f"{t} {d}"
+    for d in ("diabetes", "asthma", "migraine", "kidney disease")
+    for t in ("symptoms and treatment of", "best treatment for", "what causes")
+]
+GENERAL = [
+    "who won the world cup in football",
+    "what is the capital city of france",
+    "who wrote the song about the river",
+    "when did the first man land on the moon",
+    "what movie won the oscar for best picture",
+    "where is the tallest mountain in the world",
+    "who played the lead in the film",
+    "what team won the super bowl",
+    "when was the city founded",
+    "who is the president of the country",
+    "what language do they speak in brazil",
+    "what is the population of the city",
+]
+
+
