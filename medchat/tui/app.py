@@ -123,6 +123,7 @@ class MedchatApp(App):
         self._stream: Any = None
         self._stop_requested = False
         self._pending: str | None = None
+        self.ready_status = "Ready"
 
     # ---------------------------------------------------------------- layout
 
@@ -183,7 +184,8 @@ class MedchatApp(App):
         self.model_status = "ready"
         info = getattr(engine, "info", None)
         summary = info.summary() if info is not None and hasattr(info, "summary") else "model ready"
-        self._set_status(f"Ready · {summary}")
+        self.ready_status = f"Ready · {_compact_summary(info) if info is not None else summary}"
+        self._set_status(self.ready_status)
         self.load_guard()
         if self._pending is not None:
             text, self._pending = self._pending, None
@@ -213,6 +215,8 @@ class MedchatApp(App):
         try:
             guard = self.guard_factory() if self.guard_factory else None
             status = "ready" if guard is not None else "off"
+            if guard is not None:
+                guard.check("warm-up")  # loads the embedder now, not on the first question
         except Exception as exc:
             guard, status = None, f"unavailable ({type(exc).__name__}: {exc})"
         self.call_from_thread(self._guard_loaded, guard, status)
@@ -288,7 +292,9 @@ class MedchatApp(App):
         except SettingsError:
             self.settings = self.default_settings
         chat = self.query_one(ChatView)
-        await chat.remove_children()
+        await chat.clear_messages()
+        if messages:
+            chat.hide_welcome()
         self.turns = []
         widgets = []
         guard: dict = {}
@@ -409,7 +415,7 @@ class MedchatApp(App):
         self.conversation = None
         self.turns = []
         self.settings = self.default_settings
-        await self.query_one(ChatView).remove_children()
+        await self.query_one(ChatView).clear_messages()
         self.query_one(ChatInput).set_history([])
         self._update_title()
 
@@ -432,7 +438,11 @@ class MedchatApp(App):
         if self.engine is None:
             self._pending = text
             self.notify("The model is still loading; your message is sent as soon as it is ready.")
-            self.query_one(ChatView).mount(UserMessage(text, level=None)).add_class("pending")
+            chat = self.query_one(ChatView)
+            chat.hide_welcome()
+            pending = UserMessage(text, level=None)
+            pending.add_class("pending")
+            chat.mount(pending)
             return
         self.start_turn(text)
 
@@ -444,11 +454,14 @@ class MedchatApp(App):
     @work(exclusive=True, group="generate", exit_on_error=False)
     async def run_turn(self, text: str) -> None:
         chat = self.query_one(ChatView)
+        self._set_status("Generating… Esc stops")
         try:
             await self._run_turn(text, chat)
         finally:
             self.generating = False
             self._stream = None
+            if self.model_status == "ready":
+                self._set_status(self.ready_status)
 
     async def _run_turn(self, text: str, chat: ChatView) -> None:
         # The question is committed before the model starts: a crash keeps it.
@@ -459,6 +472,7 @@ class MedchatApp(App):
                                   message_id=user_message_id)
         answer = AssistantMessage(reminder=self.reminder)
         answer.question = text
+        chat.hide_welcome()
         await chat.mount_all([user_widget, answer])
         chat.anchor()
 
@@ -727,6 +741,17 @@ class MedchatApp(App):
         except Exception as exc:
             self.notify(f"The metrics report could not open: {exc}", severity="error", timeout=10)
 
+    # Actions of the chat screen; while a dialog is open they are off (F3 must not open a second one).
+    _CHAT_ACTIONS = frozenset({
+        "new_conversation", "toggle_sidebar", "search_history", "rename", "export", "copy_last",
+        "model_info", "settings", "metrics_report", "help", "delete",
+    })
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if (action in self._CHAT_ACTIONS or action == "stop") and len(self.screen_stack) > 1:
+            return False
+        return True
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         commands = (
@@ -758,6 +783,22 @@ class MedchatApp(App):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR and event.worker.group == "generate":
             self.notify(f"Generation failed: {_readable(event.worker.error)}", severity="error")
+
+
+def _compact_summary(info: Any) -> str:
+    """base [+ adapter] · device dtype [· quantization] · params · load time: fits an 80-column status line."""
+    try:
+        parts = [Path(str(info.base)).name or str(info.base)]
+        if info.adapter:
+            parts[0] += f" + {Path(str(info.adapter)).parent.name or Path(str(info.adapter)).name}"
+        parts.append(f"{info.device} {info.dtype}")
+        if info.quantization not in (None, "none"):
+            parts.append(str(info.quantization))
+        parts.append(f"{info.params_total / 1e6:.0f}M")
+        parts.append(f"{info.load_seconds:.1f} s")
+        return " · ".join(parts) + " · F2 details"
+    except Exception:
+        return info.summary() if hasattr(info, "summary") else "model ready"
 
 
 def _settings_line(settings: ChatSettings) -> str:

@@ -106,15 +106,6 @@ def anyio_backend():
     return "asyncio"
 
 
-def pytest_collection_modifyitems(items):
-    # every async test in tests/tui runs on asyncio through anyio's pytest plugin
-    import inspect
-
-    for item in items:
-        if inspect.iscoroutinefunction(getattr(item, "function", None)) and "tests/tui" in str(item.fspath):
-            item.add_marker(pytest.mark.anyio)
-
-
 @pytest.fixture
 def make_app():
     from medchat.tui.app import MedchatApp

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from medchat.history import HistoryStore
 from medchat.tui.safety import physician_reminder
 from medchat.tui.widgets import AssistantMessage, ChatInput, UserMessage
 
 from .conftest import FakeEngine, send, wait_idle, wait_ready
+
+pytestmark = pytest.mark.anyio
 
 
 def _answers(app):

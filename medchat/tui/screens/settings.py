@@ -24,21 +24,22 @@ class SettingsScreen(ModalScreen):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog-box wide", id="settings-box"):
-            yield Static(Text("Settings for this conversation", style="bold"))
+            yield Static(Text("Settings for this conversation", style="bold"), classes="heading")
             for name in GENERATION_FIELDS:
                 with Horizontal(classes="field"):
                     yield Label(name.replace("_", " "), classes="field-label")
-                    yield Input(str(getattr(self.settings, name)), id=f"set-{name}", classes="field-input")
-                yield Static(Text(field_help(name), style="dim"), classes="field-help")
-            yield Label("system prompt")
+                    yield Input(str(getattr(self.settings, name)), id=f"set-{name}", classes="field-input",
+                                compact=True)
+                    yield Static(Text(field_help(name), style="dim"), classes="field-help")
+            yield Label("system prompt", classes="prompt-label")
             yield TextArea(self.settings.effective_system_prompt, id="set-system_prompt", soft_wrap=True)
             yield Static("", id="settings-error")
             with Horizontal(classes="buttons"):
-                yield Button("Save (Ctrl+S)", variant="primary", id="save")
+                yield Button("Save ^s", variant="primary", id="save", compact=True)
                 if self.allow_default:
-                    yield Button("Save as default", id="default")
-                yield Button("Built-in prompt", id="reset-prompt")
-                yield Button("Cancel", id="cancel")
+                    yield Button("Save as default", id="default", compact=True)
+                yield Button("Built-in prompt", id="reset-prompt", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
 
     def _collect(self) -> ChatSettings | None:
         data: dict = {name: self.query_one(f"#set-{name}", Input).value for name in GENERATION_FIELDS}

@@ -33,11 +33,25 @@ class ChatView(VerticalScroll):
         Binding("end", "scroll_end", "Bottom", show=False),
     ]
 
+    WELCOME = (
+        "Ask a health question and press Enter. Answers stream in; Esc stops one.\n"
+        "medchat is a small language model, not a doctor: check what it says with a licensed physician, "
+        "and call your local emergency number in an emergency.\n"
+        "F1 keys · F2 model · F3 settings · Ctrl+B history · Ctrl+P all commands"
+    )
+
+    def compose(self):
+        yield Static(Text(self.WELCOME), id="welcome")
+
     def on_mount(self) -> None:
         self.anchor()
 
-    def clear_messages(self) -> None:
-        self.remove_children()
+    async def clear_messages(self) -> None:
+        await self.query(".message").remove()
+        self.query_one("#welcome").display = True
+
+    def hide_welcome(self) -> None:
+        self.query_one("#welcome").display = False
 
 
 class UserMessage(Vertical):

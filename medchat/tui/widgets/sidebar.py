@@ -13,7 +13,13 @@ from medchat.history import Conversation
 
 
 def short_date(iso: str) -> str:
-    return iso.replace("T", " ")[:16]
+    """Stored times are UTC ISO-8601; show them in local time."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso.replace("T", " ")[:16]
 
 
 class ConversationItem(ListItem):
