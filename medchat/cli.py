@@ -71,6 +71,7 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
 
 
 # --- subcommands registered by other modules ---
+from medchat.history_cli import history as _history; main.add_command(_history)  # noqa: E402,E702 (chat-app)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,37 @@ def test_killing_a_writer_mid_answer_leaves_a_readable_database(tmp_path):
             i = n // 2
             assert msg.content == (f"question {i}" if msg.role == "user" else f"answer {i} " * 500)
         assert msgs[-1].role in ("user", "assistant")
+
+
+def test_history_cli_list_export_delete(isolated_user_dirs, tmp_path):
+    from click.testing import CliRunner
+
+    from medchat.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["history", "list"])
+    assert result.exit_code == 1 and "No history yet" in result.output
+    with HistoryStore() as store:
+        a = store.create_conversation("Asthma \x1b[31mred")
+        store.add_message(a.id, "user", "inhaler question")
+        store.add_message(a.id, "assistant", "Use it as prescribed.")
+        b = store.create_conversation("Migraine")
+    result = runner.invoke(main, ["history", "list"])
+    assert result.exit_code == 0, result.output
+    assert "Migraine" in result.output and "Asthma [31m" not in result.output and "\x1b" not in result.output
+    result = runner.invoke(main, ["history", "list", "--search", "INHALER", "--json"])
+    [line] = result.output.splitlines()
+    assert json.loads(line)["id"] == a.id
+    result = runner.invoke(main, ["history", "export", str(a.id)])
+    assert "Use it as prescribed." in result.output and "\x1b" not in result.output
+    out = tmp_path / "a.json"
+    result = runner.invoke(main, ["history", "export", str(a.id), "-o", str(out)])
+    assert result.exit_code == 0 and json.loads(out.read_text())["id"] == a.id
+    result = runner.invoke(main, ["history", "export", "999"])
+    assert result.exit_code == 1 and "No conversation with id 999" in result.output
+    result = runner.invoke(main, ["history", "delete", str(b.id)], input="n\n")
+    assert result.exit_code == 1
+    result = runner.invoke(main, ["history", "delete", str(b.id), "--yes"])
+    assert result.exit_code == 0 and "Deleted 1 conversation." in result.output
+    with HistoryStore() as store:
+        assert [c.id for c in store.list_conversations()] == [a.id]

@@ -1,0 +1,107 @@
+"""`medchat history list|export|delete`: the conversation store from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from medchat.history import HistoryError, HistoryStore
+from medchat.textsafe import strip_control
+
+
+def _open() -> HistoryStore:
+    from medchat.paths import history_db_path
+
+    path = history_db_path()
+    if not path.exists():
+        raise click.ClickException(f"No history yet ({path} does not exist). Chat with `medchat` first.")
+    try:
+        return HistoryStore(path)
+    except HistoryError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _local(iso: str) -> str:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso
+
+
+@click.group("history")
+def history() -> None:
+    """List, export or delete saved conversations."""
+
+
+@history.command("list")
+@click.option("-s", "--search", default="", help="Only conversations whose title or messages contain this text.")
+@click.option("-n", "--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def list_cmd(search: str, limit: int, as_json: bool) -> None:
+    """Saved conversations, most recent first."""
+    with _open() as store:
+        hits = store.search(search, limit=limit)
+    if as_json:
+        for hit in hits:
+            data = hit.conversation.as_dict()
+            data.pop("settings", None)
+            click.echo(json.dumps(data | ({"match": hit.snippet} if search else {}), ensure_ascii=False))
+        return
+    if not hits:
+        click.echo("No conversations" + (f" match {search!r}." if search else " yet."))
+        return
+    click.echo(f"{'id':>5}  {'updated':16}  {'msgs':>4}  title")
+    for hit in hits:
+        c = hit.conversation
+        title = strip_control(c.title).replace("\n", " ")
+        click.echo(f"{c.id:>5}  {_local(c.updated):16}  {c.message_count:>4}  {title}")
+        if search and hit.snippet:
+            click.echo(f"{'':>31}{strip_control(hit.snippet)}")
+
+
+@history.command("export")
+@click.argument("conversation_id", type=int)
+@click.option("-f", "--format", "fmt", type=click.Choice(["md", "json"]), default=None,
+              help="Default: from the output file's extension, else md.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: print to stdout).")
+def export_cmd(conversation_id: int, fmt: str | None, output: Path | None) -> None:
+    """Write conversation CONVERSATION_ID as Markdown or JSON."""
+    from medchat.tui.safety import physician_reminder
+
+    if fmt is None:
+        fmt = "json" if output is not None and output.suffix.lower() == ".json" else "md"
+    with _open() as store:
+        try:
+            if output is None:
+                text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
+                    conversation_id, reminder=physician_reminder())
+                sys.stdout.write(text if fmt == "json" else strip_control(text))
+                return
+            out = store.export(conversation_id, output, fmt, reminder=physician_reminder())
+        except HistoryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"Wrote {out}", err=True)
+
+
+@history.command("delete")
+@click.argument("conversation_ids", type=int, nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete_cmd(conversation_ids: tuple[int, ...], yes: bool) -> None:
+    """Delete conversations (and all their messages)."""
+    with _open() as store:
+        try:
+            conversations = [store.get_conversation(i) for i in conversation_ids]
+        except HistoryError as exc:
+            raise click.ClickException(str(exc)) from exc
+        titles = ", ".join(f"{c.id} “{strip_control(c.title)}”" for c in conversations)
+        if not yes and not click.confirm(f"Delete {titles}?", default=False):
+            raise click.Abort()
+        for c in conversations:
+            store.delete_conversation(c.id)
+    click.echo(f"Deleted {len(conversations)} conversation{'s' if len(conversations) != 1 else ''}.")
