@@ -1,0 +1,46 @@
+"""One chat against the real bundled SmolLM2-135M: a short answer, then Esc stops a long one."""
+
+from __future__ import annotations
+
+import pytest
+
+from medchat.history import HistoryStore
+from medchat.settings import ChatSettings, save_defaults
+from medchat.tui.widgets import AssistantMessage
+
+from .conftest import send, wait_idle, wait_ready
+
+pytestmark = [pytest.mark.anyio, pytest.mark.bundled]
+
+
+async def test_bundled_model_answers_and_stops(bundled_spec):
+    from medchat.tui.app import MedchatApp
+
+    save_defaults(ChatSettings(max_new_tokens=6))
+    app = MedchatApp(bundled_spec, guard_factory=lambda: None, cursor_blink=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(60):  # the first load converts the GGUF (tens of seconds); later ones are quick
+            await wait_ready(app, pilot)
+            if app.model_status != "loading":
+                break
+        assert app.model_status == "ready", app.model_error
+        await send(app, pilot, "What is asthma?")
+        await wait_idle(app, pilot)
+        [answer] = app.query(AssistantMessage)
+        assert answer.text.strip() and answer.status == "complete"
+        assert answer.stats["tokens"] <= 6 and answer.stats["stop_reason"] in ("length", "eos")
+
+        app.settings = ChatSettings(max_new_tokens=400)
+        await send(app, pilot, "Explain in detail how the heart works.")
+        second = app.query(AssistantMessage).last()
+        for _ in range(3000):
+            if second.text:
+                break
+            await pilot.pause(0.01)
+        await pilot.press("escape")
+        await wait_idle(app, pilot)
+        assert second.status == "stopped"
+        assert second.stats["stop_reason"] == "cancelled" and second.stats["tokens"] < 400
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert [m.status for m in store.messages(conv.id)] == ["complete", "complete", "complete", "stopped"]
