@@ -1,0 +1,1 @@
+"""medchat-train: LoRA / QLoRA fine-tuning with fully recorded runs."""

@@ -1,0 +1,614 @@
+"""LoRA / QLoRA fine-tuning that records a complete run directory.
+
+Why transformers' Trainer and not TRL's SFTTrainer: our examples are already tokenized with answer-only labels
+by medchat.prompting.encode_example (the same function metrics uses for perplexity), so SFTTrainer's own
+formatting, masking and packing layer would only be bypassed or would disagree with it. Trainer alone gives
+what we need and nothing to fight: checkpoints with optimizer/scheduler/RNG state and exact resume, eval
+during training, early stopping, gradient checkpointing, paged 8/32-bit optimizers, AMP, and DDP under
+`accelerate launch` / torchrun without code changes. We add a seeded length-grouped sampler (the data order
+depends only on seed and epoch), per-batch padding or packing, real tokens/s, a rich progress bar, the loss
+log and the run card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medchat import paths
+
+from . import data as data_mod
+from .config import ConfigError, TrainConfig, from_resolved_yaml, to_yaml
+from .runs import RunDir, RunError, atomic_write_json, git_commit, library_versions, new_run_id, now_iso
+
+
+class TrainError(Exception):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------- device / precision / optimizer
+
+
+@dataclass
+class Resolved:
+    device: str
+    precision: str  # bf16 | fp16 | fp32 (mixed precision mode)
+    model_dtype: str  # dtype the base weights are loaded in
+    quantization: str
+    optimizer: str
+
+    def as_dict(self) -> dict[str, str]:
+        return self.__dict__.copy()
+
+
+def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
+    """Pick device, precision, 4-bit and optimizer; say clearly what this machine lacks for the preset."""
+    from medchat.model import cpu_supports_bf16
+
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    device = cfg.device if cfg.device != "auto" else ("cuda" if cuda else "cpu")
+    lacks = []
+    if device == "cuda" and not cuda:
+        lacks.append("--device cuda (no CUDA GPU is visible)")
+    quant = cfg.quantization
+    if quant == "auto":
+        quant = "nf4" if device == "cuda" else "none"
+    if quant == "nf4" and device != "cuda":
+        lacks.append("4-bit NF4 quantization (bitsandbytes QLoRA needs CUDA)")
+    optimizer = cfg.optimizer
+    if optimizer == "auto":
+        optimizer = "paged_adamw_32bit" if quant == "nf4" else "adamw_torch"
+    if optimizer in ("paged_adamw_32bit", "adamw_8bit") and device != "cuda":
+        lacks.append(f"the {optimizer} optimizer (bitsandbytes, CUDA only)")
+    precision = cfg.precision
+    if precision == "auto":
+        if device == "cuda":
+            import torch
+
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device != "cuda":
+        lacks.append("fp16 mixed precision (CUDA only; CPUs use bf16 or fp32)")
+    if lacks:
+        what = f"preset '{cfg.preset}'" if cfg.preset else "this configuration"
+        raise TrainError(
+            f"{what} needs a CUDA GPU for: " + "; ".join(lacks) + f". This machine has "
+            f"{'a CUDA GPU' if cuda else 'no CUDA GPU'}. Run it on a GPU, use --preset cpu-smollm2, or override "
+            "for CPU: --device cpu --quantization none --optimizer adamw_torch --precision auto."
+        )
+    # Weights: 4-bit base computes in the mixed-precision dtype; otherwise keep fp32 master weights and autocast.
+    model_dtype = precision if quant == "nf4" else "fp32"
+    return Resolved(device, precision, model_dtype, quant, optimizer)
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    status: str
+    final: dict[str, Any]
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _shared_run_path(path: Path) -> Path:
+    """Under DDP every process must write to the run directory the main process chose."""
+    if _world_size() <= 1:
+        return path
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState()  # initialises the process group (gloo on CPU, nccl on GPU)
+    box = [str(path)]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0])
+
+
+def prepare_run_dir(cfg: TrainConfig, output_dir: str | Path | None, name: str | None, overwrite: bool) -> RunDir:
+    if output_dir:
+        path = Path(output_dir).expanduser()
+    else:
+        path = paths.runs_root() / (name or new_run_id(cfg.preset))
+    path = _shared_run_path(path)
+    run = RunDir(path)
+    if _is_main():
+        if path.exists() and any(path.iterdir()):
+            status = run.status() if run.run_json.exists() else None
+            if not overwrite:
+                if status == "complete":
+                    raise TrainError(f"{path} already holds a complete run. Pick another --output-dir/--name, "
+                                     "or pass --overwrite to replace it.")
+                if status:
+                    raise TrainError(f"{path} holds an unfinished run (status {status}). Continue it with "
+                                     f"`medchat-train train --resume {path}`, or pass --overwrite to replace it.")
+                raise TrainError(f"{path} exists and is not empty. Pick another --output-dir, or pass --overwrite.")
+            if path.resolve() == paths.DEFAULT_RUN_DIR.resolve() and status is None:
+                raise TrainError(f"refusing to overwrite {path}: it does not look like a run directory.")
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def hyperparameters(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:
+    return {
+        "learning_rate": cfg.learning_rate,
+        "epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum,
+        "effective_batch": cfg.batch_size * cfg.grad_accum * world,
+        "lora_r": cfg.lora_r,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "target_modules": list(cfg.target_modules),
+        "max_length": cfg.max_length,
+        "lr_scheduler": cfg.lr_scheduler,
+        "weight_decay": cfg.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm,
+        "packing": cfg.packing,
+        "group_by_length": cfg.group_by_length,
+    }
+
+
+def train(
+    cfg: TrainConfig | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    console=None,
+    extra_callbacks: tuple = (),
+    extra_run_fields: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train (or resume) one run; returns when it is complete or interrupted. Raises TrainError/DataError/..."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
+
+    if resume:
+        from .runs import resolve_run
+
+        run = resolve_run(resume)
+        run = RunDir(_shared_run_path(run.path))
+        if not run.config_yaml.is_file():
+            raise TrainError(f"{run.path} has no config.yaml, so it is not a medchat-train run to resume.")
+        cfg = from_resolved_yaml(run.config_yaml)
+        previous = run.read()
+        if previous.get("status") == "complete":
+            raise TrainError(f"{run.path} is already complete; nothing to resume.")
+        hw = resolve_hardware(cfg)
+        train_rows = data_mod.read_split(run.splits / "train.jsonl")
+        eval_rows = data_mod.read_split(run.splits / "eval.jsonl")
+        manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
+        checkpoint = run.latest_checkpoint()
+        prior_elapsed = float(previous.get("elapsed_s") or 0.0)
+        if _is_main():
+            _truncate_loss_log(run, _checkpoint_step(checkpoint))
+            run.update(status="running", resumed=now_iso(), resumed_from=str(checkpoint) if checkpoint else None)
+        record = previous
+    else:
+        assert cfg is not None
+        hw = resolve_hardware(cfg)  # fail before touching data or the disk
+        prepared = data_mod.prepare(cfg)
+        run = prepare_run_dir(cfg, output_dir, name, overwrite)
+        train_rows, eval_rows, manifest = prepared.train, prepared.eval, prepared.manifest
+        checkpoint = None
+        prior_elapsed = 0.0
+        record = {
+            "id": run.id,
+            "status": "running",
+            "preset": cfg.preset,
+            "created": now_iso(),
+            "finished": None,
+            "base": cfg.base,
+            "prompt_style": cfg.prompt_style,
+            "system_prompt": _system_prompt(cfg),
+            "seed": cfg.seed,
+            "git_commit": git_commit(),
+            "versions": library_versions(),
+            "elapsed_s": 0.0,
+            "hyperparameters": hyperparameters(cfg, _world_size()),
+            "resolved": hw.as_dict(),
+            "world_size": _world_size(),
+            "final": {},
+            "notes": "",
+        }
+        record.update(extra_run_fields or {})
+        if _is_main():
+            run.write(record)
+            run.config_yaml.write_text(to_yaml(cfg), encoding="utf-8")
+            run.splits.mkdir(exist_ok=True)
+            data_mod.write_jsonl(run.splits / "train.jsonl", train_rows)
+            data_mod.write_jsonl(run.splits / "eval.jsonl", eval_rows)
+            atomic_write_json(run.manifest, manifest)
+
+    state = {"interrupted": False}
+    try:
+        final = _fit(cfg, hw, run, train_rows, eval_rows, manifest, checkpoint, console, progress,
+                     extra_callbacks, state, started, prior_elapsed)
+    except KeyboardInterrupt:
+        if _is_main():
+            run.update(status="interrupted", elapsed_s=round(prior_elapsed + time.time() - started, 1),
+                       notes=_note(run, "interrupted (Ctrl-C twice) before a checkpoint could be written"))
+        raise
+    except BaseException as exc:
+        if _is_main() and run.run_json.exists():
+            run.update(status="failed", elapsed_s=round(prior_elapsed + time.time() - started, 1),
+                       error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    status = "interrupted" if state["interrupted"] else "complete"
+    return TrainResult(run, status, final)
+
+
+def _note(run: RunDir, text: str) -> str:
+    old = run.read().get("notes") or ""
+    return f"{old}\n{text}".strip()
+
+
+def _system_prompt(cfg: TrainConfig) -> str:
+    from medchat.prompting import DEFAULT_SYSTEM_PROMPT
+
+    return DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+
+def _truncate_loss_log(run: RunDir, step: int) -> None:
+    """On resume, forget log lines written after the checkpoint we continue from (they will be redone)."""
+    if not run.loss_log.exists():
+        return
+    keep = []
+    for line in run.loss_log.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    from .runs import atomic_write_text
+
+    atomic_write_text(run.loss_log, "".join(f"{line}\n" for line in keep))
+
+
+def _load_model(cfg: TrainConfig, hw: Resolved):
+    from medchat.model import ModelError, ModelSpec, load
+
+    spec = ModelSpec(base=cfg.base, adapter=None, merge=False, quantization=hw.quantization, device=hw.device,
+                     dtype=hw.model_dtype, trust_remote_code=cfg.trust_remote_code)
+    try:
+        return load(spec)
+    except ModelError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _attach_lora(cfg: TrainConfig, model, hw: Resolved):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if hw.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        import torch
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear) or "Linear" in type(m).__name__})
+        raise TrainError(f"LoRA target modules {', '.join(cfg.target_modules)} do not match the base model "
+                         f"({str(exc).splitlines()[0][:200]}). Its linear layers are: {', '.join(linear)}.") from None
+
+
+def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, console, progress, extra_callbacks,
+         state, started, prior_elapsed) -> dict[str, Any]:
+    import torch
+    import transformers
+    from transformers import EarlyStoppingCallback, TrainingArguments
+
+    from .callbacks import InterruptCallback, LossLogCallback, RichProgressCallback
+
+    main = _is_main()
+    world = _world_size()
+    if main and progress:
+        console.print(f"[bold]medchat-train[/] run [cyan]{run.id}[/] -> {run.path}")
+        console.print(f"  {len(train_rows)} train / {len(eval_rows)} eval examples | device {hw.device} | "
+                      f"precision {hw.precision} | 4-bit {hw.quantization} | optimizer {hw.optimizer}")
+    loaded = _load_model(cfg, hw)
+    tokenizer = loaded.tokenizer
+    if main and progress:
+        console.print(f"  base: {loaded.info.summary()}")
+
+    system = _system_prompt(cfg)
+    train_enc = data_mod.encode_rows(tokenizer, train_rows, cfg.prompt_style, system, cfg.max_length)
+    eval_enc = data_mod.encode_rows(tokenizer, eval_rows, cfg.prompt_style, system, cfg.max_length)
+    if main and "tokens" not in manifest:
+        from medchat.prompting import effective_style
+
+        manifest["tokens"] = {"train": data_mod.token_summary(train_enc), "eval": data_mod.token_summary(eval_enc)}
+        manifest["truncated"] = manifest["tokens"]["train"]["truncated"] + manifest["tokens"]["eval"]["truncated"]
+        manifest["prompt_style"] = effective_style(tokenizer, cfg.prompt_style)
+        manifest["max_length"] = cfg.max_length
+        atomic_write_json(run.manifest, manifest)
+
+    transformers.set_seed(cfg.seed)  # LoRA init is seeded too
+    model = _attach_lora(cfg, loaded.model, hw)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    steps_per_epoch = math.ceil(len(train_enc) / (cfg.batch_size * world)) // cfg.grad_accum or 1
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total_steps)
+    eval_steps = cfg.eval_steps or max(1, total_steps // 4)
+    save_steps = cfg.save_steps or eval_steps
+    early = cfg.early_stopping_patience is not None
+    if early and save_steps % eval_steps:
+        save_steps = eval_steps  # best-model tracking needs a checkpoint at every evaluation
+
+    args = TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=int(warmup),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=hw.optimizer,
+        bf16=hw.precision == "bf16",
+        fp16=hw.precision == "fp16",
+        use_cpu=hw.device == "cpu",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if world > 1 else None,
+        **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+           if cfg.gradient_checkpointing else {}),
+    )
+    callbacks = [LossLogCallback(run), InterruptCallback(state, console if main else None)]
+    if progress and main:
+        callbacks.append(RichProgressCallback(console))
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    callbacks.extend(extra_callbacks)
+
+    trainer = MedchatTrainer(
+        model=model,
+        args=args,
+        train_dataset=data_mod.EncodedDataset(train_enc),
+        eval_dataset=data_mod.EncodedDataset(eval_enc),
+        data_collator=data_mod.Collator(tokenizer.pad_token_id, packing=cfg.packing, max_length=cfg.max_length),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        sampler_seed=cfg.seed,
+        group_by_length=cfg.group_by_length,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the loss log and the rich bar replace its dict dumps
+    if main:
+        run.update(status="running", params_trainable=trainable, params_total=total,
+                   steps_planned=total_steps, warmup_steps=int(warmup), eval_steps=eval_steps, save_steps=save_steps)
+
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    elapsed = round(prior_elapsed + time.time() - started, 1)
+
+    if state["interrupted"]:
+        if main:
+            ck = RunDir(run.path).latest_checkpoint()
+            run.update(status="interrupted", elapsed_s=elapsed,
+                       notes=_note(run, f"interrupted at step {trainer.state.global_step}; checkpoint {ck.name if ck else 'none'}"
+                                        f"; continue with `medchat-train train --resume {run.path}`"))
+            if progress:
+                console.print(f"[yellow]Interrupted[/] at step {trainer.state.global_step}. Resume with: "
+                              f"medchat-train train --resume {run.path}")
+        return {}
+
+    last = trainer.state.log_history[-2:] if trainer.state.log_history else []
+    done = [e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+    metrics = done[-1] if done else trainer.evaluate()  # the last step may already have been evaluated
+    final = {
+        "train_loss": _last_logged(trainer, "loss"),
+        "train_loss_mean": _mean_train_loss(trainer),
+        "eval_loss": round(float(metrics["eval_loss"]), 5),
+        "tokens_per_s": trainer.tokens_per_s(),
+        "train_tokens": int(trainer.state.num_input_tokens_seen),
+        "steps": int(trainer.state.global_step),
+        "epochs_done": round(float(trainer.state.epoch or 0), 3),
+    }
+    if early and trainer.state.best_model_checkpoint:
+        final["best_checkpoint"] = Path(trainer.state.best_model_checkpoint).name
+        final["best_eval_loss"] = trainer.state.best_metric
+    _save_adapter(trainer, tokenizer, run, cfg, main)
+    if main:
+        notes = []
+        if cfg.guard_index:
+            note = _build_guard_index(run, train_rows, console if progress else None)
+            if note:
+                notes.append(note)
+        run.update(status="complete", finished=now_iso(), elapsed_s=elapsed, final=final,
+                   notes=_note(run, "\n".join(notes)) if notes else run.read().get("notes", ""))
+        if progress:
+            _print_summary(console, run, final, elapsed)
+    return final
+
+
+def _save_adapter(trainer, tokenizer, run: RunDir, cfg: TrainConfig, main: bool) -> None:
+    staging = run.path / ".adapter.tmp"
+    if main and staging.exists():
+        shutil.rmtree(staging)
+    trainer.save_model(str(staging))  # unwraps DDP; writes on the main process only
+    if main:
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep their own copy
+        tokenizer.save_pretrained(staging)
+        (staging / "medchat.json").write_text(json.dumps({
+            "base": cfg.base, "prompt_style": cfg.prompt_style, "system_prompt": _system_prompt(cfg),
+            "max_length": cfg.max_length, "run_id": run.id}, indent=2) + "\n", encoding="utf-8")
+        if run.adapter.exists():
+            shutil.rmtree(run.adapter)
+        os.replace(staging, run.adapter)
+
+
+def _build_guard_index(run: RunDir, train_rows, console) -> str | None:
+    """The guard's out-of-domain reference index from this run's training questions (optional module)."""
+    try:
+        from medchat.guard import build_reference_index
+    except Exception as exc:  # the guard is another team's module; training must not depend on it
+        return f"warning: guard index not built (medchat.guard unavailable: {type(exc).__name__}: {exc})"
+    try:
+        if console:
+            console.print("  building the guard's reference index from the training questions ...")
+        build_reference_index([r.question for r in train_rows], run.guard_index)
+    except Exception as exc:
+        return f"warning: guard index not built ({type(exc).__name__}: {str(exc)[:300]})"
+    return None
+
+
+def _last_logged(trainer, key: str):
+    for entry in reversed(trainer.state.log_history):
+        if key in entry:
+            return round(float(entry[key]), 5)
+    return None
+
+
+def _mean_train_loss(trainer):
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return round(sum(losses) / len(losses), 5) if losses else None
+
+
+def _print_summary(console, run: RunDir, final: dict[str, Any], elapsed: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {run.id} complete", show_header=False)
+    for key in ("steps", "epochs_done", "train_loss", "eval_loss", "tokens_per_s", "train_tokens"):
+        table.add_row(key, str(final.get(key)))
+    table.add_row("elapsed", f"{elapsed:.0f} s")
+    table.add_row("adapter", str(run.adapter))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- Trainer subclass
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class _MedchatTrainer(Trainer):
+        """Seeded length-grouped sampler, real-token counting, tokens/s in every train log."""
+
+        def __init__(self, *args, sampler_seed: int = 42, group_by_length: bool = True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._sampler_seed = sampler_seed
+            self._group_by_length = group_by_length
+            self._local_tokens = 0
+            self._train_seconds = 0.0
+            self._session_tokens = 0
+            self._t_last = None
+            self._tokens_last = 0
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return data_mod.SeededLengthSampler(dataset.lengths, self.args.per_device_train_batch_size,
+                                                self._sampler_seed, self._group_by_length)
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            num = inputs.pop("num_tokens", None)
+            if num is not None and model.training:
+                self._local_tokens += int(num)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            inputs.pop("num_tokens", None)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+        def train(self, *args, **kwargs):
+            self._t_last = time.perf_counter()
+            return super().train(*args, **kwargs)
+
+        def evaluate(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                if self._t_last is not None:
+                    self._t_last += time.perf_counter() - t0  # eval time is not training time
+
+        def log(self, logs, start_time=None):
+            import torch
+
+            local = torch.tensor(self._local_tokens, device=self.args.device)
+            delta = int(self.accelerator.gather(local.reshape(1)).sum().item()) if self.args.world_size > 1 \
+                else int(local.item())
+            self._local_tokens = 0
+            self.state.num_input_tokens_seen += delta
+            self._session_tokens += delta
+            if "loss" in logs and self._t_last is not None:
+                now = time.perf_counter()
+                window = now - self._t_last
+                self._train_seconds += window
+                tokens = self._session_tokens - self._tokens_last
+                logs["tokens_per_s"] = round(tokens / window, 1) if window > 0 else None
+                self._t_last = now
+                self._tokens_last = self._session_tokens
+            logs["tokens_seen"] = int(self.state.num_input_tokens_seen)
+            super().log(logs, start_time)
+
+        def tokens_per_s(self):
+            if self._train_seconds <= 0:
+                return None
+            return round(self._tokens_last / self._train_seconds, 1)
+
+    return _MedchatTrainer
+
+
+class _LazyTrainer:
+    _cls = None
+
+    def __call__(self, *args, **kwargs):
+        if _LazyTrainer._cls is None:
+            _LazyTrainer._cls = _make_trainer_class()
+        return _LazyTrainer._cls(*args, **kwargs)
+
+
+MedchatTrainer = _LazyTrainer()
