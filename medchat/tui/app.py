@@ -7,6 +7,7 @@ The app is thin: the model loads and generates through `medchat.engine`, the his
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -109,6 +110,7 @@ class MedchatApp(App):
         self.guard: Any = None
         self.guard_status = "loading"
         self._guard_ready = asyncio.Event()
+        self._model_settled = threading.Event()
         self.reminder = safety.physician_reminder()
         self.conversation: Conversation | None = None
         self.turns: list[dict] = []
@@ -156,6 +158,7 @@ class MedchatApp(App):
         self.refresh_history()
         self._set_status("Loading the model… you can type meanwhile.", loading=True)
         self.load_model()
+        self.load_guard()
 
     def _update_title(self) -> None:
         title = self.conversation.title if self.conversation else "New conversation"
@@ -186,7 +189,7 @@ class MedchatApp(App):
         summary = info.summary() if info is not None and hasattr(info, "summary") else "model ready"
         self.ready_status = f"Ready · {_compact_summary(info) if info is not None else summary}"
         self._set_status(self.ready_status)
-        self.load_guard()
+        self._model_settled.set()
         if self._pending is not None:
             text, self._pending = self._pending, None
             self.start_turn(text)
@@ -208,25 +211,50 @@ class MedchatApp(App):
         self._pending = None
         self._set_status(f"The model did not load: {message}", error=True)
         self.notify(message, title="Model not loaded", severity="error", timeout=30)
-        self.load_guard()
+        self._model_settled.set()
 
     @work(thread=True, exclusive=True, group="guard", exit_on_error=False)
     def load_guard(self) -> None:
+        """Rules first (instant), then the out-of-domain embedder once the model has loaded."""
         try:
             guard = self.guard_factory() if self.guard_factory else None
-            status = "ready" if guard is not None else "off"
-            if guard is not None:
-                guard.check("warm-up")  # loads the embedder now, not on the first question
         except Exception as exc:
-            guard, status = None, f"unavailable ({type(exc).__name__}: {exc})"
-        self.call_from_thread(self._guard_loaded, guard, status)
+            self.call_from_thread(self._guard_loaded, None, f"unavailable ({type(exc).__name__}: {exc})")
+            return
+        if guard is None:
+            self.call_from_thread(self._guard_loaded, None, "off")
+            return
+        self.call_from_thread(self._guard_loaded, guard, "rules ready; loading the out-of-domain scorer…")
+        self._model_settled.wait()  # do not compete with the model load for the CPU
+        try:
+            if hasattr(guard, "warm_up"):
+                guard.warm_up()
+            else:
+                guard.check("warm up")
+            error = getattr(guard, "ood_error", None)
+            status = f"ready (no out-of-domain score: {error})" if error else "ready"
+        except Exception as exc:
+            status = f"rules only (out-of-domain scorer failed: {type(exc).__name__}: {exc})"
+        self.call_from_thread(setattr, self, "guard_status", status)
 
     def _guard_loaded(self, guard: Any, status: str) -> None:
         self.guard = guard
         self.guard_status = status
         self._guard_ready.set()
 
+    def _check_rules(self, text: str) -> dict:
+        """Red flags and the dosing note: pure text rules, instant, run before the model starts."""
+        check_rules = getattr(self.guard, "check_rules", None)
+        if check_rules is None:
+            return {}
+        try:
+            return safety.result_dict(check_rules(text))
+        except Exception as exc:
+            self.log.warning(f"guard rules failed: {exc!r}")
+            return {}
+
     async def _check_guard(self, text: str) -> dict:
+        """The full check with the out-of-domain score (in a thread: the embedder may still be loading)."""
         await self._guard_ready.wait()
         if self.guard is None:
             return {}
@@ -476,12 +504,24 @@ class MedchatApp(App):
         await chat.mount_all([user_widget, answer])
         chat.anchor()
 
+        # Emergency notices come from instant text rules and are on screen before the model starts.
+        if not self._guard_ready.is_set():
+            try:
+                await asyncio.wait_for(self._guard_ready.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                pass
+        rules = self._check_rules(text)
+        answer.set_notices(safety.notices(rules))
         guard_task = asyncio.create_task(self._check_guard(text))
 
         def apply_guard(task: asyncio.Task) -> None:
             guard = task.result() if not task.cancelled() and task.exception() is None else {}
+            guard = guard or rules
             user_widget.set_level(guard.get("ood_level"), guard.get("ood_score"))
             answer.set_notices(safety.notices(guard))
+            note = safety.ood_note(guard)
+            if note:
+                answer.add_note(note)
             if guard and user_message_id is not None and self.store is not None:
                 try:
                     self.store.update_message_guard(user_message_id, guard)
@@ -489,9 +529,8 @@ class MedchatApp(App):
                     self.log.warning(f"saving guard result failed: {exc!r}")
 
         guard_task.add_done_callback(apply_guard)
-        # Red-flag rules are instant: give the guard a moment so an emergency notice comes first on
-        # screen; it never blocks the answer (a slow check fills its slot above the answer later).
-        if self.guard is not None:
+        if not hasattr(self.guard, "check_rules") and self.guard is not None:
+            # A guard without instant rules: give it a moment so a notice still comes first.
             try:
                 await asyncio.wait_for(asyncio.shield(guard_task), timeout=0.5)
             except (asyncio.TimeoutError, Exception):
@@ -772,6 +811,7 @@ class MedchatApp(App):
             yield SystemCommand(title, help_text, callback)
 
     async def on_unmount(self) -> None:
+        self._model_settled.set()
         if self._stream is not None:
             try:
                 self._stream.cancel()

@@ -25,15 +25,12 @@ def physician_reminder() -> str:
 
 
 def guard_index_dir(adapter: str | None) -> Path | None:
-    """The guard's reference index for this adapter: <run>/guard_index beside <run>/adapter."""
-    from medchat.paths import DEFAULT_RUN_DIR
+    """The guard's reference index for this adapter: <run>/guard_index beside <run>/adapter.
 
-    candidates = []
+    None lets the guard pick its shipped default index."""
     if adapter:
-        candidates.append(Path(adapter).parent / "guard_index")
-    candidates.append(DEFAULT_RUN_DIR / "guard_index")
-    for candidate in candidates:
-        if candidate.is_dir():
+        candidate = Path(adapter).parent / "guard_index"
+        if (candidate / "index.json").is_file():
             return candidate
     return None
 
@@ -59,6 +56,7 @@ def result_dict(result: Any) -> dict:
                 {
                     "rule_id": getattr(flag, "rule_id", None),
                     "category": getattr(flag, "category", None),
+                    "title": getattr(flag, "title", None),
                     "notice": str(getattr(flag, "notice", "") or ""),
                 }
             )
@@ -70,6 +68,19 @@ def result_dict(result: Any) -> dict:
         "red_flags": flags,
         "dosing_note": dosing if isinstance(dosing, str) else bool(dosing),
     }
+
+
+def ood_note(guard: dict | None) -> str | None:
+    """The guard's note for an out-of-domain question (none for a red flag)."""
+    guard = guard or {}
+    if guard.get("ood_level") != "out_of_domain" or guard.get("red_flags"):
+        return None
+    try:
+        from medchat.guard import ood_note as guard_ood_note
+
+        return guard_ood_note(guard["ood_level"])
+    except Exception:
+        return "This question looks outside the medical topics this assistant was tuned on; its answer may be unreliable."
 
 
 def notices(guard: dict | None) -> list[str]:

@@ -91,14 +91,26 @@ class FakeResult:
 
 
 class FakeGuard:
-    def check(self, text):
-        lowered = text.lower()
+    """The real Guard's shape: instant rules (check_rules), the full check with a score, warm_up."""
+
+    def __init__(self):
+        self.warmed = False
+
+    def warm_up(self):
+        self.warmed = True
+        return self
+
+    def check_rules(self, text):
         flags = []
-        if "chest pain" in lowered:
+        if "chest pain" in text.lower():
             flags.append(FakeFlag("chest_pain", "cardiac", "EMERGENCY: call your local emergency number now."))
-        if "football" in lowered:
-            return FakeResult(0.1, "out_of_domain", flags)
-        return FakeResult(0.8, "in_domain", flags)
+        return FakeResult(None, None, flags, dosing_note="how much" in text.lower())
+
+    def check(self, text):
+        rules = self.check_rules(text)
+        if "football" in text.lower():
+            return FakeResult(0.1, "out_of_domain", rules.red_flags, rules.dosing_note)
+        return FakeResult(0.8, "in_domain", rules.red_flags, rules.dosing_note)
 
 
 @pytest.fixture
