@@ -71,6 +71,7 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
 
 
 # --- subcommands registered by other modules ---
+from medchat.guard.cli import guard_command as _guard_command; main.add_command(_guard_command)  # noqa: E402,E702
 from medchat.history_cli import history as _history; main.add_command(_history)  # noqa: E402,E702 (chat-app)
 
 

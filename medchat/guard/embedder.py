@@ -61,12 +61,19 @@ class Embedder:
                 import torch  # noqa: F401  (heavy; imported only here)
                 from transformers import AutoModel, AutoTokenizer
 
+                from transformers.utils import logging as hf_logging
+
                 model_dir = self._model_dir or embedder_model_dir()
+                bar = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()  # no "Loading weights" bar in the chat or in scripts
                 try:
                     self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
                     model = AutoModel.from_pretrained(model_dir, local_files_only=True)
                 except OSError as exc:  # missing / corrupt files
                     raise EmbedderError(f"Could not load the sentence embedder from {model_dir}: {exc}") from exc
+                finally:
+                    if bar:
+                        hf_logging.enable_progress_bar()
                 model.eval()
                 self._model = model.to(self._device)
         return self

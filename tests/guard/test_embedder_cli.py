@@ -1,0 +1,77 @@
+"""The real embedder (all-MiniLM-L6-v2) and the `medchat guard` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from guard_fakes import GENERAL, MEDICAL
+
+from medchat.guard.cli import guard_command
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from medchat.guard.embedder import Embedder, EmbedderError
+
+    try:
+        return Embedder().load()
+    except EmbedderError as exc:  # pragma: no cover - the package is a dependency
+        pytest.skip(str(exc))
+
+
+def test_vectors_are_unit_and_ordered(embedder):
+    texts = ["What are the symptoms of diabetes?", "who won the world cup", "How is type 2 diabetes treated?"]
+    v = embedder.encode(texts)
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(texts[1])[0], v[1], atol=1e-5)  # batching keeps the order
+    assert v[0] @ v[2] > v[0] @ v[1]
+
+
+def test_medical_question_scores_above_general(embedder):
+    from medchat.guard.index import ReferenceIndex, Thresholds
+
+    index = ReferenceIndex(embedder.encode(MEDICAL), Thresholds(0.5, 0.3), general=embedder.encode(GENERAL))
+    med, gen = index.scores(embedder.encode(["What are the treatments for high blood pressure?",
+                                               "Who won the Super Bowl in 2015?"]))
+    assert med > gen
+    plain = ReferenceIndex(embedder.encode(MEDICAL), Thresholds(0.5, 0.3))
+    med, gen = plain.scores(embedder.encode(["What are the treatments for high blood pressure?",
+                                               "Who won the Super Bowl in 2015?"]))
+    assert med > gen
+
+
+def _lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_cli_rules_only_stdin():
+    res = CliRunner().invoke(guard_command, ["--rules-only"],
+                             input="my son is having a seizure\n\nhow much tylenol can I give my 2 year old\n")
+    assert res.exit_code == 0, res.output
+    rows = _lines(res.stdout)
+    assert len(rows) == 2  # blank lines are skipped
+    assert rows[0]["red_flags"][0]["rule_id"] == "seizure" and rows[0]["ood_level"] is None
+    assert rows[1]["dosing_note"] is True and rows[1]["red_flags"] == []
+
+
+def test_cli_text_with_index(tmp_path, embedder):
+    from medchat.guard.index import build_reference_index
+
+    build_reference_index(MEDICAL, tmp_path / "ix", calibration=(MEDICAL, GENERAL), general=None,
+                          embedder=embedder, cache_dir=None)
+    res = CliRunner().invoke(guard_command, ["--index", str(tmp_path / "ix"), "What causes asthma?"])
+    assert res.exit_code == 0, res.output
+    (row,) = _lines(res.stdout)
+    assert row["text"] == "What causes asthma?"
+    assert isinstance(row["ood_score"], float) and row["ood_level"] in ("in_domain", "uncertain", "out_of_domain")
+
+
+def test_cli_bad_index_is_a_message_not_a_traceback(tmp_path):
+    res = CliRunner().invoke(guard_command, ["--index", str(tmp_path / "missing"), "hello"])
+    assert res.exit_code == 1
+    assert "not a guard reference index" in res.output
+    assert "Traceback" not in res.output

@@ -1,0 +1,149 @@
+"""Guard API, notices and policy: a tiny index built with the fake embedder."""
+
+from __future__ import annotations
+
+import pytest
+from guard_fakes import GENERAL, MEDICAL, MEDICAL_CAL
+
+from medchat.guard import (
+    DECLINE_MESSAGE,
+    DOSING_NOTE,
+    EMERGENCY_NOTICE,
+    OUT_OF_DOMAIN_NOTE,
+    PHYSICIAN_REMINDER,
+    Guard,
+    GuardIndexError,
+    GuardResult,
+    RedFlag,
+    build_reference_index,
+    default_index_dir,
+    notices_before,
+    ood_note,
+    should_decline,
+    with_reminder,
+)
+
+
+@pytest.fixture
+def tiny_guard(tmp_path, hash_embedder):
+    build_reference_index(MEDICAL, tmp_path / "ix", calibration=(MEDICAL_CAL, GENERAL), general=None,
+                          embedder=hash_embedder, cache_dir=None, k=3)
+    return Guard.load(tmp_path / "ix", embedder=hash_embedder)
+
+
+def test_check_medical_vs_general(tiny_guard):
+    med = tiny_guard.check("what are the symptoms of asthma and diabetes")
+    gen = tiny_guard.check("who won the world cup final in football")
+    assert med.ood_score > gen.ood_score
+    assert med.ood_level == "in_domain"
+    assert gen.ood_level == "out_of_domain"
+    assert med.red_flags == [] and med.dosing_note is False
+
+
+def test_check_red_flag_and_dosing(tiny_guard):
+    r = tiny_guard.check("my dad has crushing chest pain")
+    assert [f.rule_id for f in r.red_flags] == ["chest_pain"]
+    assert r.red_flags[0].notice == EMERGENCY_NOTICE["emergency"]
+    assert r.emergency
+    assert tiny_guard.check("how much ibuprofen should I give my 3 year old").dosing_note
+
+
+def test_check_many_matches_check(tiny_guard):
+    texts = ["what causes asthma", "my baby is 3 weeks old and has a fever"]
+    many = tiny_guard.check_many(texts)
+    assert [m.as_dict() for m in many] == [tiny_guard.check(t).as_dict() for t in texts]
+    assert many[1].red_flags[0].rule_id == "infant_fever"
+
+
+def test_rules_only_needs_no_index(tmp_path):
+    g = Guard(None)
+    r = g.check("i want to kill myself")
+    assert r.ood_score is None and r.ood_level is None
+    assert r.red_flags[0].category == "self_harm"
+    assert r.red_flags[0].notice == EMERGENCY_NOTICE["self_harm"]
+
+
+def test_index_loads_lazily(tmp_path, hash_embedder):
+    build_reference_index(MEDICAL, tmp_path / "ix", calibration_dir=None, general=None, embedder=hash_embedder,
+                          cache_dir=None)
+    g = Guard.load(tmp_path / "ix", embedder=hash_embedder)
+    assert g._index is None
+    g.check_rules("chest pain")
+    assert g._index is None  # rules never touch the index
+    g.check("what causes asthma")
+    assert g._index is not None and g.ready
+
+
+def test_load_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(GuardIndexError, match="not a guard reference index"):
+        Guard.load(tmp_path / "nope")
+
+
+def test_default_index_dir_prefers_default_run(tmp_path, monkeypatch):
+    import medchat.paths
+
+    (tmp_path / "default-run" / "guard_index").mkdir(parents=True)
+    (tmp_path / "guard" / "default_index").mkdir(parents=True)
+    (tmp_path / "guard" / "default_index" / "index.json").write_text("{}")
+    monkeypatch.setattr(medchat.paths, "ASSETS_DIR", tmp_path)
+    assert default_index_dir() == tmp_path / "guard" / "default_index"
+    (tmp_path / "default-run" / "guard_index" / "index.json").write_text("{}")
+    assert default_index_dir() == tmp_path / "default-run" / "guard_index"
+
+
+def test_as_dict():
+    r = GuardResult(0.123456, "uncertain", [RedFlag("seizure", "emergency", "n", "Seizure")], True)
+    assert r.as_dict() == {
+        "ood_score": 0.1235,
+        "ood_level": "uncertain",
+        "red_flags": [{"rule_id": "seizure", "category": "emergency", "title": "Seizure"}],
+        "dosing_note": True,
+    }
+
+
+# ---------------------------------------------------------------- policy and notices
+
+
+def _r(level, flags=(), dosing=False):
+    return GuardResult(0.0, level, list(flags), dosing)
+
+
+def test_ood_note_policies():
+    assert ood_note(_r("out_of_domain")) == OUT_OF_DOMAIN_NOTE
+    assert ood_note(_r("out_of_domain"), policy="decline") == DECLINE_MESSAGE
+    assert ood_note(_r("in_domain")) is None
+    assert ood_note(_r("uncertain")) is None
+    assert ood_note("uncertain", include_uncertain=True) is not None
+    with pytest.raises(ValueError, match="policy"):
+        ood_note(_r("out_of_domain"), policy="shout")
+
+
+def test_never_decline_a_red_flag():
+    flag = RedFlag("seizure", "emergency", EMERGENCY_NOTICE["emergency"])
+    assert should_decline(_r("out_of_domain"), "decline")
+    assert not should_decline(_r("out_of_domain"), "note")
+    assert not should_decline(_r("out_of_domain", [flag]), "decline")
+    assert ood_note(_r("out_of_domain", [flag]), "decline") is None
+
+
+def test_notices_before_dedupes_and_orders():
+    f1 = RedFlag("seizure", "emergency", EMERGENCY_NOTICE["emergency"])
+    f2 = RedFlag("unconscious", "emergency", EMERGENCY_NOTICE["emergency"])
+    f3 = RedFlag("suicidal_thoughts", "self_harm", EMERGENCY_NOTICE["self_harm"])
+    assert notices_before(_r(None, [f1, f2, f3], dosing=True)) == [
+        EMERGENCY_NOTICE["emergency"], EMERGENCY_NOTICE["self_harm"], DOSING_NOTE]
+    assert notices_before(_r("in_domain")) == []
+
+
+def test_reminder_appended_once():
+    out = with_reminder("Drink water.")
+    assert out == f"Drink water.\n\n{PHYSICIAN_REMINDER}"
+    assert with_reminder(out) == out
+    assert with_reminder("") == PHYSICIAN_REMINDER
+
+
+def test_every_category_has_a_notice():
+    from medchat.guard.rules import default_rules
+
+    assert {r.category for r in default_rules().rules} <= set(EMERGENCY_NOTICE)
+    assert "988" in EMERGENCY_NOTICE["self_harm"] and "emergency number" in EMERGENCY_NOTICE["emergency"]
