@@ -123,8 +123,9 @@ def main() -> None:
 @click.option("--resume", "resume", default=None, metavar="RUN",
               help="Continue an interrupted run (id or path) from its last checkpoint, with its saved config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option("--print-config", is_flag=True, help="Print the resolved configuration (YAML) and exit.")
 @click.pass_context
-def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, **params):
+def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_config, **params):
     """Fine-tune with a preset; options given here override the preset and --config.
 
     \b
@@ -137,6 +138,11 @@ def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, **param
 
     if runs_dir:
         os.environ["MEDCHAT_RUNS_DIR"] = runs_dir
+    if print_config:
+        from .config import to_yaml
+
+        click.echo(to_yaml(_load(ctx, params)), nl=False)
+        return
     errors = _user_errors()
     try:
         if resume:

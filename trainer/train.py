@@ -357,6 +357,9 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         manifest["max_length"] = cfg.max_length
         atomic_write_json(run.manifest, manifest)
 
+    # No KV cache while training: it is useless there, and with it transformers does not turn packed sequences'
+    # restarting position ids into a block-diagonal mask (packed examples would attend to each other).
+    loaded.model.config.use_cache = False
     transformers.set_seed(cfg.seed)  # LoRA init is seeded too
     model = _attach_lora(cfg, loaded.model, hw)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

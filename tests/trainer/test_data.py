@@ -1,0 +1,178 @@
+"""Data loading, the seed's filters, dedupe, split determinism, contamination, masking and batching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medchat.paths import ASSETS_DIR
+from trainer import data as d
+from trainer.config import load_config
+
+SAMPLE = ASSETS_DIR / "sample_data" / "medical_qa_sample.jsonl"
+
+
+def cfg_for(*sources, **overrides):
+    return load_config("cpu-smollm2", overrides={"data": [str(s) for s in sources], **overrides})
+
+
+def test_sample_filters_count_each_drop():
+    prepared = d.prepare(cfg_for(SAMPLE))
+    m = prepared.manifest
+    assert m["rows_read"] == 36
+    assert m["dropped"] == {"empty": 0, "question_too_short": 1, "answer_too_short": 1, "spam": 1, "duplicate": 1}
+    assert m["kept_after_filters"] == 32 and m["split"] == {"train": 28, "eval": 4}
+    assert m["sources"][0]["sha256"] == d.sha256_file(SAMPLE) and m["sources"][0]["question_column"] == "input"
+
+
+def test_split_is_deterministic_and_seeded():
+    a = d.prepare(cfg_for(SAMPLE, seed=7))
+    b = d.prepare(cfg_for(SAMPLE, seed=7))
+    c = d.prepare(cfg_for(SAMPLE, seed=8))
+    assert [r.question for r in a.eval] == [r.question for r in b.eval]
+    assert [r.question for r in a.train] == [r.question for r in b.train]
+    assert [r.question for r in a.eval] != [r.question for r in c.eval]
+    small = d.prepare(cfg_for(SAMPLE, limit=10, eval_fraction=0.2))
+    assert (len(small.train), len(small.eval)) == (8, 2)
+
+
+def test_contamination_check_moves_leaked_questions_to_train(tmp_path):
+    rows = [{"question": f"What is condition number {i}?", "answer": f"Condition {i} is a disease."} for i in range(20)]
+    # the same question with different answers: must never sit on both sides of the split
+    rows += [{"question": "What is condition number 3?", "answer": f"Another valid answer {i}."} for i in range(6)]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepared = d.prepare(cfg_for(f, eval_fraction=0.3))
+    assert d.contamination(prepared.train, prepared.eval) == []
+    assert prepared.manifest["contamination"]["eval_questions_in_train"] == 0
+    train_q = {d.normalize_question(r.question) for r in prepared.train}
+    assert all(d.normalize_question(r.question) not in train_q for r in prepared.eval)
+    fake_eval = [d.Row("what is condition number 3", "x", "s", 1)]
+    assert d.contamination(prepared.train + fake_eval, fake_eval) == fake_eval
+
+
+def test_file_formats_and_column_mapping(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"q": "What is a fever exactly?", "a": "A body temperature above normal."},
+            {"q": "What does insulin do?", "a": "It lowers blood sugar."}]
+    (tmp_path / "x.json").write_text(json.dumps(rows))
+    (tmp_path / "x.csv").write_text("q,a\n" + "".join(f'"{r["q"]}","{r["a"]}"\n' for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")
+    loaded, infos = d.load_rows([str(tmp_path / n) for n in ("x.json", "x.csv", "x.parquet")], "q", "a")
+    assert [r.question for r in loaded] == [rows[0]["q"], rows[1]["q"]] * 3
+    assert [i.kind for i in infos] == ["json", "csv", "parquet"]
+    assert loaded[3].where().endswith("x.csv:3")
+
+
+def test_bad_input_messages(tmp_path):
+    with pytest.raises(d.DataError, match="does not exist"):
+        d.load_rows([str(tmp_path / "nope.jsonl")])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "What is a fever exactly?", "output": "Hot."}\n{"input": broken\n')
+    with pytest.raises(d.DataError, match=r"bad.jsonl line 2: malformed JSON"):
+        d.load_rows([str(bad)])
+    cols = tmp_path / "cols.jsonl"
+    cols.write_text('{"prompt_text": "What is a fever exactly?", "reply": "Hot."}\n')
+    with pytest.raises(d.DataError, match=r"missing a question column.*columns are: prompt_text, reply.*--question-column"):
+        d.load_rows([str(cols)])
+    with pytest.raises(d.DataError, match=r"no column 'nope'.*columns are: prompt_text, reply"):
+        d.load_rows([str(cols)], "nope", "reply")
+    with pytest.raises(d.DataError, match="unsupported file type '.txt'"):
+        (tmp_path / "a.txt").write_text("x")
+        d.load_rows([str(tmp_path / "a.txt")])
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"input": "Flu?", "output": "Virus."}\n{"input": "What is it, http://spam", "output": "Spam!"}\n')
+    with pytest.raises(d.DataError, match=r"no examples left after filtering the 2 rows.*question_too_short: 1, spam: 1"):
+        d.prepare(cfg_for(short))
+    two = tmp_path / "two.jsonl"
+    two.write_text('{"input": "What is a fever exactly?", "output": "Hot body."}\n')
+    with pytest.raises(d.DataError, match="cannot be split"):
+        d.prepare(cfg_for(two))
+
+
+def test_hub_id_without_network_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(d.DataError, match="could not load the Hub dataset 'medalpaca/medical_meadow_medical_flashcards'"):
+        d.load_rows(["medalpaca/medical_meadow_medical_flashcards"])
+
+
+def test_answer_only_labels_exact_tokens(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    row = d.Row("What is aspirin?", "Aspirin blocks cyclooxygenase.", "s", 1)
+    (enc,) = d.encode_rows(tok, [row], "chat", "Be careful.", 256)
+    prompt = "<|im_start|>system\nBe careful.<|im_end|>\n<|im_start|>user\nWhat is aspirin?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(enc.input_ids[: enc.prompt_tokens]) == prompt
+    assert enc.labels[: enc.prompt_tokens] == [-100] * enc.prompt_tokens
+    assert enc.labels[enc.prompt_tokens:] == enc.input_ids[enc.prompt_tokens:]
+    assert tok.decode(enc.labels[enc.prompt_tokens:]) == "Aspirin blocks cyclooxygenase.<|im_end|>"
+    assert enc.labels[-1] == tok.eos_token_id and not enc.truncated
+    (seed,) = d.encode_rows(tok, [row], "seed", "Be careful.", 256)
+    assert tok.decode(seed.input_ids[: seed.prompt_tokens]).endswith("### Response:\n")
+    (cut,) = d.encode_rows(tok, [row], "chat", "Be careful.", len(enc.input_ids) - 3)
+    assert cut.truncated and cut.answer_tokens == enc.answer_tokens - 3
+    with pytest.raises(d.DataError, match=r"s:1: .*no answer token is left"):
+        d.encode_rows(tok, [row], "chat", "Be careful.", enc.prompt_tokens)
+
+
+def test_collator_pads_per_batch_and_packs_without_padding():
+    feats = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
+    batch = d.Collator(pad_token_id=0)(feats)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, 9, -100]]
+    assert int(batch["num_tokens"]) == 5
+    packed = d.Collator(pad_token_id=0, packing=True, max_length=8)(feats)
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert packed["labels"].tolist() == [[-100, 6, 7, -100, 9]] and "attention_mask" not in packed
+    rows = d.Collator(pad_token_id=0, packing=True, max_length=4)(feats)
+    assert rows["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert rows["position_ids"].tolist() == [[0, 1, 2], [0, 1, 0]]
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    lengths = [((i * 37) % 23) + 1 for i in range(64)]
+    s = d.SeededLengthSampler(lengths, 4, seed=1)
+    first = list(s)
+    assert sorted(first) == list(range(64)) and list(s) == first
+    s.set_epoch(1)
+    assert list(s) != first
+    again = d.SeededLengthSampler(lengths, 4, seed=1)
+    again.set_epoch(1)
+    assert list(again) == list(s)
+    batches = [first[i:i + 4] for i in range(0, 64, 4)]
+    spread = sum(max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in batches)
+    plain = d.SeededLengthSampler(lengths, 4, seed=1, group_by_length=False)
+    p = list(plain)
+    spread_plain = sum(max(lengths[j] for j in p[i:i + 4]) - min(lengths[j] for j in p[i:i + 4]) for i in range(0, 64, 4))
+    assert spread < spread_plain
+
+
+def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir):
+    """Packing must give the same loss as padding: position ids restart, transformers builds the block mask."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    # transformers only turns restarting position ids into a block-diagonal mask when no KV cache is in play;
+    # with the default use_cache=True the packed examples attend to each other. The trainer switches it off.
+    model.config.use_cache = False
+    feats = [{"input_ids": list(range(10, 22)), "labels": [-100] * 5 + list(range(15, 22))},
+             {"input_ids": list(range(30, 37)), "labels": [-100] * 3 + list(range(33, 37))}]
+    padded = d.Collator(pad_token_id=1)(feats)
+    packed = d.Collator(pad_token_id=1, packing=True, max_length=64)(feats)
+    with torch.no_grad():
+        lp = model(**{k: v for k, v in padded.items() if k != "num_tokens"}).loss
+        lk = model(**{k: v for k, v in packed.items() if k != "num_tokens"}).loss
+        naive = dict(packed)
+        naive.pop("num_tokens")
+        naive["position_ids"] = torch.arange(naive["input_ids"].shape[1]).unsqueeze(0)
+        lcross = model(**naive).loss
+    assert torch.allclose(lp, lk, atol=1e-5)
+    assert not torch.allclose(lp, lcross, atol=1e-5)  # sanity: attending across examples changes the loss
