@@ -326,6 +326,7 @@ class MedchatApp(App):
         self.turns = []
         widgets = []
         guard: dict = {}
+        guard_of: dict = {}
         question = ""
         for message in messages:
             if message.role == "user":
@@ -336,14 +337,17 @@ class MedchatApp(App):
             elif message.role == "assistant":
                 widget = AssistantMessage(reminder=self.reminder, message_id=message.id)
                 widget.question = question
-                widgets.append((widget, message, safety.notices(guard)))
+                widgets.append((widget, message, safety.split_notices(guard)))
+                guard_of[widget] = guard
                 if message.content:
                     self.turns.append({"role": "assistant", "content": message.content})
         for item in widgets:
             if isinstance(item, tuple):
                 widget, message, notes = item
                 await chat.mount(widget)
-                widget.set_notices(notes)
+                widget.set_notices(*notes)
+                if note := safety.ood_note(guard_of.get(widget)):
+                    widget.add_note(note)
                 await widget.finish(message.content, message.status, message.stats)
             else:
                 await chat.mount(item)
@@ -511,14 +515,14 @@ class MedchatApp(App):
             except asyncio.TimeoutError:
                 pass
         rules = self._check_rules(text)
-        answer.set_notices(safety.notices(rules))
+        answer.set_notices(*safety.split_notices(rules))
         guard_task = asyncio.create_task(self._check_guard(text))
 
         def apply_guard(task: asyncio.Task) -> None:
             guard = task.result() if not task.cancelled() and task.exception() is None else {}
             guard = guard or rules
             user_widget.set_level(guard.get("ood_level"), guard.get("ood_score"))
-            answer.set_notices(safety.notices(guard))
+            answer.set_notices(*safety.split_notices(guard))
             note = safety.ood_note(guard)
             if note:
                 answer.add_note(note)

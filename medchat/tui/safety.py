@@ -85,16 +85,21 @@ def ood_note(guard: dict | None) -> str | None:
 
 def notices(guard: dict | None) -> list[str]:
     """Texts shown before the answer: emergency notices (deduplicated), then the dosing note."""
+    emergency, info = split_notices(guard)
+    return emergency + info
+
+
+def split_notices(guard: dict | None) -> tuple[list[str], list[str]]:
+    """(emergency notices, other notes such as the dosing note)."""
     guard = guard or {}
-    out: list[str] = []
+    emergency: list[str] = []
     for flag in guard.get("red_flags") or []:
         text = (flag or {}).get("notice")
-        if text and text not in out:
-            out.append(text)
+        if text and text not in emergency:
+            emergency.append(text)
     dosing = guard.get("dosing_note")
-    if dosing:
-        out.append(dosing if isinstance(dosing, str) else _dosing_text())
-    return out
+    info = [dosing if isinstance(dosing, str) else _dosing_text()] if dosing else []
+    return emergency, info
 
 
 def _dosing_text() -> str:

@@ -229,3 +229,23 @@ async def test_context_truncation_note(make_app):
         await wait_idle(app, pilot)
         note = app.query_one(AssistantMessage).query_one(".note")
         assert note.display and "oldest 4 messages were left out" in str(note.render())
+
+
+async def test_dosing_note_and_notices_come_back_on_resume(make_app):
+    app = make_app(FakeEngine([{"chunks": ["Take as directed."]}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "How much aspirin for chest pain?")
+        await wait_idle(app, pilot)
+        answer = app.query_one(AssistantMessage)
+        assert "EMERGENCY" in str(answer.query_one(".notices").render())
+        assert answer.query_one(".dosing").display
+        conv_id = app.conversation.id
+        await pilot.press("ctrl+n")
+        assert not app.query(AssistantMessage)
+        await app.open_conversation(conv_id)
+        await pilot.pause()
+        answer = app.query_one(AssistantMessage)
+        assert "EMERGENCY" in str(answer.query_one(".notices").render())
+        assert answer.query_one(".dosing").display
+        assert app.query_one(UserMessage).query_one(".ood").render().plain == "● in domain"

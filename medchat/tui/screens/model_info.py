@@ -36,10 +36,16 @@ class ModelInfoScreen(ModalScreen):
         table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
         table.add_column(style="bold")
         table.add_column(overflow="fold")
+        for key, value in self.extra.items():
+            if key in ("guard", "settings"):
+                table.add_row(key, value)
         for key, value in (self.info or {}).items():
+            if key == "extra" and not value:
+                continue
             table.add_row(key.replace("_", " "), _fmt(key, value))
         for key, value in self.extra.items():
-            table.add_row(key, value)
+            if key not in ("guard", "settings"):
+                table.add_row(key, value)
         with VerticalScroll(classes="dialog-box wide"):
             yield Static(Text("Model", style="bold"))
             yield Static(Text(self.status), classes="status")

@@ -115,6 +115,7 @@ class AssistantMessage(Vertical, can_focus=True):
     def compose(self) -> ComposeResult:
         yield Static(Text("medchat", style="bold"), classes="who")
         yield Static("", classes="notices")
+        yield Static("", classes="dosing")
         yield Static("", classes="note")
         yield Markdown("", classes="body")
         yield Static("", classes="marker")
@@ -122,7 +123,7 @@ class AssistantMessage(Vertical, can_focus=True):
         yield Static("", classes="footer")
 
     def on_mount(self) -> None:
-        for name in ("notices", "note", "marker", "reminder"):
+        for name in ("notices", "dosing", "note", "marker", "reminder"):
             self.query_one(f".{name}", Static).display = False
         self.set_footer("generating… (Esc stops)")
 
@@ -130,10 +131,14 @@ class AssistantMessage(Vertical, can_focus=True):
     def body(self) -> Markdown:
         return self.query_one(".body", Markdown)
 
-    def set_notices(self, notices: list[str]) -> None:
+    def set_notices(self, emergency: list[str], info: list[str] = ()) -> None:
+        """Emergency notices (red, first) and other fixed notes (e.g. dosing), above the answer."""
         box = self.query_one(".notices", Static)
-        box.update(Text("\n".join(f"⚠ {n}" for n in notices)))
-        box.display = bool(notices)
+        box.update(Text("\n".join(f"⚠ {n}" for n in emergency)))
+        box.display = bool(emergency)
+        note = self.query_one(".dosing", Static)
+        note.update(Text("\n".join(f"ⓘ {n}" for n in info)))
+        note.display = bool(info)
 
     def add_note(self, note: str) -> None:
         box = self.query_one(".note", Static)
