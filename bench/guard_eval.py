@@ -146,13 +146,13 @@ def main(argv=None) -> int:
     if sd is not None:
         shipped = ReferenceIndex.load(sd)
     exclude = set(ref_q) | set(shipped.questions or []) if shipped is not None else set(ref_q)
-    held = [q for q in held_pool if q not in exclude][: args.n_held]
     wd = set(read_questions(D / TRAIN_FILES[0]))
-    held_wd = [q for q in held if q in wd]
-    held_mq = [q for q in held if q not in wd]
-
-    R = enc(ref_q)
-    H_wd, H_mq = enc(held_wd), enc(held_mq)
+    R = enc(train[: max(6000, args.n_ref)])[: args.n_ref]  # one cached block of the shuffled list
+    HP = enc(held_pool)
+    keep = [i for i, q in enumerate(held_pool) if q not in exclude][: args.n_held]
+    rows_wd = [i for i in keep if held_pool[i] in wd]
+    rows_mq = [i for i in keep if held_pool[i] not in wd]
+    H_wd, H_mq = HP[rows_wd], HP[rows_mq]
     I = {k: enc(v) for k, v in ind.items()}
     O = {k: enc(v) for k, v in ood.items()}
     L_med, L_gen = emb.encode(lay_med), emb.encode(lay_gen)
