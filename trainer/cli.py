@@ -225,7 +225,7 @@ def runs_cmd(runs_dir, as_json, no_default):
     table = Table(title=f"runs in {root}")
     for col in ("id", "preset", "base", "data", "train/eval", "epochs", "lr", "train loss", "eval loss", "time",
                 "status"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("id", "status"))
     style = {"complete": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
     for r in rows:
         table.add_row(

@@ -409,12 +409,11 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
            if cfg.gradient_checkpointing else {}),
     )
-    callbacks = [LossLogCallback(run), InterruptCallback(state, console if main else None)]
+    callbacks = [*extra_callbacks, LossLogCallback(run), InterruptCallback(state, console if main else None)]
     if progress and main:
         callbacks.append(RichProgressCallback(console))
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    callbacks.extend(extra_callbacks)
 
     trainer = MedchatTrainer(
         model=model,
