@@ -262,10 +262,7 @@ class HistoryStore:
     def rename_conversation(self, conversation_id: int, title: str) -> Conversation:
         self.get_conversation(conversation_id)
         with self._db:
-            self._db.execute(
-                "UPDATE conversations SET title = ?, updated = ? WHERE id = ?",
-                (title.strip(), _now(), conversation_id),
-            )
+            self._db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title.strip(), conversation_id))
         return self.get_conversation(conversation_id)
 
     def update_settings(self, conversation_id: int, settings: dict) -> None:

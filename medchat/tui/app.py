@@ -267,7 +267,7 @@ class MedchatApp(App):
 
     # ---------------------------------------------------------------- history
 
-    def refresh_history(self, query: str | None = None) -> None:
+    def refresh_history(self, query: str | None = None, highlight: int | None = None) -> None:
         if self.store is None or self.incognito:
             return
         if query is None:
@@ -276,7 +276,9 @@ class MedchatApp(App):
             except Exception:
                 query = ""
         hits = [(h.conversation, h.snippet) for h in self.store.search(query, limit=200)]
-        self.query_one(HistorySidebar).show(hits, self.conversation.id if self.conversation else None)
+        if highlight is None and self.conversation is not None:
+            highlight = self.conversation.id
+        self.query_one(HistorySidebar).show(hits, highlight)
 
     @on(Input.Changed, "#history-search")
     def _search_changed(self, event: Input.Changed) -> None:
@@ -291,6 +293,8 @@ class MedchatApp(App):
         conversation = getattr(event.item, "conversation", None)
         if conversation is not None:
             await self.open_conversation(conversation.id)
+            if self.size.width < 120:  # a narrow terminal needs the room for the chat
+                self.query_one("#sidebar").display = False
 
     @on(ConversationList.Action)
     def _history_action(self, event: ConversationList.Action) -> None:
@@ -373,7 +377,7 @@ class MedchatApp(App):
             if self.conversation and self.conversation.id == conv.id:
                 self.conversation = renamed
                 self._update_title()
-            self.refresh_history()
+            self.refresh_history(highlight=conv.id)
 
         self.push_screen(TextPromptScreen("Rename conversation", conv.title), done)
 
@@ -650,6 +654,16 @@ class MedchatApp(App):
             except Exception as exc:
                 self.log.warning(f"cancel failed: {exc!r}")
         self._set_status("Stopping…")
+
+    async def action_quit(self) -> None:
+        """Quit; an answer being generated is stopped first and kept (saved as stopped)."""
+        if self.generating:
+            self.action_stop()
+            for _ in range(300):  # the engine stops within a token; do not hang on a stuck one
+                if not self.generating:
+                    break
+                await asyncio.sleep(0.01)
+        self.exit()
 
     async def action_new_conversation(self) -> None:
         if self.generating:

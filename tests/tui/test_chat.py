@@ -249,3 +249,20 @@ async def test_dosing_note_and_notices_come_back_on_resume(make_app):
         assert "EMERGENCY" in str(answer.query_one(".notices").render())
         assert answer.query_one(".dosing").display
         assert app.query_one(UserMessage).query_one(".ood").render().plain == "● in domain"
+
+
+async def test_quitting_while_generating_keeps_the_partial_answer(make_app):
+    engine = FakeEngine([{"chunks": ["Half an answer"], "hang": True}])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "q")
+        for _ in range(500):
+            if engine.made and engine.made[0].started.is_set() and _answers(app)[0].text:
+                break
+            await pilot.pause(0.01)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert [(m.content, m.status) for m in store.messages(conv.id)][-1] == ("Half an answer", "stopped")

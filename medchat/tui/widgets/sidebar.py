@@ -31,7 +31,7 @@ class ConversationItem(ListItem):
     def compose(self) -> ComposeResult:
         c = self.conversation
         yield Label(Text(c.title or f"Conversation {c.id}", no_wrap=True, overflow="ellipsis"), classes="title")
-        detail = self.snippet or f"{short_date(c.updated)} · {c.message_count} msgs"
+        detail = self.snippet or f"{short_date(c.updated)} · {c.message_count} msg{'s' if c.message_count != 1 else ''}"
         yield Label(Text(detail, no_wrap=True, overflow="ellipsis"), classes="detail")
 
 
