@@ -97,7 +97,10 @@ class MetricsPanel(VerticalScroll):
     MetricsPanel #metrics-title { text-style: bold; padding: 0 1; }
     MetricsPanel DataTable { height: auto; max-height: 12; margin: 1 0; }
     MetricsPanel #metrics-settings { color: $text-muted; padding: 0 1; }
+    MetricsPanel #metrics-chart { height: 16; min-height: 10; margin-top: 1; }
     """
+
+    CHART_METRICS = ("rouge1", "rouge2", "rougeL", "token_f1", "set_f1", "bleu")
 
     def compose(self) -> ComposeResult:
         yield Static(id="metrics-title")
@@ -105,6 +108,23 @@ class MetricsPanel(VerticalScroll):
         table: DataTable = DataTable(id="metrics-table", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="metrics-settings")
+        yield PlotextPlot(id="metrics-chart")
+
+    def draw_chart(self, run: Run | None) -> None:
+        chart = self.query_one("#metrics-chart", PlotextPlot)
+        chart.display = bool(run is not None and run.evaluated)
+        if not chart.display:
+            return
+        plt = chart.plt
+        plt.clear_data()
+        plt.clear_figure()
+        names = [METRIC_LABELS[m].replace(" (seed)", "*") + ("/100" if m == "bleu" else "") for m in self.CHART_METRICS]
+        scale = {"bleu": 0.01}
+        base = [(run.metric("base", m) or 0.0) * scale.get(m, 1.0) for m in self.CHART_METRICS]
+        tuned = [(run.metric("finetuned", m) or 0.0) * scale.get(m, 1.0) for m in self.CHART_METRICS]
+        plt.multiple_bar(names, [base, tuned], labels=["base", "fine-tuned"])
+        plt.title("base vs fine-tuned (higher is better; * = seed's set F1)")
+        chart.refresh()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -121,6 +141,7 @@ class MetricsPanel(VerticalScroll):
         notice = self.query_one(Notice)
         if run is None:
             title.update("No run selected.")
+            self.draw_chart(None)
             notice.show_text(None)
             settings.update("")
             table.display = False
@@ -128,6 +149,7 @@ class MetricsPanel(VerticalScroll):
         title.update(safe(f"Base vs fine-tuned: {run.id}"))
         notice.show_text(run.notice())
         table.display = run.evaluated
+        self.draw_chart(run)
         if not run.evaluated:
             settings.update("")
             return
