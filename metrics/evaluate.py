@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from metrics import scores
-from metrics.runs import EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, read_jsonl
+from metrics.runs import EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, read_jsonl, run_ref
 
 CACHE_VERSION = 1
 SCHEMA_VERSION = 1
@@ -139,7 +139,7 @@ def resolve_target(
             if not allow_incomplete:
                 raise EvalError(
                     f"Run {run_id} {what}: its adapter is not a finished result, so it is not evaluated as one. "
-                    f"Finish it (medchat-train resume {path}) or pass --allow-incomplete to score it, "
+                    f"Finish it (medchat-train train --resume {run_ref(path)}) or pass --allow-incomplete to score it, "
                     "marked as incomplete."
                 )
         adapter = path / "adapter"
@@ -495,6 +495,7 @@ def evaluate(
         "run_status": target.run_status,
         "base_model_name": target.base,
         "adapter": str(target.adapter),
+        "adapter_fingerprint": adapter_fp,
         "prompt_style": target.prompt_style,
         "system_prompt": target.system_prompt,
         "max_length": target.max_length,

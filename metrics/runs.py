@@ -163,11 +163,18 @@ class Run:
         lines.extend(self.problems)
         if self.results is None and self.results_problem:
             lines.append(self.results_problem)
-        elif self.results is not None and self.results.get("run_status") not in (None, "complete"):
-            lines.append(
-                f"These scores were computed while the run was {self.results.get('run_status')} "
-                "(an adapter from an unfinished run)."
-            )
+        elif self.results is not None:
+            if self.results.get("run_status") not in (None, "complete"):
+                lines.append(
+                    f"These scores were computed while the run was {self.results.get('run_status')} "
+                    "(an adapter from an unfinished run)."
+                )
+            trained_on, scored_on = self.meta.get("base"), self.results.get("base_model_name")
+            if trained_on and scored_on and trained_on != scored_on:
+                lines.append(
+                    f"Base mismatch: the run was trained on {trained_on!r} but evaluated against {scored_on!r}. "
+                    f"Re-evaluate with the run's own base: {evaluate_command(self.path)}"
+                )
         return "\n".join(lines) or None
 
 

@@ -152,3 +152,11 @@ def test_markdown_renderer_handles_pipes_in_answers(isolated_user_dirs):
     (run / "eval" / "results.json").write_text(json.dumps(results))
     md = render_markdown(build_report([load_run(run)]))
     assert "| fine-tuned | a \\| b c |" in md
+
+
+def test_base_mismatch_is_flagged(isolated_user_dirs):
+    run = make_run(isolated_user_dirs / "runs", "20261129-100000-other", base="HuggingFaceTB/SmolLM2-360M-Instruct")
+    fake_results(run, base=BASE_SCORES, finetuned=FT_SCORES)  # evaluated against "bundled"
+    notice = load_run(run).notice()
+    assert "Base mismatch: the run was trained on 'HuggingFaceTB/SmolLM2-360M-Instruct'" in notice
+    assert "medchat-metrics evaluate 20261129-100000-other" in notice
