@@ -396,7 +396,10 @@ def write_export(path: str | os.PathLike, text: str) -> Path:
     out = Path(path).expanduser()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        # Conversations are health data: the export is private to the user, like the database.
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
     except OSError as exc:
         raise HistoryError(f"Cannot write {out}: {exc.strerror or exc}. Choose another path.") from exc
     return out

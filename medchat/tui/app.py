@@ -457,6 +457,18 @@ class MedchatApp(App):
 
     # ---------------------------------------------------------------- sending and streaming
 
+    @on(ChatInput.ScrollChat)
+    def _scroll_chat(self, event: ChatInput.ScrollChat) -> None:
+        chat = self.query_one(ChatView)
+        if event.direction == -2:
+            chat.scroll_home(animate=False)
+        elif event.direction < 0:
+            chat.scroll_page_up(animate=False)
+        elif event.direction == 2 or chat.max_scroll_y - chat.scroll_y <= chat.size.height:
+            chat.anchor()  # back at the bottom: follow new text again
+        else:
+            chat.scroll_page_down(animate=False)
+
     @on(ChatInput.Submitted)
     def _submitted(self, event: ChatInput.Submitted) -> None:
         text = strip_control(event.text).strip()
@@ -623,7 +635,9 @@ class MedchatApp(App):
                 settings = self.settings.as_dict() | {"system_prompt": self.settings.effective_system_prompt}
                 self.conversation = self.store.create_conversation(_title_from(text), settings=settings, model=model)
                 self._update_title()
-            return self.store.add_message(self.conversation.id, "user", text).id
+            message_id = self.store.add_message(self.conversation.id, "user", text).id
+            self.refresh_history()
+            return message_id
         except Exception as exc:
             self._history_failed(exc)
             return None

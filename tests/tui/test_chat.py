@@ -266,3 +266,29 @@ async def test_quitting_while_generating_keeps_the_partial_answer(make_app):
     with HistoryStore() as store:
         [conv] = store.list_conversations()
         assert [(m.content, m.status) for m in store.messages(conv.id)][-1] == ("Half an answer", "stopped")
+
+
+async def test_follows_new_text_only_at_the_bottom(make_app):
+    long_answer = [f"Line {i} of a long answer.\n\n" for i in range(60)]
+    engine = FakeEngine([{"chunks": long_answer, "hang": True}])
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "long please")
+        chat = app.query_one("#chat")
+        for _ in range(500):
+            if _answers(app)[0].text.count("Line") == 60:
+                break
+            await pilot.pause(0.01)
+        await pilot.pause(0.1)
+        assert chat.max_scroll_y > 0 and chat.scroll_y == chat.max_scroll_y  # following
+        await pilot.press("pageup")
+        await pilot.pause()
+        held = chat.scroll_y
+        assert held < chat.max_scroll_y
+        await pilot.press("escape")  # the answer ends and grows by its footer: the view stays put
+        await wait_idle(app, pilot)
+        assert chat.scroll_y == held
+        await pilot.press("ctrl+end")
+        await pilot.pause()
+        assert chat.scroll_y == chat.max_scroll_y

@@ -22,6 +22,13 @@ class ChatInput(TextArea):
         def control(self) -> "ChatInput":
             return self.chat_input
 
+    class ScrollChat(Message):
+        """Page Up / Page Down in the prompt scroll the conversation instead."""
+
+        def __init__(self, direction: int) -> None:
+            super().__init__()
+            self.direction = direction
+
     def __init__(self, *, id: str | None = None, placeholder: str = "") -> None:
         super().__init__(
             id=id,
@@ -86,6 +93,12 @@ class ChatInput(TextArea):
             event.stop()
             event.prevent_default()
             self.insert("\n")
+            return
+        scroll = {"pageup": -1, "pagedown": 1, "ctrl+home": -2, "ctrl+end": 2}.get(key)
+        if scroll is not None:
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.ScrollChat(scroll))
             return
         if key == "up" and self.cursor_location[0] == 0 and not self.selection_active():
             if self.recall_previous():
