@@ -126,8 +126,7 @@ class Guard:
     def warm_up(self) -> "Guard":
         """Load the index and the embedder and run one encode (takes seconds; call it in a worker)."""
         if self.index is not None:
-            self.embedder.load() if hasattr(self.embedder, "load") else None
-            self.embedder.encode(["warm up"])
+            self.embedder.encode(["warm up"])  # loads the model on first use
         return self
 
     # ---- checks

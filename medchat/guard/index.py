@@ -499,7 +499,7 @@ def build_reference_index(
 
         cache_dir = _cache() / "guard"
     say(f"embedding {len(qs)} reference questions")
-    emb = embedder.encode(list(qs))
+    emb = embed_cached(embedder, list(qs), cache_dir)
     meta: dict = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "embedder": getattr(embedder, "name", EMBEDDER_NAME),
@@ -538,11 +538,12 @@ def build_reference_index(
                 cal_ood = {n: [q for q in v if " ".join(q.lower().split()) not in gset] for n, v in cal_ood.items()}
         elif cal_ood is not None:
             ref_parts, cal_ood = split_general(cal_ood, seed)
-            general_list = [q for part in ref_parts.values() for q in part]
+            requests = shipped_general_requests()
+            general_list = [q for part in ref_parts.values() for q in part] + requests
             general_emb = embed_cached(embedder, general_list, cache_dir)
             meta["general_reference"] = {
-                "source": cal_desc,
-                "sources": {n: len(v) for n, v in ref_parts.items()},
+                "source": f"{cal_desc} and {GENERAL_REQUESTS_FILE} (general chat requests)",
+                "sources": {**{n: len(v) for n, v in ref_parts.items()}, GENERAL_REQUESTS_FILE: len(requests)},
                 "n": len(general_list),
                 "split": f"seeded ({seed}) split per source: at most half (<= {MAX_GENERAL_PER_SOURCE}) here, "
                 "the rest calibrates the thresholds",
@@ -593,6 +594,19 @@ def build_reference_index(
         index.save(Path(out_dir))
         say(f"saved the index ({len(qs)} questions, score {index.score_kind}) to {out_dir}")
     return index
+
+
+GENERAL_REQUESTS_FILE = "assets/guard/general_requests.txt"
+
+
+def shipped_general_requests() -> list[str]:
+    """General chat requests (writing, code, cooking, travel, ...) written for medchat: part of the general
+    reference, because the ood/ data sets hold only trivia-style questions."""
+    from medchat.guard.questions import read_questions
+    from medchat.paths import ASSETS_DIR
+
+    path = ASSETS_DIR / "guard" / "general_requests.txt"
+    return read_questions(path) if path.is_file() else []
 
 
 def _default_index_with_general() -> Path | None:

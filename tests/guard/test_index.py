@@ -182,10 +182,14 @@ def test_build_contrastive_splits_general_questions(tmp_path, hash_embedder):
         embedder=hash_embedder, cache_dir=tmp_path / "cache", k=3,
     )
     assert idx.score_kind == "contrastive_knn"
-    assert idx.meta["general_reference"]["sources"] == {"g1": 6, "g2": 6}
+    from medchat.guard.index import GENERAL_REQUESTS_FILE, shipped_general_requests
+
+    n_req = len(shipped_general_requests())
+    assert n_req > 50  # the shipped general chat requests join the general reference
+    assert idx.meta["general_reference"]["sources"] == {"g1": 6, "g2": 6, GENERAL_REQUESTS_FILE: n_req}
     assert idx.meta["calibration"]["sources_ood"] == {"g1": 6, "g2": 6}  # the other halves
     back = ReferenceIndex.load(tmp_path / "ix")
-    assert back.general is not None and len(back.general) == 12
+    assert back.general is not None and len(back.general) == 12 + n_req
 
 
 def test_build_without_calibration_falls_back_and_says_so(tmp_path, hash_embedder):
