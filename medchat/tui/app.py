@@ -41,6 +41,7 @@ EngineFactory = Callable[[], Any]
 GuardFactory = Callable[[], Any]
 
 _DONE = object()
+_ABANDONED = object()
 
 
 def _title_from(text: str) -> str:
@@ -67,6 +68,7 @@ class MedchatApp(App):
     """Chat with a local medical assistant model."""
 
     CSS_PATH = "medchat.tcss"
+    STOP_GRACE_S = 1.5  # after Esc, how long to wait for the engine before leaving it to finish alone
     TITLE = "medchat"
     ENABLE_COMMAND_PALETTE = True
 
@@ -124,6 +126,8 @@ class MedchatApp(App):
         self.generating = False
         self._stream: Any = None
         self._stop_requested = False
+        self._stop_event = asyncio.Event()
+        self._draining: asyncio.Future | None = None
         self._pending: str | None = None
         self.ready_status = "Ready"
 
@@ -480,6 +484,10 @@ class MedchatApp(App):
         if self.model_status == "failed":
             self.notify(f"The model is not loaded: {self.model_error}", severity="error", timeout=10)
             return
+        if self._draining is not None and not self._draining.done():
+            self.notify("The model is still finishing the stopped answer (a long prompt is read in one "
+                        "step); try again in a moment.", severity="warning")
+            return
         prompt = event.chat_input
         prompt.remember(text)
         prompt.clear()
@@ -497,6 +505,7 @@ class MedchatApp(App):
     def start_turn(self, text: str) -> None:
         self.generating = True
         self._stop_requested = False
+        self._stop_event = asyncio.Event()
         self.run_turn(text)
 
     @work(exclusive=True, group="generate", exit_on_error=False)
@@ -508,7 +517,9 @@ class MedchatApp(App):
         finally:
             self.generating = False
             self._stream = None
-            if self.model_status == "ready":
+            if self._draining is not None and not self._draining.done():
+                self._set_status("Stopped. The model finishes its current step in the background…")
+            elif self.model_status == "ready":
                 self._set_status(self.ready_status)
 
     async def _run_turn(self, text: str, chat: ChatView) -> None:
@@ -582,9 +593,11 @@ class MedchatApp(App):
                 answer.add_note(f"ⓘ Your message is too long for the model: its last {cut:,} characters were cut.")
             iterator = iter(stream)
             while True:
-                chunk = await asyncio.to_thread(next, iterator, _DONE)
+                chunk = await self._next_chunk(iterator)
                 if chunk is _DONE:
                     break
+                if chunk is _ABANDONED:
+                    break  # stopped; the engine finishes its current step in the background
                 if self._stop_requested:
                     continue  # the model is stopping; what was shown at Esc is what is kept
                 chunk = strip_control(str(chunk))
@@ -621,6 +634,37 @@ class MedchatApp(App):
             self.turns.append({"role": "assistant", "content": final})
         answer.message_id = self._save_answer(final, status, stats)
         self.refresh_history()
+
+    async def _next_chunk(self, iterator) -> Any:
+        """The next chunk from the engine's iterator (run in a thread), or _ABANDONED when Esc was
+        pressed and the engine does not stop within STOP_GRACE_S (e.g. it is still reading a very
+        long prompt: the model checks for cancellation between tokens)."""
+        pending = asyncio.ensure_future(asyncio.to_thread(next, iterator, _DONE))
+        if not self._stop_requested:
+            stop = asyncio.ensure_future(self._stop_event.wait())
+            try:
+                await asyncio.wait({pending, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if pending.done():
+                return pending.result()
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout=self.STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            self._draining = asyncio.ensure_future(self._drain(iterator, pending))
+            return _ABANDONED
+
+    async def _drain(self, iterator, pending) -> None:
+        """Consume what is left of a cancelled stream so its thread finishes; then say so."""
+        try:
+            chunk = await pending
+            while chunk is not _DONE:
+                chunk = await asyncio.to_thread(next, iterator, _DONE)
+        except Exception:
+            pass
+        finally:
+            if self.model_status == "ready" and not self.generating:
+                self._set_status(self.ready_status)
 
     def _save_user(self, text: str) -> int | None:
         if self.store is None:
@@ -662,6 +706,7 @@ class MedchatApp(App):
                 self.query_one(ChatInput).focus()
             return
         self._stop_requested = True
+        self._stop_event.set()
         if self._stream is not None:
             try:
                 self._stream.cancel()

@@ -22,7 +22,7 @@ def fake_info() -> ModelInfo:
 class FakeStream:
     """Yields scripted chunks; with `hang=True` it then blocks until cancel() (a stream that never ends)."""
 
-    def __init__(self, chunks, *, hang=False, fail=None, truncated_turns=0, truncated_chars=0):
+    def __init__(self, chunks, *, hang=False, fail=None, truncated_turns=0, truncated_chars=0, stuck=None):
         self.chunks = list(chunks)
         self.hang = hang
         self.fail = fail
@@ -30,10 +30,13 @@ class FakeStream:
         self.truncated_chars = truncated_chars
         self.stats = None
         self.started = threading.Event()  # set once the first chunk has been handed out
+        self.stuck = stuck  # an Event: before the first chunk, block until it is set, ignoring cancel()
         self._cancel = threading.Event()
 
     def __iter__(self):
         sent = 0
+        if self.stuck is not None:  # like a model reading a huge prompt: cancel is only seen later
+            self.stuck.wait(timeout=60)
         for chunk in self.chunks:
             if self._cancel.is_set():
                 break

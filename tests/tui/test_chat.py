@@ -292,3 +292,30 @@ async def test_follows_new_text_only_at_the_bottom(make_app):
         await pilot.press("ctrl+end")
         await pilot.pause()
         assert chat.scroll_y == chat.max_scroll_y
+
+
+async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_app):
+    import threading
+
+    release = threading.Event()
+    engine = FakeEngine([{"chunks": ["never shown"], "stuck": release}, {"chunks": ["Next."]}])
+    app = make_app(engine)
+    app.STOP_GRACE_S = 0.05
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "huge prompt")
+        await pilot.press("escape")
+        for _ in range(500):
+            if not app.generating:
+                break
+            await pilot.pause(0.01)
+        [answer] = _answers(app)
+        assert answer.status == "stopped" and answer.text == ""
+        assert engine.made[0].cancelled
+        await send(app, pilot, "too soon")  # refused while the engine finishes its step
+        assert len(engine.made) == 1 and app.query_one(ChatInput).text == "too soon"
+        release.set()
+        await app._draining
+        await pilot.press("enter")
+        await wait_idle(app, pilot)
+        assert _answers(app)[-1].text == "Next."

@@ -67,7 +67,7 @@ class UserMessage(Vertical):
         shown = self.text
         if len(shown) > SHOW_CHARS:
             more = len(shown) - SHOW_CHARS
-            shown = shown[:SHOW_CHARS] + f"\n… ({more:,} more characters not shown; the model reads all of it)"
+            shown = shown[:SHOW_CHARS] + f"\n… ({more:,} more characters not shown)"
         yield Static(Text(shown), classes="body")
 
     def on_mount(self) -> None:
