@@ -65,6 +65,7 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     from metrics.report import build_report, render_rich
     from metrics.runs import RunError, load_run
 
+    _quiet_libraries()
     err = Console(stderr=True)
     try:
         target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
@@ -109,6 +110,17 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
         render_rich(report, Console(), experiments=False)
     else:
         _print_bare_summary(summary.results)
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notices, optional-kernel probes) is noise in an evaluation's output."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("bitsandbytes", "kernels", "transformers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _print_bare_summary(results: dict) -> None:

@@ -190,8 +190,12 @@ def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Repo
 
         notes.append(f"No runs found under {paths.runs_root()}. Train one with: medchat-train run")
     elif not any(r.evaluated for r in all_runs):
-        first = all_runs[-1]
-        notes.append(f"No run has been evaluated yet. Make an evaluation with: {evaluate_command(first.path)}")
+        complete = [r for r in all_runs if r.complete]
+        if complete:
+            notes.append(f"No run has been evaluated yet. Make an evaluation with: {evaluate_command(complete[-1].path)}")
+        else:
+            notes.append("No run has been evaluated yet, and none has completed: finish one with "
+                         "medchat-train train --resume RUN, then medchat-metrics evaluate RUN.")
     return Report(experiments=[experiment_row(r) for r in all_runs], details=[detail(r) for r in selected], notes=notes,
                   selected=list(selected))
 
