@@ -1,0 +1,278 @@
+"""Chat latency and decode speed, side by side, on the bundled model (CPU).
+
+A ~60-token question in the chat template, 128 new tokens, greedy. For each way of decoding: time to
+first token (TTFT, prompt processing included) and decode tokens/s after the first token.
+
+  hf-generate        plain `model.generate` (bf16 on CPUs with bf16, else fp32), no penalties
+  lean-static        a hand-written greedy loop over a StaticCache (same dtype), no penalties
+  lean-compiled      the same loop with torch.compile (only with --compile: compiling takes minutes)
+  engine-torch       medchat.engine.Engine as the chat app used it (adapter merged, repetition penalty
+                     1.1, no repeated 4-grams)
+  llama.cpp          llama-cpp-python on the very same GGUF file the bundled model ships (Q4_1), its own
+                     greedy sampler: what a user of llama.cpp would get
+  engine-llamacpp    medchat's fast path (medchat.fastdecode.LlamaCppEngine): the adapter merged and
+                     exported to a Q4_1 GGUF, the chat app's decoding settings, streamed text
+
+Each candidate runs --repeats times, interleaved round-robin so load on the shared machine hits all
+alike; the table shows medians. Rows marked * stop at EOS (the chat settings), so they may produce
+fewer than 128 tokens. The llama.cpp rows are skipped, with a note, when llama-cpp-python is absent.
+
+    nice -n 10 .venv/bin/python bench/decode.py [--repeats 3] [--compile] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+QUESTION = (
+    "I am a 52-year-old woman with type 2 diabetes and high blood pressure. For the past two weeks my ankles "
+    "swell every evening, I get short of breath climbing one flight of stairs, and I wake up at night needing "
+    "extra pillows. What could be causing this, and which tests should I ask my doctor about?"
+)
+
+
+class _FirstTokenTimer:
+    """A transformers streamer that records when the first generated token arrives."""
+
+    def __init__(self):
+        self.first = None
+        self.prompt_seen = False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def end(self):
+        pass
+
+
+def measure_hf_generate(model, input_ids, new_tokens):
+    import torch
+
+    timer = _FirstTokenTimer()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                             streamer=timer)
+    ended = time.perf_counter()
+    n = out.shape[1] - input_ids.shape[1]
+    return {"ttft_s": timer.first - started, "tokens": n, "tok_s": (n - 1) / (ended - timer.first)}
+
+
+class LeanDecoder:
+    """Greedy decoding with a preallocated StaticCache: one forward per token, nothing else."""
+
+    def __init__(self, model, max_len, compile_model=False):
+        import torch
+
+        self.model = model
+        self.max_len = max_len
+        self.forward = model.forward
+        if compile_model:
+            self.forward = torch.compile(model.forward, dynamic=False, fullgraph=False)
+
+    def __call__(self, input_ids, new_tokens):
+        import torch
+        from transformers import StaticCache
+
+        cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
+        length = input_ids.shape[1]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, past_key_values=cache, cache_position=torch.arange(length),
+                             use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            first = time.perf_counter()
+            tokens = [int(token)]
+            position = torch.tensor([length])
+            for _ in range(new_tokens - 1):
+                out = self.forward(input_ids=token, past_key_values=cache, cache_position=position, use_cache=True)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                tokens.append(int(token))
+                position += 1
+        ended = time.perf_counter()
+        return {"ttft_s": first - started, "tokens": len(tokens), "tok_s": (len(tokens) - 1) / (ended - first)}
+
+
+def measure_engine(engine, messages, settings, reset=None):
+    if reset:
+        reset()
+    stream = engine.stream(messages, settings)
+    text = "".join(stream)
+    stats = stream.stats
+    return {"ttft_s": stats.ttft_s, "tokens": stats.tokens, "tok_s": stats.tokens_per_s, "text": text}
+
+
+def measure_llama_cpp(llm, prompt_ids, new_tokens):
+    llm.reset()  # no prompt reuse between repeats: cold TTFT like the other rows
+    started = time.perf_counter()
+    first = None
+    count = 0
+    for _token in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+        if count >= new_tokens:
+            break
+    ended = time.perf_counter()
+    return {"ttft_s": first - started, "tokens": count, "tok_s": (count - 1) / (ended - first)}
+
+
+def random_adapter(out: Path) -> str:
+    """A LoRA of the shape medchat-train makes by default, random non-zero weights: speed is the same."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from medchat.model import ModelSpec, load
+
+    base = load(ModelSpec(dtype="fp32")).model
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
+    model.save_pretrained(out)
+    return str(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also measure the lean loop under torch.compile")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and llama.cpp")
+    parser.add_argument("--only", default="", help="comma-separated subset of candidate names")
+    args = parser.parse_args(argv)
+    _common.setup()
+
+    import torch
+
+    from medchat import fastdecode
+    from medchat.engine import Engine, GenerationSettings
+    from medchat.model import ModelSpec, load, resolve_dtype
+    from medchat.prompting import build_messages
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    adapter, adapter_note = _common.shipped_adapter()
+    notes = [f"chat engines use: {adapter_note}"]
+    tmp = tempfile.TemporaryDirectory(prefix="medchat-bench-")
+    export_adapter = adapter
+    if adapter is None:
+        _common.log("no shipped adapter: making a random r=16 all-linear LoRA for the merged-export row")
+        export_adapter = random_adapter(Path(tmp.name) / "adapter")
+        notes.append("engine-llamacpp+lora: a random r=16 all-linear LoRA merged and exported (no shipped adapter)")
+
+    dtype = resolve_dtype("auto", "cpu")
+    _common.log(f"loading the bundled model ({dtype})")
+    plain = load(ModelSpec(dtype=dtype))
+    tokenizer, model = plain.tokenizer, plain.model
+    engine_torch = Engine(load(ModelSpec(adapter=adapter, dtype=dtype)))
+    messages = build_messages(QUESTION)
+    prompt_ids = engine_torch.prompt_ids(messages)
+    question_tokens = len(tokenizer(QUESTION, add_special_tokens=False)["input_ids"])
+    input_ids = torch.tensor([prompt_ids])
+    chat_settings = GenerationSettings(max_new_tokens=args.new_tokens)
+    _common.log(f"question {question_tokens} tokens, prompt {len(prompt_ids)} tokens, {args.new_tokens} new, "
+                f"{threads} threads")
+
+    candidates = {}
+    candidates["hf-generate"] = lambda: measure_hf_generate(model, input_ids, args.new_tokens)
+    lean = LeanDecoder(model, len(prompt_ids) + args.new_tokens + 8)
+    candidates["lean-static"] = lambda: lean(input_ids, args.new_tokens)
+    if args.compile:
+        compiled = LeanDecoder(model, len(prompt_ids) + args.new_tokens + 8, compile_model=True)
+        _common.log("compiling (first call)...")
+        started = time.perf_counter()
+        compiled(input_ids, 4)
+        notes.append(f"torch.compile warm-up took {time.perf_counter() - started:.0f}s")
+        candidates["lean-compiled"] = lambda: compiled(input_ids, args.new_tokens)
+    candidates["engine-torch*"] = lambda: measure_engine(engine_torch, messages, chat_settings)
+
+    if fastdecode.llamacpp_available():
+        import llama_cpp
+
+        from medchat import bundled
+
+        gguf = bundled.find_bundled_gguf()
+        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                              verbose=False)
+        candidates["llama.cpp"] = lambda: measure_llama_cpp(llm, prompt_ids, args.new_tokens)
+        engine_fast = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=adapter), n_threads=threads)
+        candidates["engine-llamacpp*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
+                                                                reset=engine_fast.llama.reset)
+        if adapter is None:
+            _common.log("exporting the merged random adapter to GGUF (once, cached)")
+            started = time.perf_counter()
+            engine_lora = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=export_adapter), n_threads=threads)
+            notes.append(f"merge + GGUF export of the LoRA took {time.perf_counter() - started:.1f}s (cached after)")
+            candidates["engine-llamacpp+lora*"] = lambda: measure_engine(engine_lora, messages, chat_settings,
+                                                                         reset=engine_lora.llama.reset)
+        # warm prompt: a follow-up turn in the chat reuses the KV cache of the shared prefix
+        candidates["engine-llamacpp warm*"] = lambda: measure_engine(engine_fast, messages, chat_settings)
+        baseline = "llama.cpp"
+    else:
+        notes.append("llama.cpp rows skipped: llama-cpp-python is not installed (pip install 'medchat[llamacpp]')")
+        baseline = "hf-generate"
+    if args.only:
+        keep = set(args.only.split(","))
+        candidates = {k: v for k, v in candidates.items() if k in keep or k.rstrip("*") in keep}
+
+    for name, run in candidates.items():  # warm-up: first-call costs out of the measurement
+        _common.log(f"warm-up {name}")
+        run()
+    samples: dict[str, list[dict]] = {name: [] for name in candidates}
+    for repeat in range(args.repeats):
+        for name, run in candidates.items():
+            result = run()
+            samples[name].append(result)
+            _common.log(f"#{repeat + 1} {name}: ttft {result['ttft_s']:.3f}s, {result['tokens']} tok, "
+                        f"{result['tok_s']:.1f} tok/s")
+
+    rows = []
+    for name, results in samples.items():
+        rows.append({
+            "name": name,
+            "ttft_s": statistics.median(r["ttft_s"] for r in results),
+            "tok_s": statistics.median(r["tok_s"] for r in results),
+            "tokens": statistics.median(r["tokens"] for r in results),
+        })
+    table = _common.ratio_table(rows, [("ttft_s", "TTFT s"), ("tok_s", "decode tok/s"), ("tokens", "tokens")],
+                                baseline=baseline, ratio_of=[("ttft_s", False), ("tok_s", True)])
+    print(f"\nDecode on the bundled SmolLM2-135M-Instruct, CPU ({threads} threads, torch {dtype}), "
+          f"{question_tokens}-token question ({len(prompt_ids)}-token prompt), {args.new_tokens} new tokens, greedy, "
+          f"median of {args.repeats}\n")
+    print(table)
+    for note in notes:
+        print(f"- {note}")
+    texts = {name: results[-1].get("text") for name, results in samples.items() if results[-1].get("text")}
+    path = _common.write_json("decode", {
+        "settings": {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads, "dtype": dtype,
+                     "question_tokens": question_tokens, "prompt_tokens": len(prompt_ids),
+                     "chat_settings": chat_settings.as_dict()},
+        "baseline": baseline, "rows": rows, "samples": samples, "notes": notes, "table": table,
+        "answers": texts,
+    })
+    print(f"\nJSON: {path}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
