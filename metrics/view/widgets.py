@@ -213,9 +213,14 @@ class LossChart(Vertical):
             empty.update(safe(f"{run.path / 'loss_log.jsonl'} holds no loss values." if run else "No run selected."))
             return
         if series["train"][0]:
-            plt.plot(*series["train"], label="train loss", marker="braille")
+            if len(series["train"][0]) > 1:
+                plt.plot(*series["train"], label="train loss", marker="braille", color="cyan")
+            else:
+                plt.scatter(*series["train"], label="train loss", marker="●", color="cyan")
         if series["eval"][0]:
-            plt.plot(*series["eval"], label="eval loss", marker="braille")
+            if len(series["eval"][0]) > 1:
+                plt.plot(*series["eval"], marker="braille", color="orange")
+            plt.scatter(*series["eval"], label="eval loss", marker="●", color="orange")
         title = run.id if run.complete else f"{run.id} ({run.status})"
         plt.title(title)
         plt.xlabel("step")
