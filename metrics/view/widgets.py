@@ -29,7 +29,7 @@ from metrics.report import (
     fmt_metric,
     loss_series,
 )
-from metrics.runs import Run
+from metrics.runs import Run, RunError, evaluate_command
 from metrics.scores import LOWER_IS_BETTER, METRIC_LABELS
 
 STATUS_MARK = {"complete": "●", "running": "◌", "interrupted": "◐", "failed": "✕", "unknown": "?"}
@@ -260,7 +260,13 @@ class ExampleBrowser(Vertical):
             yield Static(id="example-text")
 
     def show_run(self, run: Run | None) -> None:
-        self.examples = run.examples() if run is not None and run.evaluated else []
+        try:
+            self.examples = run.examples() if run is not None and run.evaluated else []
+        except RunError as exc:
+            self.examples = []
+            self.empty_text = f"{exc} Re-create it with: {evaluate_command(run.path)}"
+            self.refresh_table()
+            return
         if run is None:
             self.empty_text = "No run selected."
         elif not run.evaluated:

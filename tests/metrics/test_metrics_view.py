@@ -151,3 +151,15 @@ async def test_report_screen_is_pushable_from_another_app(isolated_user_dirs):
         await pilot.pause()
         assert not isinstance(app.screen, ReportScreen)
         assert app.query_one("#host", Static)
+
+
+async def test_corrupt_examples_file_is_a_message(isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+    (paths[0] / "eval" / "examples.jsonl").write_text('{"index": 0}\n{broken\n')
+    app = ReportApp(runs=[paths[0]])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await pilot.pause()
+        status = _text(app.screen.query_one("#examples-status", Static))
+        assert "examples.jsonl, line 2: not valid JSON" in status
+        assert "medchat-metrics evaluate 20261120-100000-qv" in status
