@@ -147,3 +147,22 @@ def test_mismatched_base_and_adapter(tmp_path, tiny_adapter, tiny_tokenizer_dir)
     target = resolve_target(tiny_adapter, data=data, base=str(other))
     with pytest.raises(EvalError, match="does not fit the base"):
         evaluate(target, default_settings(**SETTINGS), device="cpu", dtype="fp32", probes=False)
+
+
+def test_cli_evaluates_a_bare_adapter_with_data(tmp_path, tiny_model_dir, tiny_adapter):
+    from click.testing import CliRunner
+
+    from metrics.cli import main
+
+    data = write_jsonl(tmp_path / "held_out.jsonl", [{"question": q, "answer": a} for q, a in QA[:2]])
+    out = tmp_path / "out"
+    args = ["evaluate", str(tiny_adapter), "--data", str(data), "--base", str(tiny_model_dir), "--out", str(out),
+            "--max-new-tokens", "3", "--no-probes", "--device", "cpu", "--dtype", "fp32"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Base vs fine-tuned" in result.output and "ROUGE-L" in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["run_id"] is None and results["n_examples"] == 2
+    assert results["base_model_name"] == str(tiny_model_dir)
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert "all cached, nothing generated" in again.output
