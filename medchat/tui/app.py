@@ -212,7 +212,13 @@ class MedchatApp(App):
             )
         self.model_status = "failed"
         self.model_error = message
-        self._pending = None
+        if self._pending is not None:  # give the waiting message back, unsent
+            prompt = self.query_one(ChatInput)
+            if not prompt.text:
+                prompt.load_text(self._pending)
+            self._pending = None
+            for widget in self.query_one(ChatView).query(".pending"):
+                widget.remove()
         self._set_status(f"The model did not load: {message}", error=True)
         self.notify(message, title="Model not loaded", severity="error", timeout=30)
         self._model_settled.set()

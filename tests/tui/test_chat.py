@@ -319,3 +319,50 @@ async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_ap
         await pilot.press("enter")
         await wait_idle(app, pilot)
         assert _answers(app)[-1].text == "Next."
+
+
+async def test_message_sent_while_loading_waits_for_the_model(make_app):
+    import threading
+
+    from medchat.tui.app import MedchatApp
+
+    gate = threading.Event()
+    engine = FakeEngine([{"chunks": ["Loaded answer."]}])
+
+    def slow_factory():
+        gate.wait(timeout=30)
+        return engine
+
+    app = MedchatApp(None, engine_factory=slow_factory, guard_factory=lambda: None, cursor_blink=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await send(app, pilot, "early question")
+        assert app.model_status == "loading" and app.query(".pending")
+        assert app.query_one("#loading").display
+        gate.set()
+        await wait_ready(app, pilot)
+        await wait_idle(app, pilot)
+        assert [w.text for w in app.query(AssistantMessage)] == ["Loaded answer."]
+        assert not app.query(".pending")
+        assert not app.query_one("#loading").display
+
+
+async def test_message_sent_while_loading_comes_back_if_the_load_fails(make_app):
+    import threading
+
+    from medchat.tui.app import MedchatApp
+
+    gate = threading.Event()
+
+    def failing_factory():
+        gate.wait(timeout=30)
+        raise RuntimeError("boom")
+
+    app = MedchatApp(None, engine_factory=failing_factory, guard_factory=lambda: None, cursor_blink=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await send(app, pilot, "early question")
+        gate.set()
+        await wait_ready(app, pilot)
+        await pilot.pause()
+        assert app.model_status == "failed" and "RuntimeError: boom" in app.model_error
+        assert app.query_one(ChatInput).text == "early question"
+        assert not app.query(".pending")

@@ -166,7 +166,7 @@ class AssistantMessage(Vertical, can_focus=True):
         await self.body.update(text)
         marker = self.query_one(".marker", Static)
         if status == "stopped":
-            marker.update(Text("■ stopped — partial answer"))
+            marker.update(Text("■ stopped — partial answer" if text else "■ stopped before any text"))
             marker.display = True
         elif status == "error":
             marker.update(Text(f"✖ {error or 'generation failed'}"))
