@@ -342,8 +342,7 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _free(loaded) -> None:
-    del loaded
+def _free() -> None:
     gc.collect()
     try:
         import torch
@@ -455,8 +454,8 @@ def evaluate(
                 progress(which, "perplexity", scored[which], len(todo_ppl))
         timing[which] = {"generate_s": round(t1 - t0, 3), "generated": generated[which],
                          "perplexity_s": round(time.perf_counter() - t1, 3), "load_s": loaded.info.load_seconds}
-        engine = None
-        _free(loaded)
+        engine = loaded = None  # drop the model before the next one loads
+        _free()
 
     # ------------------------------------------------------------------ scoring (pure, from the caches)
     per_example: list[dict[str, Any]] = []

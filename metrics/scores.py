@@ -192,6 +192,7 @@ def answer_perplexity(
     system: str | None = None,
     max_length: int = 512,
     batch_size: int = 8,
+    max_batch_tokens: int = 2048,
 ) -> PerplexityResult:
     """Perplexity of the reference answers given their questions, masked exactly as in training."""
     from medchat.prompting import encode_example
@@ -203,19 +204,36 @@ def answer_perplexity(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
-    per: list[dict[str, Any]] = []
+    per: list[dict[str, Any] | None] = [None] * len(encoded)
     try:
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            for enc, (nll, n) in zip(
-                chunk, example_nll(model, [e.input_ids for e in chunk], [e.labels for e in chunk], pad_id)
+        for chunk in _token_budget_batches(encoded, batch_size, max_batch_tokens):
+            items = [encoded[i] for i in chunk]
+            for index, enc, (nll, n) in zip(
+                chunk, items, example_nll(model, [e.input_ids for e in items], [e.labels for e in items], pad_id)
             ):
-                per.append({"nll": nll, "tokens": n, "perplexity": _safe_exp(nll / n) if n else float("nan"),
-                            "truncated": bool(enc.truncated)})
+                per[index] = {"nll": nll, "tokens": n, "perplexity": _safe_exp(nll / n) if n else float("nan"),
+                              "truncated": bool(enc.truncated)}
     finally:
         if was_training:
             model.train()
-    return perplexity_from_examples(per)
+    return perplexity_from_examples([p for p in per if p is not None])
+
+
+def _token_budget_batches(encoded: list, batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices grouped by length so that rows x padded width stays under the budget: the logits
+    (rows x width x vocabulary) are the memory peak of a perplexity pass."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = len(encoded[i].input_ids)  # sorted ascending: the newest row is the widest
+        if current and (len(current) >= batch_size or (len(current) + 1) * width > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def perplexity_from_examples(per: list[dict[str, Any]]) -> PerplexityResult:

@@ -68,3 +68,15 @@ def test_perplexity_matches_manual_masked_loss(tiny):
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-4)
     # a random tiny model is close to uniform over its vocabulary
     assert 0.3 * len(tok) < result.perplexity < 3 * len(tok)
+
+
+def test_token_budget_batching_keeps_order_and_values(tiny):
+    from metrics.scores import answer_perplexity
+
+    model, tok = tiny
+    whole = answer_perplexity(model, tok, PAIRS, batch_size=8)
+    one_by_one = answer_perplexity(model, tok, PAIRS, batch_size=8, max_batch_tokens=1)  # forces single rows
+    assert [p["tokens"] for p in whole.per_example] == [p["tokens"] for p in one_by_one.per_example]
+    for a, b in zip(whole.per_example, one_by_one.per_example):
+        assert a["nll"] == pytest.approx(b["nll"], rel=1e-4)
+    assert whole.perplexity == pytest.approx(one_by_one.perplexity, rel=1e-4)
