@@ -366,3 +366,43 @@ async def test_message_sent_while_loading_comes_back_if_the_load_fails(make_app)
         assert app.model_status == "failed" and "RuntimeError: boom" in app.model_error
         assert app.query_one(ChatInput).text == "early question"
         assert not app.query(".pending")
+
+
+async def test_settings_saved_for_the_conversation_and_as_defaults(make_app, isolated_user_dirs):
+    from medchat.settings import load_defaults
+
+    engine = FakeEngine([{"chunks": ["ok"]}])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "first")
+        await wait_idle(app, pilot)
+        await pilot.press("f3")
+        await pilot.pause()
+        screen = app.screen
+        screen.query_one("#set-temperature").value = "abc"
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is screen  # invalid: the dialog stays, with the reason
+        assert "temperature must be a number" in str(screen.query_one("#settings-error").render())
+        screen.query_one("#set-temperature").value = "0.7"
+        screen.query_one("#set-max_new_tokens").value = "64"
+        screen.query_one("#set-system_prompt").load_text("Answer in one sentence.")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is not screen
+        await send(app, pilot, "second")
+        await wait_idle(app, pilot)
+        messages, settings = engine.requests[-1]
+        assert settings.temperature == 0.7 and settings.max_new_tokens == 64
+        assert messages[0] == {"role": "system", "content": "Answer in one sentence."}
+        await pilot.press("f3")
+        await pilot.pause()
+        await pilot.click("#default")
+        await pilot.pause()
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert conv.settings["temperature"] == 0.7 and conv.settings["system_prompt"] == "Answer in one sentence."
+    defaults = load_defaults()
+    assert defaults.max_new_tokens == 64 and defaults.system_prompt == "Answer in one sentence."
+    assert (isolated_user_dirs / "config" / "config.toml").is_file()

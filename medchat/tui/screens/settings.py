@@ -9,6 +9,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
+from medchat.textsafe import strip_control
 from medchat.settings import GENERATION_FIELDS, ChatSettings, SettingsError, field_help
 
 
@@ -41,10 +42,16 @@ class SettingsScreen(ModalScreen):
                 yield Button("Built-in prompt", id="reset-prompt", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
 
+    def on_mount(self) -> None:
+        self.query_one(f"#set-{GENERATION_FIELDS[0]}", Input).focus()
+
     def _collect(self) -> ChatSettings | None:
         data: dict = {name: self.query_one(f"#set-{name}", Input).value for name in GENERATION_FIELDS}
-        prompt = self.query_one("#set-system_prompt", TextArea).text
-        data["system_prompt"] = prompt
+        from medchat.settings import default_system_prompt
+
+        prompt = strip_control(self.query_one("#set-system_prompt", TextArea).text).strip()
+        # The built-in prompt (or an empty box) is stored as "use the built-in one", so it follows upgrades.
+        data["system_prompt"] = None if prompt in ("", default_system_prompt().strip()) else prompt
         try:
             return ChatSettings.from_dict(data)
         except SettingsError as exc:
