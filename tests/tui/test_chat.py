@@ -406,3 +406,64 @@ async def test_settings_saved_for_the_conversation_and_as_defaults(make_app, iso
     defaults = load_defaults()
     assert defaults.max_new_tokens == 64 and defaults.system_prompt == "Answer in one sentence."
     assert (isolated_user_dirs / "config" / "config.toml").is_file()
+
+
+async def test_command_palette_has_every_action_and_runs_them(make_app):
+    from medchat.tui.app import MedchatApp
+
+    app = make_app(FakeEngine([{"chunks": ["Palette answer."]}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        for action in ("New conversation", "Stop generating", "Copy last answer", "Toggle history",
+                       "Search history", "Rename conversation", "Delete conversation", "Export conversation",
+                       "Settings", "Model info", "Metrics report", "Keys"):
+            assert action in titles
+        assert {b.action for b in MedchatApp.BINDINGS} - {"stop"} <= set(MedchatApp._CHAT_ACTIONS)
+        await send(app, pilot, "q")
+        await wait_idle(app, pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"copy last answer")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.clipboard.startswith("Palette answer.")
+
+
+async def test_rename_and_delete_the_current_conversation(make_app):
+    app = make_app(FakeEngine([{"chunks": ["ok"]}]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "original title")
+        await wait_idle(app, pilot)
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        app.screen.query_one("#prompt-input").value = "Renamed 🙂 עברית"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.conversation.title == "Renamed 🙂 עברית" and "Renamed" in app.title
+        app.action_delete()
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert app.conversation is None and not app.query(AssistantMessage)
+    with HistoryStore() as store:
+        assert store.list_conversations() == []
+
+
+async def test_metrics_report_key_opens_the_report_or_says_why_not(make_app):
+    app = make_app(FakeEngine())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await pilot.press("f5")
+        await pilot.pause(0.3)
+        try:
+            from metrics.view import ReportScreen
+        except Exception:
+            assert any("not available" in n.message for n in app._notifications)
+        else:
+            assert isinstance(app.screen, ReportScreen)
+            await pilot.press("escape")
+            await pilot.pause()
+            assert not isinstance(app.screen, ReportScreen)
