@@ -12,7 +12,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widget import Widget
 from textual.widgets import DataTable, OptionList, Static
 from textual.widgets.option_list import Option
 from textual_plotext import PlotextPlot
@@ -388,6 +387,4 @@ class ProbesPanel(VerticalScroll):
         self.query_one("#probes-text", Static).update(text)
 
 
-__all__ = [
-    "RunList", "Notice", "MetricsPanel", "ExperimentsTable", "LossChart", "ExampleBrowser", "ProbesPanel", "Widget",
-]
+__all__ = ["RunList", "Notice", "MetricsPanel", "ExperimentsTable", "LossChart", "ExampleBrowser", "ProbesPanel"]
