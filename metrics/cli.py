@@ -18,6 +18,17 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
 
+def _runs_dir_option(func):
+    """--runs-dir: where run ids are looked up and runs are listed (same as env MEDCHAT_RUNS_DIR)."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ["MEDCHAT_RUNS_DIR"] = value
+
+    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None, expose_value=False,
+                        is_eager=True, callback=apply, help="Runs root (default: env MEDCHAT_RUNS_DIR or the data dir).")(func)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medchat", prog_name="medchat-metrics")
 def main() -> None:
@@ -32,6 +43,7 @@ def main() -> None:
 
 
 @main.command()
+@_runs_dir_option
 @click.argument("run_or_adapter")
 @click.option("--base", default=None, help="Base model (default: the run's recorded base; 'bundled', a directory, a .gguf).")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -140,6 +152,7 @@ def _print_bare_summary(results: dict) -> None:
 
 
 @main.command()
+@_runs_dir_option
 @click.argument("runs", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -195,6 +208,7 @@ def report(runs, fmt, output, charts, all_runs) -> None:
 
 
 @main.command()
+@_runs_dir_option
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
 def compare(runs, fmt) -> None:
@@ -221,6 +235,7 @@ def compare(runs, fmt) -> None:
 
 
 @main.command()
+@_runs_dir_option
 @click.argument("runs", nargs=-1)
 def show(runs) -> None:
     """Open the report view (runs, metrics tables, loss chart, per-example browser)."""

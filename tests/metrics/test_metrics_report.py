@@ -160,3 +160,9 @@ def test_base_mismatch_is_flagged(isolated_user_dirs):
     notice = load_run(run).notice()
     assert "Base mismatch: the run was trained on 'HuggingFaceTB/SmolLM2-360M-Instruct'" in notice
     assert "medchat-metrics evaluate 20261129-100000-other" in notice
+
+
+def test_runs_dir_option(tmp_path):
+    populated_runs_root(tmp_path / "elsewhere")
+    result = _invoke("report", "--runs-dir", str(tmp_path / "elsewhere"), "--format", "json")
+    assert "20261121-090000-all-linear" in [r["run"] for r in json.loads(result.output)["experiments"]]
