@@ -235,32 +235,47 @@ def main(argv=None) -> int:
         )
         results["shipped_index"]["score_kind"] = shipped.score_kind
 
-    # ---------------- red flags
+    # ---------------- red flags: text rules alone, and rules + the semantic layer (needs the embedder)
+    from medchat.guard.guard import Guard
+
     rules = default_rules()
+    gsem = Guard(None, rules, emb, index=shipped if shipped is not None else con)
+    roles = {"red_flag_tune1.jsonl": "tuning set (rules written against it; semantic examples)",
+             "red_flag_tune2.jsonl": "tuning set 2 (held out for rules round 1, then tuned on; semantic examples)",
+             "red_flag_heldout.jsonl": "held out (written after both rule rounds; never tuned on)"}
+
+    def flags_both(texts):
+        rule_ids = [[x.id for x in rules.red_flags(t)] for t in texts]
+        comb = [[f.rule_id for f in r.red_flags] for r in gsem.check_many(texts)]
+        return rule_ids, comb
+
     rf = {}
-    for fname in sorted(EVAL_DIR.glob("red_flag_messages*.jsonl")):
-        rows = jl(fname)
+    for name, role in roles.items():
+        rows = jl(EVAL_DIR / name)
+        r_ids, c_ids = flags_both([r["text"] for r in rows])
         per = {}
-        hit = anyhit = 0
-        misses = []
-        for r in rows:
-            ids = [x.id for x in rules.red_flags(r["text"])]
-            ok = r["expect"] in ids
-            hit += ok
-            anyhit += bool(ids)
-            per.setdefault(r["expect"], [0, 0])
-            per[r["expect"]][0] += ok
-            per[r["expect"]][1] += 1
-            if not ok:
-                misses.append({"text": r["text"], "expect": r["expect"], "fired": ids})
-        rf[fname.name] = {"n": len(rows), "recall_rule": round(hit / len(rows), 4),
-                          "recall_any_flag": round(anyhit / len(rows), 4),
-                          "per_rule": {k: f"{a}/{b}" for k, (a, b) in per.items()}, "misses": misses}
+        for r, ids in zip(rows, r_ids):
+            a_, b_ = per.get(r["expect"], (0, 0))
+            per[r["expect"]] = (a_ + (r["expect"] in ids), b_ + 1)
+        rf[name] = {
+            "role": role, "n": len(rows),
+            "rules_recall_rule": round(np.mean([r["expect"] in ids for r, ids in zip(rows, r_ids)]), 4),
+            "rules_recall_any_flag": round(np.mean([bool(ids) for ids in r_ids]), 4),
+            "with_semantic_recall_any_flag": round(np.mean([bool(ids) for ids in c_ids]), 4),
+            "per_rule_rules": {k: f"{a_}/{b_}" for k, (a_, b_) in per.items()},
+            "misses_rules": [r["text"] for r, ids in zip(rows, r_ids) if not ids],
+            "misses_with_semantic": [r["text"] for r, ids in zip(rows, c_ids) if not ids],
+        }
     edu = jl(EVAL_DIR / "educational_questions.jsonl")
-    fps = [{"text": r["text"], "fired": [x.id for x in rules.red_flags(r["text"])]} for r in edu]
-    fps = [f for f in fps if f["fired"]]
-    rf["educational_questions.jsonl"] = {"n": len(edu), "false_positive_rate": round(len(fps) / len(edu), 4),
-                                         "false_positives": fps}
+    nonurgent = jl(EVAL_DIR / "nonurgent_personal.jsonl")
+    for label, rows in {"educational (tuning)": [r for r in edu if r["role"] != "heldout"],
+                        "educational (held out)": [r for r in edu if r["role"] == "heldout"],
+                        "non-urgent personal health messages (held out)": nonurgent}.items():
+        r_ids, c_ids = flags_both([r["text"] for r in rows])
+        rf[label] = {"n": len(rows),
+                     "rules_false_positive_rate": round(np.mean([bool(i) for i in r_ids]), 4),
+                     "with_semantic_false_positive_rate": round(np.mean([bool(i) for i in c_ids]), 4),
+                     "flagged_with_semantic": [(r["text"], i) for r, i in zip(rows, c_ids) if i]}
     dose = jl(EVAL_DIR / "dosing_messages.jsonl")
     tp = sum(1 for r in dose if r["dosing"] and rules.dosing_request(r["text"]))
     fp = sum(1 for r in dose if not r["dosing"] and rules.dosing_request(r["text"]))
@@ -268,10 +283,14 @@ def main(argv=None) -> int:
     rf["dosing_messages.jsonl"] = {"recall": round(tp / npos, 4), "false_positive_rate": round(fp / (len(dose) - npos), 4),
                                    "n_pos": npos, "n_neg": len(dose) - npos}
     fire_rates = {}
-    for label, qs in {"train (all, educational)": train, **{f"mcq:{k}": v for k, v in ind.items()},
+    sample_rng = random.Random(args.seed)
+    for label, qs in {"train (educational)": train, **{f"mcq:{k}": v for k, v in ind.items()},
                       **{f"ood:{k}": v for k, v in ood.items()}}.items():
         n = sum(1 for q in qs if rules.red_flags(q))
-        fire_rates[label] = {"n": len(qs), "red_flag_rate": round(n / len(qs), 4),
+        sub = sample_rng.sample(qs, min(500, len(qs)))
+        sem_rate = np.mean([bool(r.red_flags) for r in gsem.check_many(sub)])
+        fire_rates[label] = {"n": len(qs), "rules_red_flag_rate": round(n / len(qs), 4),
+                             "with_semantic_rate_on_500": round(float(sem_rate), 4),
                              "dosing_rate": round(sum(1 for q in qs if rules.dosing_request(q)) / len(qs), 4)}
     rf["fire_rate_on_data"] = fire_rates
     results["red_flags"] = rf
@@ -295,7 +314,7 @@ def measure_latency(emb, rules, index, texts, n: int, load_s: float) -> dict:
     from medchat.guard.guard import Guard
 
     texts = (texts * (n // max(1, len(texts)) + 1))[:n]
-    g = Guard(None, rules, emb, index=index)
+    g = Guard(None, rules, emb, index=index)  # with the semantic red-flag layer, as in the app
     out = {"embedder_load_s": round(load_s, 2), "n": n, "index_size": len(index),
            "n_general": 0 if index.general is None else len(index.general)}
     default_threads = torch.get_num_threads()
@@ -353,16 +372,18 @@ def render(r: dict) -> str:
     for k, v in r["cross_source"].items():
         lines.append(f"- {k}: " + ", ".join(f"{a} {b}" for a, b in v.items()))
     rf = r["red_flags"]
-    lines += ["", "### Red flags", ""]
+    lines += ["", "### Red flags (recall: share of emergency messages that raise a flag; FP: share of others that do)", "",
+              "| set | n | rules | rules + semantic |", "|---|---|---|---|"]
     for k, v in rf.items():
-        if k.startswith("red_flag_messages"):
-            lines.append(f"- {k}: recall {v['recall_rule']} (right rule), {v['recall_any_flag']} (any flag), n={v['n']}")
-    e = rf["educational_questions.jsonl"]
-    lines.append(f"- educational questions: false-positive rate {e['false_positive_rate']} (n={e['n']})")
-    d = rf["dosing_messages.jsonl"]
-    lines.append(f"- dosing note: recall {d['recall']} (n={d['n_pos']}), false-positive rate {d['false_positive_rate']} (n={d['n_neg']})")
+        if k.startswith("red_flag_"):
+            lines.append(f"| {k}: {v['role']} | {v['n']} | recall {v['rules_recall_any_flag']} "
+                         f"(right rule {v['rules_recall_rule']}) | recall {v['with_semantic_recall_any_flag']} |")
+        elif "rules_false_positive_rate" in v:
+            lines.append(f"| {k} | {v['n']} | FP {v['rules_false_positive_rate']} | FP {v['with_semantic_false_positive_rate']} |")
     for k, v in rf["fire_rate_on_data"].items():
-        lines.append(f"- fires on {k}: red flag {v['red_flag_rate']:.2%}, dosing {v['dosing_rate']:.2%} (n={v['n']})")
+        lines.append(f"| fires on {k} | {v['n']} | {v['rules_red_flag_rate']:.2%} | {v['with_semantic_rate_on_500']:.2%} (500 sampled) |")
+    d = rf["dosing_messages.jsonl"]
+    lines.append(f"\n- dosing note: recall {d['recall']} (n={d['n_pos']}), false-positive rate {d['false_positive_rate']} (n={d['n_neg']})")
     lt = r["latency"]
     d1, d0 = lt["one_thread"], lt["default_threads"]
     lines += ["", f"### Latency (this CPU, {lt['cpus']} cores shared, load average {lt['load_average_1min']})", "",

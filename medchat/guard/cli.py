@@ -19,7 +19,8 @@ def guard_command(text, index_dir, rules_only, batch_size):
     """Check TEXT (or each line of stdin) for out-of-domain, red flags and dosing requests.
 
     Prints one JSON object per message: text, ood_score, ood_level (in_domain, uncertain, out_of_domain,
-    or null when not scored), red_flags (rule_id, category, title) and dosing_note.
+    or null when not scored), red_flags (rule_id, category, title, source: "rule" or "semantic") and
+    dosing_note. The semantic red-flag layer and the score need the embedder; --rules-only skips both.
     """
     import os
 

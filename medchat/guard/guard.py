@@ -30,9 +30,10 @@ class RedFlag:
     category: str
     notice: str
     title: str = ""
+    source: str = "rule"  # "rule" (text rules, instant) or "semantic" (nearest example messages)
 
     def as_dict(self) -> dict:
-        return {"rule_id": self.rule_id, "category": self.category, "title": self.title}
+        return {"rule_id": self.rule_id, "category": self.category, "title": self.title, "source": self.source}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Guard:
         embedder=None,
         policy: str = DEFAULT_POLICY,
         index: ReferenceIndex | None = None,
+        semantic: bool = True,
     ):
         self.index_dir = Path(index_dir) if index_dir else None
         self.rules = rules or default_rules()
@@ -74,6 +76,8 @@ class Guard:
         self._index = index
         self._lock = threading.Lock()
         self.ood_error: str | None = None  # why the out-of-domain score is unavailable, if it is
+        self.use_semantic = semantic
+        self._semantic = None
 
     @classmethod
     def load(
@@ -83,6 +87,7 @@ class Guard:
         rules_path: Path | None = None,
         embedder=None,
         policy: str = DEFAULT_POLICY,
+        semantic: bool = True,
     ) -> "Guard":
         """A guard for `index_dir` (None: the shipped default index; rules only when there is none).
 
@@ -92,7 +97,7 @@ class Guard:
         else:
             read_index_json(Path(index_dir))  # fail early with a clear message
         rules = RuleSet.load(rules_path) if rules_path else default_rules()
-        guard = cls(index_dir, rules, embedder, policy)
+        guard = cls(index_dir, rules, embedder, policy, semantic=semantic)
         if index_dir is None:
             guard.ood_error = "no reference index (none shipped and none given)"
         return guard
@@ -143,17 +148,32 @@ class Guard:
         return scores[0]
 
     def score_many(self, texts: list[str]) -> list[tuple[float | None, str | None]]:
+        return self._embed_and_score(texts)[0]
+
+    def _embed_and_score(self, texts: list[str]):
         from medchat.guard.embedder import EmbedderError
 
         index = self.index
         if index is None:
-            return [(None, None)] * len(texts)
+            return [(None, None)] * len(texts), None
         try:
             vecs = self.embedder.encode(list(texts))
         except EmbedderError as exc:
             self.ood_error = str(exc)
-            return [(None, None)] * len(texts)
-        return [(float(s), index.level(float(s))) for s in index.scores(vecs)]
+            return [(None, None)] * len(texts), None
+        return [(float(s), index.level(float(s))) for s in index.scores(vecs)], vecs
+
+    def _semantic_layer(self):
+        if self._semantic is None and self.use_semantic:
+            from medchat.guard.semantic import SemanticConfig, SemanticRedFlags
+            from medchat.paths import cache_dir
+
+            config = SemanticConfig.from_rules(self.rules)
+            if config is None:
+                self.use_semantic = False
+                return None
+            self._semantic = SemanticRedFlags(config, self.embedder, self.index.embeddings, cache_dir() / "guard")
+        return self._semantic
 
     def check(self, text: str, ood: bool = True) -> GuardResult:
         return self.check_many([text], ood=ood)[0]
@@ -163,8 +183,21 @@ class Guard:
         base = [self.check_rules(t) for t in texts]
         if not ood:
             return base
-        scored = self.score_many(texts)
-        return [GuardResult(s, lvl, b.red_flags, b.dosing_note) for b, (s, lvl) in zip(base, scored)]
+        scored, vecs = self._embed_and_score(texts)
+        extra: list[list[RedFlag]] = [[] for _ in texts]
+        layer = self._semantic_layer() if vecs is not None else None
+        if layer is not None:
+            by_id = {r.id: r for r in self.rules.rules}
+            for i, matches in enumerate(layer.match(vecs)):
+                have = {f.rule_id for f in base[i].red_flags}
+                for rule_id, _sim in matches:
+                    if rule_id not in have and rule_id in by_id:
+                        r = by_id[rule_id]
+                        notice = EMERGENCY_NOTICE.get(r.category, EMERGENCY_NOTICE["emergency"])
+                        extra[i].append(RedFlag(r.id, r.category, notice, r.title, source="semantic"))
+        return [
+            GuardResult(s, lvl, b.red_flags + x, b.dosing_note) for b, (s, lvl), x in zip(base, scored, extra)
+        ]
 
 
 __all__ = ["Guard", "GuardResult", "RedFlag", "GuardIndexError", "default_index_dir"]

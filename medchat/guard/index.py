@@ -34,11 +34,12 @@ DEFAULT_GENERAL_WEIGHT = 1.0
 MAX_GENERAL_PER_SOURCE = 1250
 LEVELS = ("in_domain", "uncertain", "out_of_domain")
 
-# Used only when no calibration data and no shipped default index are available. Measured on a
-# 3,000-question Wikidoc/MedQuAD sample (python -m medchat.guard.build ...); see index.json of the default.
+# Used only when no calibration data and no shipped default index with the same score are available.
+# Rounded from the calibration of a 3,000-question Wikidoc/MedQuAD index (assets/guard/default_index and
+# bench/guard_eval.py): contrastive in_domain -0.029 / out_of_domain -0.059, plain kNN 0.297 / 0.238.
 BUILTIN_THRESHOLDS = {
-    "knn": {"in_domain": 0.40, "out_of_domain": 0.30},
-    "contrastive_knn": {"in_domain": 0.05, "out_of_domain": 0.0},
+    "knn": {"in_domain": 0.30, "out_of_domain": 0.24},
+    "contrastive_knn": {"in_domain": -0.03, "out_of_domain": -0.06},
 }
 
 

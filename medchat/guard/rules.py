@@ -210,6 +210,9 @@ class RuleSet:
                     examples_quiet=tuple(ex.get("quiet") or ()),
                 )
             )
+        self.semantic = data.get("semantic") or None
+        if self.semantic is not None and not isinstance(self.semantic, dict):
+            raise RulesError(f"{source}: 'semantic' must be a mapping")
         dosing = data.get("dosing") or {}
         if not isinstance(dosing.get("patterns"), list):
             raise RulesError(f"{source}: dosing.patterns must be a list of patterns")

@@ -28,7 +28,7 @@ from medchat.guard import (
 def tiny_guard(tmp_path, hash_embedder):
     build_reference_index(MEDICAL, tmp_path / "ix", calibration=(MEDICAL_CAL, GENERAL), general=None,
                           embedder=hash_embedder, cache_dir=None, k=3)
-    return Guard.load(tmp_path / "ix", embedder=hash_embedder)
+    return Guard.load(tmp_path / "ix", embedder=hash_embedder, semantic=False)
 
 
 def test_check_medical_vs_general(tiny_guard):
@@ -96,7 +96,7 @@ def test_as_dict():
     assert r.as_dict() == {
         "ood_score": 0.1235,
         "ood_level": "uncertain",
-        "red_flags": [{"rule_id": "seizure", "category": "emergency", "title": "Seizure"}],
+        "red_flags": [{"rule_id": "seizure", "category": "emergency", "title": "Seizure", "source": "rule"}],
         "dosing_note": True,
     }
 
@@ -147,3 +147,41 @@ def test_every_category_has_a_notice():
 
     assert {r.category for r in default_rules().rules} <= set(EMERGENCY_NOTICE)
     assert "988" in EMERGENCY_NOTICE["self_harm"] and "emergency number" in EMERGENCY_NOTICE["emergency"]
+
+
+# ---------------------------------------------------------------- semantic red-flag layer
+
+
+def test_semantic_layer_threshold_and_margin(hash_embedder):
+    from medchat.guard.semantic import SemanticConfig, SemanticRedFlags
+
+    cfg = SemanticConfig(0.9, 0.05, (("zebra yak quokka", "seizure"), ("walrus narwhal", "breathing")),
+                         ("zebra yak okapi",))
+    layer = SemanticRedFlags(cfg, hash_embedder)
+    vecs = hash_embedder.encode(["zebra yak quokka", "walrus narwhal", "ferret"])
+    assert layer.match(vecs) == [[("seizure", pytest.approx(1.0, abs=1e-5))],
+                                 [("breathing", pytest.approx(1.0, abs=1e-5))], []]
+    # a message as close to a non-emergency example as to the emergency one raises nothing
+    cfg2 = SemanticConfig(0.5, 0.05, (("zebra yak quokka", "seizure"),), ("zebra yak quokka",))
+    assert SemanticRedFlags(cfg2, hash_embedder).match(vecs[:1]) == [[]]
+
+
+def test_semantic_config_from_shipped_rules():
+    import json
+
+    from medchat.guard.rules import default_rules
+    from medchat.guard.semantic import SemanticConfig
+    from medchat.paths import ASSETS_DIR
+
+    rules = default_rules()
+    cfg = SemanticConfig.from_rules(rules)
+    assert 0 < cfg.threshold < 1 and cfg.margin >= 0
+    ids = {r.id for r in rules.rules}
+    assert len(cfg.positives) > 150 and {rid for _, rid in cfg.positives} == ids
+    heldout = [json.loads(line)["text"] for line in
+               (ASSETS_DIR / "guard" / "eval" / "red_flag_heldout.jsonl").read_text().splitlines()]
+    examples = {t for t, _ in cfg.positives} | set(cfg.negatives)
+    assert not examples & set(heldout)  # the held-out messages never serve as examples
+    edu = [json.loads(line) for line in
+           (ASSETS_DIR / "guard" / "eval" / "educational_questions.jsonl").read_text().splitlines()]
+    assert not examples & {r["text"] for r in edu if r["role"] == "heldout"}
