@@ -321,6 +321,10 @@ class HistoryStore:
         with self._db:
             self._db.execute("UPDATE messages SET guard = ? WHERE id = ?", (_dumps(guard), message_id))
 
+    def update_message_stats(self, message_id: int, stats: dict | None) -> None:
+        with self._db:
+            self._db.execute("UPDATE messages SET stats = ? WHERE id = ?", (_dumps(stats), message_id))
+
     def messages(self, conversation_id: int) -> list[Message]:
         rows = self._db.execute(
             "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)

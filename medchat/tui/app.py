@@ -21,7 +21,14 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, ListView, LoadingIndicator, Static
 from textual.worker import Worker, WorkerState
 
-from medchat.history import Conversation, HistoryError, HistoryStore, export_filename, write_export
+from medchat.history import (
+    Conversation,
+    HistoryError,
+    HistoryStore,
+    export_filename,
+    format_stats,
+    write_export,
+)
 from medchat.settings import ChatSettings, SettingsError, load_defaults, save_defaults
 from medchat.textsafe import strip_control
 from medchat.tui import safety
@@ -582,6 +589,7 @@ class MedchatApp(App):
         started = time.perf_counter()
         first_at: float | None = None
         stream = None
+        abandoned = False
         try:
             generation = self.settings.to_generation()
             stream = await asyncio.to_thread(self.engine.stream, messages, generation)
@@ -599,10 +607,11 @@ class MedchatApp(App):
                 answer.add_note(f"ⓘ Your message is too long for the model: its last {cut:,} characters were cut.")
             iterator = iter(stream)
             while True:
-                chunk = await self._next_chunk(iterator)
+                chunk = await self._next_chunk(iterator, stream)
                 if chunk is _DONE:
                     break
                 if chunk is _ABANDONED:
+                    abandoned = True
                     break  # stopped; the engine finishes its current step in the background
                 if self._stop_requested:
                     continue  # the model is stopping; what was shown at Esc is what is kept
@@ -639,9 +648,11 @@ class MedchatApp(App):
         if final:
             self.turns.append({"role": "assistant", "content": final})
         answer.message_id = self._save_answer(final, status, stats)
+        if abandoned and self._draining is not None:
+            self._draining.add_done_callback(lambda task: self._late_stats(task, answer))
         self.refresh_history()
 
-    async def _next_chunk(self, iterator) -> Any:
+    async def _next_chunk(self, iterator, stream) -> Any:
         """The next chunk from the engine's iterator (run in a thread), or _ABANDONED when Esc was
         pressed and the engine does not stop within STOP_GRACE_S (e.g. it is still reading a very
         long prompt: the model checks for cancellation between tokens)."""
@@ -657,11 +668,11 @@ class MedchatApp(App):
         try:
             return await asyncio.wait_for(asyncio.shield(pending), timeout=self.STOP_GRACE_S)
         except asyncio.TimeoutError:
-            self._draining = asyncio.ensure_future(self._drain(iterator, pending))
+            self._draining = asyncio.ensure_future(self._drain(iterator, pending, stream))
             return _ABANDONED
 
-    async def _drain(self, iterator, pending) -> None:
-        """Consume what is left of a cancelled stream so its thread finishes; then say so."""
+    async def _drain(self, iterator, pending, stream) -> dict | None:
+        """Consume what is left of a cancelled stream so its thread finishes; return its final stats."""
         try:
             chunk = await pending
             while chunk is not _DONE:
@@ -671,6 +682,25 @@ class MedchatApp(App):
         finally:
             if self.model_status == "ready" and not self.generating:
                 self._set_status(self.ready_status)
+        stats = getattr(stream, "stats", None)
+        if stats is None:
+            return None
+        data = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+        data["stop_reason"] = "cancelled"
+        return data
+
+    def _late_stats(self, task: asyncio.Future, answer: AssistantMessage) -> None:
+        """The engine finished a stopped answer after the UI moved on: show and save its real stats."""
+        if task.cancelled() or task.exception() is not None or not task.result():
+            return
+        stats = task.result()
+        answer.stats = stats
+        answer.set_footer(format_stats(stats))
+        if answer.message_id is not None and self.store is not None:
+            try:
+                self.store.update_message_stats(answer.message_id, stats)
+            except Exception as exc:
+                self.log.warning(f"saving stats failed: {exc!r}")
 
     def _save_user(self, text: str) -> int | None:
         if self.store is None:

@@ -39,6 +39,9 @@ async def test_bundled_model_answers_and_stops(bundled_spec):
             await pilot.pause(0.01)
         await pilot.press("escape")
         await wait_idle(app, pilot)
+        if app._draining is not None:  # a loaded CPU may take longer than the UI waits for one step
+            await app._draining
+            await pilot.pause()
         assert second.status == "stopped"
         assert second.stats["stop_reason"] == "cancelled" and second.stats["tokens"] < 400
     with HistoryStore() as store:

@@ -316,6 +316,10 @@ async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_ap
         assert len(engine.made) == 1 and app.query_one(ChatInput).text == "too soon"
         release.set()
         await app._draining
+        await pilot.pause()
+        assert answer.stats["stop_reason"] == "cancelled" and answer.stats["tokens"] == 0  # the engine's own
+        with HistoryStore() as store:
+            assert store.messages(app.conversation.id)[-1].stats["tokens"] == 0
         await pilot.press("enter")
         await wait_idle(app, pilot)
         assert _answers(app)[-1].text == "Next."
