@@ -432,9 +432,9 @@ def format_stats(stats: dict | None) -> str:
     parts.append(f"first token {ttft:.2f} s" if isinstance(ttft, (int, float)) else "first token –")
     tokens = stats.get("tokens")
     if tokens is not None:
-        parts.append(f"{tokens} tokens")
+        parts.append(f"{tokens} token{'s' if tokens != 1 else ''}")
     rate = stats.get("tokens_per_s")
-    if isinstance(rate, (int, float)):
+    if isinstance(rate, (int, float)) and (tokens is None or tokens > 1):
         parts.append(f"{rate:.1f} tok/s")
     reason = stats.get("stop_reason")
     if reason:
