@@ -33,10 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-QUESTION = (
-    "I am a 52-year-old woman with type 2 diabetes and high blood pressure. For the past two weeks my ankles "
-    "swell every evening, I get short of breath climbing one flight of stairs, and I wake up at night needing "
-    "extra pillows. What could be causing this, and which tests should I ask my doctor about?"
+QUESTION = (  # 63 tokens with the SmolLM2 tokenizer
+    "I am a 52-year-old woman with type 2 diabetes and high blood pressure. For two weeks my ankles have swelled "
+    "every evening, I get short of breath on one flight of stairs and I need extra pillows at night. What could "
+    "cause this, and which tests should I ask for?"
 )
 
 

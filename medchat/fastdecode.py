@@ -255,7 +255,7 @@ class LlamaCppEngine(Engine):
             merged=bool(spec.adapter),
             quantization=quant,
             device="cpu",
-            dtype="gguf",
+            dtype="llama.cpp",  # shown as "cpu llama.cpp · q4_1" in the status line
             params_total=int(llama_cpp.llama_model_n_params(llama.model)),
             params_trainable=0,
             load_seconds=round(time.perf_counter() - started, 3),

@@ -163,3 +163,111 @@ def test_llama_engine_cancel_stops_the_model(llama_engine):
         cancel.set()
     assert stream.stats.stop_reason == "cancelled"
     assert stream.stats.tokens < 200
+
+
+# ---------------------------------------------------------------- the decode loop, without llama.cpp
+
+
+class TransformersLlama:
+    """Stands in for llama_cpp.Llama (not installed in CI) with the same small surface the engine uses:
+    n_tokens / input_ids / eval / n_vocab / reset / _ctx.get_logits_ith, computed by a real tiny model."""
+
+    def __init__(self, model, n_ctx=256):
+        import ctypes
+
+        self.model = model
+        self.n_tokens = 0
+        self.input_ids = np.zeros(n_ctx, dtype=np.intc)
+        self.evaluated = 0  # tokens pushed through eval(), to see the prompt prefix reused
+        self._logits = (ctypes.c_float * model.config.vocab_size)()
+        outer = self
+
+        class _Ctx:
+            def get_logits_ith(self, i):
+                assert i == -1
+                return ctypes.cast(outer._logits, ctypes.POINTER(ctypes.c_float))
+
+        self._ctx = _Ctx()
+
+    def n_vocab(self):
+        return self.model.config.vocab_size
+
+    def reset(self):
+        self.n_tokens = 0
+
+    def eval(self, tokens):
+        import torch
+
+        tokens = list(tokens)
+        self.input_ids[self.n_tokens:self.n_tokens + len(tokens)] = tokens
+        self.n_tokens += len(tokens)
+        self.evaluated += len(tokens)
+        with torch.inference_mode():
+            ids = torch.tensor([self.input_ids[: self.n_tokens].tolist()])
+            logits = self.model(input_ids=ids).logits[0, -1].float().numpy()
+        for i, value in enumerate(logits):
+            self._logits[i] = float(value)
+
+
+@pytest.fixture
+def tiny_pair(tiny_model_dir):
+    from medchat.model import load
+
+    loaded = load(ModelSpec(base=str(tiny_model_dir), dtype="fp32"))
+    torch_engine = Engine(loaded)
+    stand_in = TransformersLlama(loaded.model)
+    fast = fastdecode.LlamaCppEngine(stand_in, loaded.tokenizer, loaded.info,
+                                     eos_ids=[loaded.tokenizer.eos_token_id])
+    return torch_engine, fast, stand_in
+
+
+def test_decode_loop_matches_the_transformers_engine(tiny_pair):
+    torch_engine, fast, stand_in = tiny_pair
+    messages = [{"role": "user", "content": "What are the symptoms of diabetes?"}]
+    for settings in (GenerationSettings(max_new_tokens=24, repetition_penalty=1.3, no_repeat_ngram_size=2),
+                     GenerationSettings(max_new_tokens=24, repetition_penalty=1.0, no_repeat_ngram_size=0)):
+        expected, expected_stats = torch_engine.generate(messages, settings)
+        stream = fast.stream(messages, settings)
+        chunks = list(stream)
+        assert "".join(chunks) == expected
+        assert stream.stats.tokens == expected_stats.tokens
+        assert stream.stats.stop_reason == expected_stats.stop_reason
+        assert fast.generate_batch([messages], settings) == [expected.strip()]
+
+
+def test_decode_loop_reuses_the_prompt_prefix(tiny_pair):
+    _, fast, stand_in = tiny_pair
+    settings = GenerationSettings(max_new_tokens=5)
+    first = [{"role": "user", "content": "How does aspirin work?"}]
+    answer, _ = fast.generate(first, settings)
+    prompt = fast.prompt_ids(first)
+    follow_up = first + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And ibuprofen?"}]
+    before = stand_in.evaluated
+    again, stats = fast.generate(follow_up, settings)
+    new_prompt = fast.prompt_ids(follow_up)
+    shared = next(i for i, (a, b) in enumerate(zip(new_prompt, prompt + [None] * len(new_prompt))) if a != b)
+    assert stand_in.evaluated - before <= len(new_prompt) - shared + stats.tokens
+    # a fresh context gives the same answer: reuse changes the cost, not the result
+    stand_in.reset()
+    assert fast.generate(follow_up, settings)[0] == again
+
+
+def test_decode_loop_cancel_and_errors(tiny_pair):
+    _, fast, stand_in = tiny_pair
+    cancel = threading.Event()
+    cancel.set()
+    stream = fast.stream([{"role": "user", "content": "hello"}], GenerationSettings(max_new_tokens=50), cancel=cancel)
+    assert list(stream) == []
+    assert stream.stats.stop_reason == "cancelled" and stream.stats.tokens == 0
+
+    def broken(tokens):
+        raise RuntimeError("llama_decode returned -1")
+
+    stand_in.eval = broken
+    stand_in.reset()
+    from medchat.engine import EngineError
+
+    stream = fast.stream([{"role": "user", "content": "hello"}], GenerationSettings(max_new_tokens=5))
+    with pytest.raises(EngineError, match="llama_decode returned -1"):
+        list(stream)
+    assert stream.stats.stop_reason == "error"
