@@ -38,14 +38,15 @@ class SemanticConfig:
                     raise RulesError(f"{base / rel}:{lineno}: 'expect' must be a rule id, got {row.get('expect')!r}")
                 pos.append((row["text"], row["expect"]))
         for rel in cfg.get("negatives") or []:
-            neg.extend(row["text"] for _, row in _rows(base / rel) if row.get("role") != "heldout")
+            neg.extend(row["text"] for _, row in _rows(base / rel, key="question") if row.get("role") != "heldout")
         try:
             return cls(float(cfg.get("threshold", 0.55)), float(cfg.get("margin", 0.05)), tuple(pos), tuple(neg))
         except (TypeError, ValueError):
             raise RulesError(f"{rules.source}: semantic.threshold and semantic.margin must be numbers") from None
 
 
-def _rows(path: Path):
+def _rows(path: Path, key: str = "text"):
+    """(line number, row) for each JSON line; a row's text is under "text" (or `key`), copied to "text"."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -56,6 +57,8 @@ def _rows(path: Path):
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise RulesError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if isinstance(row, dict) and "text" not in row and isinstance(row.get(key), str):
+                row["text"] = row[key]
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise RulesError(f"{path}:{lineno}: expected an object with a 'text' string")
             yield lineno, row
