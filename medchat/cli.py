@@ -70,10 +70,12 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
     run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats)
 
 
-# --- subcommands registered by other modules ---
-from medchat.guard.cli import guard_command as _guard_command; main.add_command(_guard_command)  # noqa: E402,E702
-from medchat.history_cli import history as _history; main.add_command(_history)  # noqa: E402,E702 (chat-app)
+# Subcommands that live beside the modules they drive.
+from medchat.guard.cli import guard_command  # noqa: E402
+from medchat.history_cli import history  # noqa: E402
 
+main.add_command(guard_command)
+main.add_command(history)
 
 if __name__ == "__main__":
     main()
