@@ -35,18 +35,18 @@ def bundled_adapter(tmp_path_factory):
 
 
 def test_evaluate_bundled_end_to_end(isolated_user_dirs, bundled_adapter):
-    run = make_run(isolated_user_dirs / "runs", "20261129-120000-e2e", base="bundled", qa=QA[:3],
+    run = make_run(isolated_user_dirs / "runs", "20261129-120000-e2e", base="bundled", qa=QA[:2],
                    adapter_from=bundled_adapter)
     # few tokens and no probes keep this affordable on 2 shared cores (probes are covered on the tiny model)
-    args = ["evaluate", run.name, "--max-new-tokens", "8", "--batch-size", "4", "--no-probes",
+    args = ["evaluate", run.name, "--max-new-tokens", "6", "--batch-size", "2", "--no-probes",
             "--device", "cpu", "--dtype", "fp32"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "Base vs fine-tuned: 20261129-120000-e2e" in result.output
 
     results = json.loads((run / "eval" / "results.json").read_text())
-    assert results["n_examples"] == 3
-    assert results["settings"] == {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0,
+    assert results["n_examples"] == 2
+    assert results["settings"] == {"max_new_tokens": 6, "temperature": 0.0, "top_p": 1.0,
                                    "repetition_penalty": 1.1, "no_repeat_ngram_size": 4}
     assert results["model_info"]["finetuned"]["merged"] is True
     for which in ("base", "finetuned"):
@@ -54,7 +54,7 @@ def test_evaluate_bundled_end_to_end(isolated_user_dirs, bundled_adapter):
         assert 1.0 < results[which]["perplexity"] < 1000
         assert 0.0 <= results[which]["rougeL"] <= 1.0
     rows = [json.loads(line) for line in (run / "eval" / "examples.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 and all(r["base"]["prediction"].strip() for r in rows)
+    assert len(rows) == 2 and all(r["base"]["prediction"].strip() for r in rows)
 
     again = CliRunner().invoke(main, args, catch_exceptions=False)
     assert again.exit_code == 0
