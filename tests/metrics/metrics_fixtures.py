@@ -139,3 +139,14 @@ def populated_runs_root(root: Path) -> list[Path]:
     c = make_run(root, "20261122-080000-long", status="interrupted", created="2026-11-22T08:00:00+00:00",
                  notes="stopped with Ctrl-C", loss_steps=3)
     return [a, b, c]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_shipped_default_run(tmp_path, monkeypatch):
+    """Tests see only their own runs, whether or not this checkout ships assets/default-run."""
+    from medchat import paths
+
+    monkeypatch.setattr(paths, "DEFAULT_RUN_DIR", tmp_path / "no-default-run")

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from metrics.cli import main
-from metrics_fixtures import QA, make_run
+from metrics_fixtures import QA, make_run, no_shipped_default_run  # noqa: F401
 
 pytestmark = pytest.mark.bundled
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from metrics.evaluate import PROBES, EvalError, default_settings, evaluate, resolve_target
-from metrics_fixtures import QA, make_run, write_jsonl
+from metrics_fixtures import QA, make_run, write_jsonl, no_shipped_default_run  # noqa: F401
 
 SETTINGS = dict(max_new_tokens=5)
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from metrics.cli import main
 from metrics.report import build_report, render_markdown
 from metrics.runs import discover_runs, load_run, resolve_run
-from metrics_fixtures import BASE_SCORES, FT_SCORES, fake_results, make_run, populated_runs_root
+from metrics_fixtures import BASE_SCORES, FT_SCORES, fake_results, make_run, populated_runs_root, no_shipped_default_run  # noqa: F401
 
 
 @pytest.fixture
@@ -166,3 +166,14 @@ def test_runs_dir_option(tmp_path):
     populated_runs_root(tmp_path / "elsewhere")
     result = _invoke("report", "--runs-dir", str(tmp_path / "elsewhere"), "--format", "json")
     assert "20261121-090000-all-linear" in [r["run"] for r in json.loads(result.output)["experiments"]]
+
+
+def test_the_shipped_default_run_is_listed(isolated_user_dirs, monkeypatch):
+    from medchat import paths
+
+    populated_runs_root(isolated_user_dirs / "runs")
+    shipped = make_run(isolated_user_dirs / "assets", "default-run", created="2026-11-01T00:00:00+00:00")
+    monkeypatch.setattr(paths, "DEFAULT_RUN_DIR", shipped)
+    assert resolve_run("default") == shipped
+    assert shipped in discover_runs()
+    assert "medchat-metrics evaluate default" in load_run(shipped).notice()

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Static, TabbedContent
 
 from metrics.view import ReportApp, ReportScreen
 from metrics.view.widgets import ExampleBrowser, MetricsPanel, Notice, RunList
-from metrics_fixtures import populated_runs_root
+from metrics_fixtures import populated_runs_root, no_shipped_default_run  # noqa: F401
 
 SIZE = (120, 36)
 pytestmark = pytest.mark.anyio
