@@ -42,27 +42,30 @@ def main(sources, n_examples, preset, base, rounds):
     ds = d.EncodedDataset(enc)
     bs = cfg.batch_size
     pad = loaded.tokenizer.pad_token_id
-    modes = {
-        "pad-512 (seed)": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, False), d.Collator(pad), True),
-        "pad-batch random": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, False), d.Collator(pad), False),
-        "pad-batch grouped": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, True), d.Collator(pad), False),
-        "packed": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, False), d.Collator(pad, True, cfg.max_length), False),
+    modes = {  # name: (sampler, collator, batch size, pad every example to max_length like the seed)
+        "seed: pad-512 bs2": (d.SeededLengthSampler(ds.lengths, 2, cfg.seed, False), d.Collator(pad), 2, True),
+        "pad-batch random": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, False), d.Collator(pad), bs, False),
+        "pad-batch grouped": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, True), d.Collator(pad), bs, False),
+        "packed": (d.SeededLengthSampler(ds.lengths, bs, cfg.seed, False), d.Collator(pad, True, cfg.max_length),
+                   bs, False),
     }
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batches = {}
-    for name, (sampler, collate, fixed) in modes.items():
+    for name, (sampler, collate, size, fixed) in modes.items():
         order = list(sampler)
         out = []
-        for i in range(0, len(order), bs):
-            feats = [ds[j] for j in order[i:i + bs]]
+        for i in range(0, len(order), size):
+            feats = [ds[j] for j in order[i:i + size]]
+            real = sum(len(f["input_ids"]) for f in feats)
             if fixed:  # the seed padded every example to max_length
                 feats = [{"input_ids": f["input_ids"] + [pad] * (cfg.max_length - len(f["input_ids"])),
                           "labels": f["labels"] + [-100] * (cfg.max_length - len(f["labels"]))} for f in feats]
-                batch = collate(feats)
-                batch["attention_mask"] = (torch.tensor([[1] * len(ds[j]["input_ids"]) + [0] * (cfg.max_length - len(ds[j]["input_ids"])) for j in order[i:i + bs]]))
-                batch["num_tokens"] = torch.tensor(sum(len(ds[j]["input_ids"]) for j in order[i:i + bs]))
-            else:
-                batch = collate(feats)
+            batch = collate(feats)
+            if fixed:
+                batch["attention_mask"] = torch.tensor(
+                    [[1] * len(ds[j]["input_ids"]) + [0] * (cfg.max_length - len(ds[j]["input_ids"]))
+                     for j in order[i:i + size]])
+            batch["num_tokens"] = torch.tensor(real)
             out.append(batch)
         batches[name] = out
     seconds = dict.fromkeys(modes, 0.0)
@@ -84,7 +87,7 @@ def main(sources, n_examples, preset, base, rounds):
                 seconds[name] += time.perf_counter() - t0
                 tokens[name] += n
     ref = tokens["pad-batch random"] / seconds["pad-batch random"]
-    click.echo(f"{len(enc)} examples, batch {bs}, LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}, "
+    click.echo(f"{len(enc)} examples, batch {bs} (the seed mode: 2), LoRA r={cfg.lora_r} on {','.join(cfg.target_modules)}, "
                f"precision {hw.precision}")
     for name in modes:
         tps = tokens[name] / seconds[name]

@@ -178,14 +178,12 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
     console = Console()
     try:
         prepared = data_mod.prepare(cfg)
-        from medchat.model import ModelSpec, load
         from medchat.prompting import DEFAULT_SYSTEM_PROMPT
 
-        loaded = load(ModelSpec(base=cfg.base, quantization="none", device="cpu", dtype="fp32",
-                                trust_remote_code=cfg.trust_remote_code))
+        tokenizer = _tokenizer_for(cfg)
         system = DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
         rows = prepared.train if split == "train" else prepared.eval
-        encoded = {name: data_mod.encode_rows(loaded.tokenizer, part, cfg.prompt_style, system, cfg.max_length)
+        encoded = {name: data_mod.encode_rows(tokenizer, part, cfg.prompt_style, system, cfg.max_length)
                    for name, part in (("train", prepared.train), ("eval", prepared.eval))}
     except errors as exc:
         raise _fail(exc) from None
@@ -194,8 +192,23 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
     if as_json:
         click.echo(json.dumps(manifest, indent=2, default=str))
         return
-    render_examples(console, loaded.tokenizer, rows[:n_examples], encoded[split][:n_examples], split)
+    render_examples(console, tokenizer, rows[:n_examples], encoded[split][:n_examples], split)
     render_counts(console, manifest, cfg)
+
+
+def _tokenizer_for(cfg):
+    """Only the tokenizer (inspect-data needs no weights): the base is resolved by the shared loader's rules."""
+    from medchat.model import ModelError, resolve_base
+    from transformers import AutoTokenizer
+
+    path = resolve_base(cfg.base)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load the tokenizer of {cfg.base!r}: {str(exc).splitlines()[0][:300]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 @main.command("runs")
@@ -340,7 +353,7 @@ def sweep_cmd(ctx, sweep_name, quiet, dry_run, **params):
     errors = _user_errors()
     results = []
     for i, (combo, cfg) in enumerate(zip(combos, cfgs), start=1):
-        label = "-".join(f"{_abbrev(k)}{v}" for k, v in combo.items())
+        label = "-".join(f"{_abbrev(k)}{v}" for k, v in combo.items() if len(grid[k]) > 1) or "run"
         console.print(f"[bold]({i}/{len(combos)})[/] {label}")
         try:
             result = train(cfg, name=f"{sweep_id}-{label}", progress=not quiet,

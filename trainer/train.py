@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 import os
 import shutil
-import signal
-import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ from typing import Any
 from medchat import paths
 
 from . import data as data_mod
-from .config import ConfigError, TrainConfig, from_resolved_yaml, to_yaml
-from .runs import RunDir, RunError, atomic_write_json, git_commit, library_versions, new_run_id, now_iso
+from .config import TrainConfig, from_resolved_yaml, to_yaml
+from .runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso
 
 
 class TrainError(Exception):

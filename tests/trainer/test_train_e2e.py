@@ -119,9 +119,25 @@ def test_train_interrupt_resume_matches_uninterrupted_run(tiny_model_dir, tmp_pa
     assert refuse.exit_code == 1 and "already holds a complete run" in refuse.output
 
 
-def test_packing_trains_and_bad_target_modules(tiny_model_dir):
-    res = train(tiny_cfg(tiny_model_dir, packing=True, max_steps=2, eval_steps=2), name="packed", progress=False)
-    assert res.status == "complete" and res.final["steps"] == 2
+def test_packing_early_stopping_and_bad_target_modules(tiny_model_dir):
+    res = train(tiny_cfg(tiny_model_dir, packing=True, max_steps=4, eval_steps=1, learning_rate=0.05,
+                         early_stopping_patience=1), name="packed", progress=False)
+    assert res.status == "complete" and 1 <= res.final["steps"] <= 4
+    assert res.final["best_checkpoint"].startswith("checkpoint-")
+    assert (res.run.adapter / "adapter_model.safetensors").is_file()
     with pytest.raises(TrainError, match="target modules .*nope.*Its linear layers are: .*q_proj"):
         train(tiny_cfg(tiny_model_dir, target_modules="nope", max_steps=1), name="bad", progress=False)
     assert RunDir(res.run.path.parent / "bad").read()["status"] == "failed"
+
+
+def test_sweep_records_one_run_per_grid_point(tiny_model_dir):
+    result = CliRunner().invoke(main, [
+        "sweep", "--base", str(tiny_model_dir), "--data", str(SAMPLE), "--target-modules", "q_proj,v_proj",
+        "--max-length", "256", "--system-prompt", "Be careful.", "--precision", "fp32", "--max-steps", "1",
+        "--no-guard-index", "--learning-rate", "1e-4,1e-3", "--name", "grid", "--quiet"])
+    assert result.exit_code == 0, result.output
+    runs = sorted(list_runs(include_default=False), key=lambda r: r.id)
+    assert [r.id for r in runs] == ["grid-lr0.0001", "grid-lr0.001"]
+    cards = [r.read() for r in runs]
+    assert [c["hyperparameters"]["learning_rate"] for c in cards] == [1e-4, 1e-3]
+    assert all(c["status"] == "complete" and c["sweep"]["id"] == "grid" for c in cards)
