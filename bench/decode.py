@@ -157,6 +157,10 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also measure the lean loop under torch.compile")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and llama.cpp")
     parser.add_argument("--only", default="", help="comma-separated subset of candidate names")
+    parser.add_argument("--llama-threads", type=int, default=None,
+                        help="llama.cpp threads (default: medchat's, half the logical CPUs)")
+    parser.add_argument("--no-lora-export", action="store_true",
+                        help="without a shipped adapter, skip the random-LoRA merge+export row")
     args = parser.parse_args(argv)
     _common.setup()
 
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
     notes = [f"chat engines use: {adapter_note}"]
     tmp = tempfile.TemporaryDirectory(prefix="medchat-bench-")
     export_adapter = adapter
-    if adapter is None:
+    if adapter is None and not args.no_lora_export:
         _common.log("no shipped adapter: making a random r=16 all-linear LoRA for the merged-export row")
         export_adapter = random_adapter(Path(tmp.name) / "adapter")
         notes.append("engine-llamacpp+lora: a random r=16 all-linear LoRA merged and exported (no shipped adapter)")
@@ -211,16 +215,20 @@ def main(argv=None) -> int:
         from medchat import bundled
 
         gguf = bundled.find_bundled_gguf()
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
-                              verbose=False)
+        from medchat.fastdecode import _threads
+
+        llama_threads = args.llama_threads or _threads()
+        notes.append(f"llama.cpp rows: {llama_threads} thread(s); torch rows: {threads}")
+        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=llama_threads,
+                              n_threads_batch=llama_threads, verbose=False)
         candidates["llama.cpp"] = lambda: measure_llama_cpp(llm, prompt_ids, args.new_tokens)
-        engine_fast = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=adapter), n_threads=threads)
+        engine_fast = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=adapter), n_threads=llama_threads)
         candidates["engine-llamacpp*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
                                                                 reset=engine_fast.llama.reset)
-        if adapter is None:
+        if adapter is None and export_adapter is not None:
             _common.log("exporting the merged random adapter to GGUF (once, cached)")
             started = time.perf_counter()
-            engine_lora = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=export_adapter), n_threads=threads)
+            engine_lora = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=export_adapter), n_threads=llama_threads)
             notes.append(f"merge + GGUF export of the LoRA took {time.perf_counter() - started:.1f}s (cached after)")
             candidates["engine-llamacpp+lora*"] = lambda: measure_engine(engine_lora, messages, chat_settings,
                                                                          reset=engine_lora.llama.reset)
