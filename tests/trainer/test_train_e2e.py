@@ -121,6 +121,7 @@ def test_train_interrupt_resume_matches_uninterrupted_run(tiny_model_dir, tmp_pa
 
 def test_packing_early_stopping_and_bad_target_modules(tiny_model_dir):
     res = train(tiny_cfg(tiny_model_dir, packing=True, max_steps=4, eval_steps=1, learning_rate=0.05,
+                         gradient_checkpointing=True,
                          early_stopping_patience=1), name="packed", progress=False)
     assert res.status == "complete" and 1 <= res.final["steps"] <= 4
     assert res.final["best_checkpoint"].startswith("checkpoint-")
