@@ -218,17 +218,18 @@ def discover_runs(root: Path | None = None, include_default: bool = True) -> lis
     if root.is_dir():
         found.extend(p for p in root.iterdir() if p.is_dir() and is_run_dir(p))
     default = getattr(paths, "DEFAULT_RUN_DIR", None)
+    # The shipped run is a copy of a run that may also sit in the runs root (where it was trained): list it once.
     if include_default and default is not None and is_run_dir(default) and default not in found:
-        found.append(default)
+        if _run_json(default).get("id") not in {_run_json(p).get("id") for p in found}:
+            found.append(default)
+    return sorted(found, key=lambda p: (str(_run_json(p).get("created") or ""), p.name))
 
-    def key(p: Path) -> tuple[str, str]:
-        try:
-            created = str(json.loads((p / "run.json").read_text(encoding="utf-8")).get("created") or "")
-        except (OSError, ValueError):
-            created = ""
-        return (created, p.name)
 
-    return sorted(found, key=key)
+def _run_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def resolve_run(arg: str | Path) -> Path:

@@ -177,3 +177,17 @@ def test_the_shipped_default_run_is_listed(isolated_user_dirs, monkeypatch):
     assert resolve_run("default") == shipped
     assert shipped in discover_runs()
     assert "medchat-metrics evaluate default" in load_run(shipped).notice()
+
+
+def test_the_shipped_run_is_listed_once_when_its_original_is_in_the_runs_root(isolated_user_dirs, monkeypatch):
+    import shutil
+
+    from medchat import paths
+
+    original = make_run(isolated_user_dirs / "runs", "default-smollm2", created="2026-11-01T00:00:00+00:00")
+    shipped = isolated_user_dirs / "assets" / "default-run"
+    shutil.copytree(original, shipped)
+    monkeypatch.setattr(paths, "DEFAULT_RUN_DIR", shipped)
+    assert discover_runs() == [original]
+    shutil.rmtree(original)
+    assert discover_runs() == [shipped]
