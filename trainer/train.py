@@ -481,6 +481,11 @@ def _save_adapter(trainer, tokenizer, run: RunDir, cfg: TrainConfig, main: bool)
     trainer.save_model(str(staging))  # unwraps DDP; writes on the main process only
     if main:
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; checkpoints keep their own copy
+        # PEFT records the local path it loaded from (a cache dir); record the base as the user named it.
+        adapter_config = staging / "adapter_config.json"
+        config = json.loads(adapter_config.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = cfg.base
+        adapter_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(staging)
         (staging / "medchat.json").write_text(json.dumps({
             "base": cfg.base, "prompt_style": cfg.prompt_style, "system_prompt": _system_prompt(cfg),

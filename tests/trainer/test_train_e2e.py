@@ -63,6 +63,7 @@ def test_train_interrupt_resume_matches_uninterrupted_run(tiny_model_dir, tmp_pa
               run.adapter / "tokenizer_config.json", run.adapter / "medchat.json"):
         assert p.is_file(), p
     assert not (run.adapter / "training_args.bin").exists()
+    assert json.loads((run.adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == cfg.base
     log = read_log(run)
     assert [e["step"] for e in log if "train_loss" in e] == list(range(1, 15))
     assert [e["step"] for e in log if "eval_loss" in e] == [3, 6, 9, 12, 14]
