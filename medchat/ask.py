@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from medchat.engine import Engine, EngineError, GenerationSettings
-from medchat.model import ModelError, ModelSpec, load
+from medchat.engine import EngineError, GenerationSettings
+from medchat.fastdecode import load_engine
+from medchat.model import ModelError, ModelSpec
 from medchat.prompting import DEFAULT_SYSTEM_PROMPT, build_messages
 from medchat.textsafe import strip_control
 
@@ -16,10 +17,9 @@ from medchat.textsafe import strip_control
 def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, system_prompt: str | None = None,
             style: str = "chat", show_stats: bool = False) -> None:
     try:
-        loaded = load(spec)
+        engine = load_engine(spec, prompt_style=style)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    engine = Engine(loaded, prompt_style=style)
     stream = engine.stream(build_messages(question, system_prompt or DEFAULT_SYSTEM_PROMPT), settings)
     out = sys.stdout
     try:
@@ -34,6 +34,6 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
         raise click.ClickException(str(exc)) from exc
     out.write("\n")
     if show_stats:
-        record = {"model": loaded.info.summary(), **stream.stats.as_dict(),
+        record = {"model": engine.info.summary(), "backend": engine.info.extra.get("backend"), **stream.stats.as_dict(),
                   "truncated_turns": stream.truncated_turns}
         click.echo(json.dumps(record), err=True)

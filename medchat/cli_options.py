@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from medchat.model import BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
+from medchat.model import BACKENDS, BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
 from medchat.paths import default_adapter_dir
 
 
@@ -25,6 +25,9 @@ def model_options(func):
                      help="auto = bf16 on CUDA and on CPUs with bf16 instructions, else fp32."),
         click.option("--trust-remote-code", is_flag=True,
                      help="Allow a Hub model to run its own Python code (off by default)."),
+        click.option("--backend", type=click.Choice(BACKENDS), default="auto", envvar="MEDCHAT_BACKEND",
+                     show_default=True,
+                     help="Generation: auto = llama.cpp on CPU when installed and the base is a GGUF, else torch."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -33,18 +36,19 @@ def model_options(func):
     def wrapper(*args, **kwargs):
         kwargs["spec"] = spec_from_options(
             kwargs.pop("base"), kwargs.pop("adapter"), kwargs.pop("no_adapter"), kwargs.pop("quantization"),
-            kwargs.pop("device"), kwargs.pop("dtype"), kwargs.pop("trust_remote_code"),
+            kwargs.pop("device"), kwargs.pop("dtype"), kwargs.pop("trust_remote_code"), kwargs.pop("backend"),
         )
         return func(*args, **kwargs)
 
     return wrapper
 
 
-def spec_from_options(base, adapter, no_adapter, quantization, device, dtype, trust_remote_code) -> ModelSpec:
+def spec_from_options(base, adapter, no_adapter, quantization, device, dtype, trust_remote_code,
+                      backend="auto") -> ModelSpec:
     if adapter and no_adapter:
         raise click.UsageError("--adapter and --no-adapter contradict each other; pass one.")
     if adapter is None and not no_adapter and base == BUNDLED:
         shipped = default_adapter_dir()
         adapter = str(shipped) if shipped else None
     return ModelSpec(base=base, adapter=None if no_adapter else adapter, quantization=quantization,
-                     device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+                     device=device, dtype=dtype, trust_remote_code=trust_remote_code, backend=backend)

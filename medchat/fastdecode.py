@@ -9,8 +9,8 @@ first token in milliseconds. `load_engine(spec)` picks the backend:
     llamacpp  llama.cpp or a clear error saying what is missing
     torch     the transformers engine (medchat.engine.Engine)
 
-The backend comes from the argument, else `spec.backend` (when ModelSpec grows that field), else the
-environment variable MEDCHAT_BACKEND, else "auto".
+The backend comes from the argument, else `spec.backend` (the --backend flag, which also reads the
+environment variable MEDCHAT_BACKEND).
 
 With an adapter, the adapter is merged into an fp32 copy of the base and exported once to a GGUF in
 the base's own 4-bit format (medchat.gguf_export, cached by hash), so what runs is the adapter-merged
@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Iterator
 
 from medchat.engine import Engine, EngineError, GenerationSettings, GenerationStats
-from medchat.model import BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
+from medchat.model import BACKENDS, BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
 
-BACKENDS = ("auto", "torch", "llamacpp")
 INSTALL_HINT = "pip install 'medchat[llamacpp]' (or: pip install llama-cpp-python)"
 
 
@@ -61,7 +60,7 @@ def gguf_source(spec: ModelSpec) -> Path | None:
 
 
 def requested_backend(spec: ModelSpec, backend: str | None = None) -> str:
-    chosen = backend or getattr(spec, "backend", None) or os.environ.get("MEDCHAT_BACKEND") or "auto"
+    chosen = backend or spec.backend
     if chosen not in BACKENDS:
         raise ModelError(f"Unknown backend {chosen!r}; choose one of {', '.join(BACKENDS)} (--backend / MEDCHAT_BACKEND).")
     return chosen

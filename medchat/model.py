@@ -23,6 +23,7 @@ from medchat import bundled, paths
 QUANTIZATIONS = ("auto", "nf4", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+BACKENDS = ("auto", "torch", "llamacpp")  # generation backend; see medchat.fastdecode
 BUNDLED = "bundled"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -40,9 +41,11 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    backend: str = "auto"  # auto = llama.cpp on CPU when installed and the base is a GGUF, else torch
 
     def __post_init__(self) -> None:
-        for name, allowed in (("quantization", QUANTIZATIONS), ("device", DEVICES), ("dtype", DTYPES)):
+        for name, allowed in (("quantization", QUANTIZATIONS), ("device", DEVICES), ("dtype", DTYPES),
+                              ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ModelError(f"Unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
 

@@ -58,10 +58,9 @@ def _title_from(text: str) -> str:
 
 def default_engine_factory(spec, prompt_style: str = "chat") -> EngineFactory:
     def factory():
-        from medchat.engine import Engine
-        from medchat.model import load
+        from medchat.fastdecode import load_engine
 
-        return Engine(load(spec), prompt_style=prompt_style)
+        return load_engine(spec, prompt_style=prompt_style)
 
     return factory
 

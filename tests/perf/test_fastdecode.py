@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import click
 import pytest
+from click.testing import CliRunner
 
 from medchat import fastdecode
 from medchat.engine import Engine, GenerationSettings
@@ -75,22 +77,34 @@ def test_pick_token_greedy_and_sampling():
 
 def test_backend_choice_without_llama_cpp(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: False)
-    monkeypatch.delenv("MEDCHAT_BACKEND", raising=False)
     backend, why = fastdecode.choose_backend(ModelSpec())
     assert backend == "torch" and "llama-cpp-python is not installed" in why
     with pytest.raises(ModelError, match=r"medchat\[llamacpp\]"):
         fastdecode.choose_backend(ModelSpec(), "llamacpp")
-    monkeypatch.setenv("MEDCHAT_BACKEND", "llamacpp")
     with pytest.raises(ModelError, match="cannot run"):
-        fastdecode.choose_backend(ModelSpec())
-    monkeypatch.setenv("MEDCHAT_BACKEND", "fastest")
+        fastdecode.choose_backend(ModelSpec(backend="llamacpp"))
     with pytest.raises(ModelError, match="Unknown backend 'fastest'"):
-        fastdecode.choose_backend(ModelSpec())
+        ModelSpec(backend="fastest")
+
+
+def test_backend_flag_reads_the_environment(monkeypatch):
+    from medchat.cli_options import model_options
+
+    seen = {}
+
+    @click.command()
+    @model_options
+    def show(spec):
+        seen["spec"] = spec
+
+    monkeypatch.setenv("MEDCHAT_BACKEND", "torch")
+    assert CliRunner().invoke(show, []).exit_code == 0 and seen["spec"].backend == "torch"
+    assert CliRunner().invoke(show, ["--backend", "llamacpp"]).exit_code == 0
+    assert seen["spec"].backend == "llamacpp"
 
 
 def test_backend_choice_rules(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: True)
-    monkeypatch.delenv("MEDCHAT_BACKEND", raising=False)
     import medchat.model
 
     monkeypatch.setattr(medchat.model, "cuda_available", lambda: False)
@@ -109,7 +123,6 @@ def test_backend_choice_rules(monkeypatch, tiny_model_dir):
 
 
 def test_load_engine_falls_back_to_transformers(tiny_model_dir, monkeypatch):
-    monkeypatch.delenv("MEDCHAT_BACKEND", raising=False)
     engine = fastdecode.load_engine(ModelSpec(base=str(tiny_model_dir)))
     assert type(engine) is Engine
     assert engine.info.extra["backend"] == "transformers"
