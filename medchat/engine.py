@@ -162,25 +162,32 @@ class Stream:
         return self._cancel.is_set()
 
     def _finish(self) -> None:
-        ended = time.perf_counter()
-        if self.error is not None:
-            reason = "error"
-        elif self._cancel.is_set():
-            reason = "cancelled"
-        elif self._tokens >= self._max_new_tokens:
-            reason = "length"
-        else:
-            reason = "eos"
-        ttft = self._first_token_at - self._started if self._first_token_at else None
-        decode_time = ended - (self._first_token_at or self._started)
-        rate = (self._tokens - 1) / decode_time if self._tokens > 1 and decode_time > 0 else 0.0
-        self.stats = GenerationStats(
-            ttft_s=round(ttft, 4) if ttft is not None else None,
-            tokens=self._tokens,
-            tokens_per_s=round(rate, 2),
-            elapsed_s=round(ended - self._started, 4),
-            stop_reason=reason,
-        )
+        self.stats = finished_stats(self._started, self._first_token_at, self._tokens, self._max_new_tokens,
+                                    cancelled=self._cancel.is_set(), failed=self.error is not None)
+
+
+def finished_stats(started: float, first_token_at: float | None, tokens: int, max_new_tokens: int, *,
+                   cancelled: bool, failed: bool) -> GenerationStats:
+    """Stats of a finished generation; decode speed excludes the first token (that is the TTFT)."""
+    ended = time.perf_counter()
+    if failed:
+        reason = "error"
+    elif cancelled:
+        reason = "cancelled"
+    elif tokens >= max_new_tokens:
+        reason = "length"
+    else:
+        reason = "eos"
+    ttft = first_token_at - started if first_token_at else None
+    decode_time = ended - (first_token_at or started)
+    rate = (tokens - 1) / decode_time if tokens > 1 and decode_time > 0 else 0.0
+    return GenerationStats(
+        ttft_s=round(ttft, 4) if ttft is not None else None,
+        tokens=tokens,
+        tokens_per_s=round(rate, 2),
+        elapsed_s=round(ended - started, 4),
+        stop_reason=reason,
+    )
 
 
 class Engine:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from medchat.engine import Engine, EngineError, GenerationSettings, GenerationStats
+from medchat.engine import Engine, EngineError, GenerationSettings, GenerationStats, finished_stats
 from medchat.model import BACKENDS, BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
 
 INSTALL_HINT = "pip install 'medchat[llamacpp]' (or: pip install llama-cpp-python)"
@@ -404,24 +404,7 @@ class LlamaStream:
         return self._cancel.is_set()
 
     def _finish(self) -> None:
-        if self.stats is not None:
-            return
-        ended = time.perf_counter()
-        if self.error is not None:
-            reason = "error"
-        elif self._cancel.is_set():
-            reason = "cancelled"
-        elif self._tokens >= self._settings.max_new_tokens:
-            reason = "length"
-        else:
-            reason = "eos"
-        ttft = self._first_token_at - self._started if self._first_token_at else None
-        decode_time = ended - (self._first_token_at or self._started)
-        rate = (self._tokens - 1) / decode_time if self._tokens > 1 and decode_time > 0 else 0.0
-        self.stats = GenerationStats(
-            ttft_s=round(ttft, 4) if ttft is not None else None,
-            tokens=self._tokens,
-            tokens_per_s=round(rate, 2),
-            elapsed_s=round(ended - self._started, 4),
-            stop_reason=reason,
-        )
+        if self.stats is None:
+            self.stats = finished_stats(self._started, self._first_token_at, self._tokens,
+                                        self._settings.max_new_tokens, cancelled=self._cancel.is_set(),
+                                        failed=self.error is not None)
