@@ -36,8 +36,13 @@ READY_MARK = "Ready"
 FAILED_MARKS = ("Traceback", "could not", "Could not")
 
 
+# A private tmux server with a placeholder session, so the server does not exit (and race the next
+# launch) each time a measured session ends.
+TMUX = ["tmux", "-L", f"medchat-bench-{os.getpid()}"]
+
+
 def _pane(session: str) -> str:
-    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    return subprocess.run(TMUX + ["capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
 
 
 def launch(env: dict[str, str], timeout: float, label: str) -> dict:
@@ -45,7 +50,7 @@ def launch(env: dict[str, str], timeout: float, label: str) -> dict:
     medchat = _common.REPO / ".venv" / "bin" / "medchat"
     command = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + f" {shlex.quote(str(medchat))}"
     started = time.perf_counter()
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"env {command}"],
+    subprocess.run(TMUX + ["new-session", "-d", "-s", session, "-x", "120", "-y", "40", f"env {command}"],
                    check=True)
     prompt = ready = None
     screen = ""
@@ -60,7 +65,7 @@ def launch(env: dict[str, str], timeout: float, label: str) -> dict:
                 break
             time.sleep(0.02)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run(TMUX + ["kill-session", "-t", session], capture_output=True)
     if prompt is None or ready is None:
         _common.log(f"{label}: prompt={prompt} ready={ready}; last screen:\n{screen}")
     status = next((line.strip() for line in screen.splitlines() if READY_MARK in line), "")
@@ -95,6 +100,14 @@ def main(argv=None) -> int:
     if fastdecode.llamacpp_available():
         variants["MEDCHAT_BACKEND=llamacpp"] = {"MEDCHAT_BACKEND": "llamacpp"}
 
+    subprocess.run(TMUX + ["new-session", "-d", "-s", "keep"], check=True)
+    try:
+        return _measure(args, base_env, variants, tmp)
+    finally:
+        subprocess.run(TMUX + ["kill-server"], capture_output=True)
+
+
+def _measure(args, base_env, variants, tmp) -> int:
     for label, extra in variants.items():  # caches filled, first-run costs out of the measurement
         _common.log(f"warm-up {label}")
         launch({**base_env, **extra}, args.timeout * 3, label)
