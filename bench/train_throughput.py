@@ -45,7 +45,8 @@ import _common  # noqa: E402
 DATA_FILE = _common.SHARED_DATA / "train" / "medical_meadow_wikidoc_patient_info.jsonl"
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-OPTIM = {"learning_rate": 2e-4, "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "weight_decay": 0.0,
+# transformers 5 dropped warmup_ratio: a float warmup_steps below 1 is the ratio.
+OPTIM = {"learning_rate": 2e-4, "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "weight_decay": 0.0,
          "max_grad_norm": 1.0}
 RECIPES = ("seed", "trl", "medchat")
 # Where and what to train; the GPU check (bench/gpu_check.py) changes these.

@@ -1,6 +1,6 @@
 """Side-by-side training speed of the batching modes (same examples, same LoRA, same process).
 
-    python -m trainer.bench_speed --data ../shared/data/train/medical_meadow_wikidoc_patient_info.jsonl -n 48
+    .venv/bin/python bench/batching_modes.py --data ../shared/data/train/medical_meadow_wikidoc_patient_info.jsonl -n 48
 
 Prints trained tokens/s per mode and the ratio to per-batch padding in random order. Modes are interleaved
 batch by batch so a noisy shared machine affects them alike.
