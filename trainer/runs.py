@@ -1,4 +1,4 @@
-"""The run directory (see team CONTRACT): layout, atomic run.json, listing, resume lookup."""
+"""The run directory: layout, atomic run.json, listing, resume lookup."""
 
 from __future__ import annotations
 
