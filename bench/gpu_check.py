@@ -14,7 +14,6 @@ here (vocabulary 49,152 instead of TinyLlama's 32,000: 2048 x 17,152 more embedd
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

@@ -84,20 +84,58 @@ def generation_kwargs(settings: GenerationSettings, tokenizer, model) -> dict[st
     return kwargs
 
 
-class Stream:
-    """Iterate for text chunks; afterwards `stats` says how it went. `cancel()` stops the model."""
+class BaseStream:
+    """What every backend's stream shares: iterate for text chunks; afterwards `stats` says how it went;
+    `cancel()` stops the model. A backend starts `_thread`, counts `_tokens`, sets `_first_token_at`,
+    records `error`, and yields text from `_chunks()`."""
+
+    def __init__(self, settings: GenerationSettings, cancel: threading.Event | None):
+        settings.validate()
+        self._cancel = cancel or threading.Event()
+        self._max_new_tokens = settings.max_new_tokens
+        self.stats: GenerationStats | None = None
+        self.error: BaseException | None = None
+        self.truncated_turns = 0
+        self.truncated_chars = 0
+        self._tokens = 0
+        self._first_token_at: float | None = None
+        self._started = time.perf_counter()
+        self._thread: threading.Thread | None = None
+
+    def _chunks(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._chunks():
+                if chunk:
+                    yield chunk
+        finally:
+            self._thread.join()
+            if self.stats is None:
+                self.stats = finished_stats(self._started, self._first_token_at, self._tokens,
+                                            self._max_new_tokens, cancelled=self._cancel.is_set(),
+                                            failed=self.error is not None)
+        if self.error is not None:
+            raise EngineError(f"Generation failed: {type(self.error).__name__}: {self.error}") from self.error
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+class Stream(BaseStream):
+    """The transformers backend: model.generate in a thread, text through a TextIteratorStreamer."""
 
     def __init__(self, engine: "Engine", messages: list[dict], settings: GenerationSettings,
                  cancel: threading.Event | None = None):
         import torch
         from transformers import StoppingCriteria, TextIteratorStreamer
 
-        self._cancel = cancel or threading.Event()
-        self.stats: GenerationStats | None = None
-        self.error: BaseException | None = None
-        self.truncated_turns = 0
-        self.truncated_chars = 0
-        settings.validate()
+        super().__init__(settings, cancel)
         tokenizer, model = engine.tokenizer, engine.model
         ids = engine.fit_prompt(messages, settings.max_new_tokens, self)
         cancel_event = self._cancel
@@ -117,8 +155,6 @@ class Stream:
                         stream._first_token_at = time.perf_counter()
                 super().put(value)
 
-        self._tokens = 0
-        self._first_token_at: float | None = None
         self._streamer = _CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         input_ids = torch.tensor([ids], device=model.device)
         kwargs = generation_kwargs(settings, tokenizer, model)
@@ -128,7 +164,6 @@ class Stream:
             streamer=self._streamer,
             stopping_criteria=[_Cancelled()],
         )
-        self._max_new_tokens = settings.max_new_tokens
         self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, args=(model, kwargs), daemon=True, name="medchat-generate")
         self._thread.start()
@@ -143,27 +178,8 @@ class Stream:
             self.error = exc
             self._streamer.end()
 
-    def __iter__(self) -> Iterator[str]:
-        try:
-            for chunk in self._streamer:
-                if chunk:
-                    yield chunk
-        finally:
-            self._thread.join()
-            self._finish()
-        if self.error is not None:
-            raise EngineError(f"Generation failed: {type(self.error).__name__}: {self.error}") from self.error
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def _finish(self) -> None:
-        self.stats = finished_stats(self._started, self._first_token_at, self._tokens, self._max_new_tokens,
-                                    cancelled=self._cancel.is_set(), failed=self.error is not None)
+    def _chunks(self) -> Iterator[str]:
+        return iter(self._streamer)
 
 
 def finished_stats(started: float, first_token_at: float | None, tokens: int, max_new_tokens: int, *,

@@ -28,11 +28,10 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from medchat.engine import Engine, EngineError, GenerationSettings, GenerationStats, finished_stats
+from medchat.engine import BaseStream, Engine, GenerationSettings
 from medchat.model import BACKENDS, BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
 
 INSTALL_HINT = "pip install 'medchat[llamacpp]' (or: pip install llama-cpp-python)"
@@ -338,23 +337,16 @@ def _file_type_name(file_type) -> str:
 _END = object()
 
 
-class LlamaStream:
-    """Same shape as medchat.engine.Stream: iterate for text chunks, then `stats`; `cancel()` stops."""
+class LlamaStream(BaseStream):
+    """The llama.cpp backend: tokens decoded in a thread, text handed over through a queue."""
 
     def __init__(self, engine: LlamaCppEngine, messages: list[dict], settings: GenerationSettings,
                  cancel: threading.Event | None = None):
-        settings.validate()
+        super().__init__(settings, cancel)
         self._engine = engine
-        self._cancel = cancel or threading.Event()
-        self.stats: GenerationStats | None = None
-        self.error: BaseException | None = None
-        self.truncated_turns = 0
-        self.truncated_chars = 0
         self._ids = engine.fit_prompt(messages, settings.max_new_tokens, self)
         self._settings = settings
         self._queue: queue.Queue = queue.Queue()
-        self._tokens = 0
-        self._first_token_at: float | None = None
         self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True, name="medchat-generate-llamacpp")
         self._thread.start()
@@ -382,29 +374,5 @@ class LlamaStream:
         finally:
             self._queue.put(_END)
 
-    def __iter__(self) -> Iterator[str]:
-        try:
-            while True:
-                chunk = self._queue.get()
-                if chunk is _END:
-                    break
-                if chunk:
-                    yield chunk
-        finally:
-            self._thread.join()
-            self._finish()
-        if self.error is not None:
-            raise EngineError(f"Generation failed: {type(self.error).__name__}: {self.error}") from self.error
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def _finish(self) -> None:
-        if self.stats is None:
-            self.stats = finished_stats(self._started, self._first_token_at, self._tokens,
-                                        self._settings.max_new_tokens, cancelled=self._cancel.is_set(),
-                                        failed=self.error is not None)
+    def _chunks(self) -> Iterator[str]:
+        return iter(self._queue.get, _END)

@@ -326,7 +326,6 @@ def _attach_lora(cfg: TrainConfig, model, hw: Resolved):
 
 def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, console, progress, extra_callbacks,
          state, started, prior_elapsed) -> dict[str, Any]:
-    import torch
     import transformers
     from transformers import EarlyStoppingCallback, TrainingArguments
 

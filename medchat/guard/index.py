@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from medchat.guard.embedder import EMBEDDER_NAME, EMBEDDING_DIM
+from medchat.guard.embedder import EMBEDDER_NAME
 
 INDEX_FORMAT = 1
 INDEX_JSON = "index.json"
