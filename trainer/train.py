@@ -290,9 +290,9 @@ def _truncate_loss_log(run: RunDir, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue
-    from .runs import atomic_write_text
+    from medchat.fileio import write_text_atomic
 
-    atomic_write_text(run.loss_log, "".join(f"{line}\n" for line in keep))
+    write_text_atomic(run.loss_log, "".join(f"{line}\n" for line in keep))
 
 
 def _load_model(cfg: TrainConfig, hw: Resolved):

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from medchat.fileio import write_text_atomic
 from medchat.guard.embedder import EMBEDDER_NAME
 
 INDEX_FORMAT = 1
@@ -238,11 +239,8 @@ class ReferenceIndex:
         elif (out_dir / GENERAL_FILE).exists():
             (out_dir / GENERAL_FILE).unlink()
         if self.questions is not None:
-            qtmp = out_dir / (QUESTIONS_FILE + ".tmp")
-            with qtmp.open("w", encoding="utf-8") as fh:
-                for q in self.questions:
-                    fh.write(json.dumps({"question": q}, ensure_ascii=False) + "\n")
-            os.replace(qtmp, out_dir / QUESTIONS_FILE)
+            write_text_atomic(out_dir / QUESTIONS_FILE,
+                              "".join(json.dumps({"question": q}, ensure_ascii=False) + "\n" for q in self.questions))
         meta = dict(self.meta)
         meta.update(
             {
@@ -265,9 +263,7 @@ class ReferenceIndex:
                 else ""
             )
         )
-        jtmp = out_dir / (INDEX_JSON + ".tmp")
-        jtmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(jtmp, out_dir / INDEX_JSON)
+        write_text_atomic(out_dir / INDEX_JSON, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         self.meta = meta
         self.path = out_dir
         return out_dir
