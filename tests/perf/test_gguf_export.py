@@ -1,4 +1,4 @@
-"""Adapter merge -> 4-bit GGUF export: what changes, what stays byte-identical, the cache."""
+"""Adapter merge -> 4-bit GGUF export: what changes, what stays byte-identical, the run type, the cache."""
 
 from __future__ import annotations
 
@@ -47,7 +47,29 @@ def test_hf_names():
         gguf_export.hf_name("blk.0.ssm_conv.weight")
 
 
-def test_export_changes_only_adapted_tensors(small_adapter):
+def _within_one_step(values, target, qtype):
+    """Each 32-value block of `values` is within the rounding error of one quantization of `target`."""
+    import gguf
+
+    T = gguf.GGMLQuantizationType
+    blocks = target.reshape(-1, 32)
+    if qtype == T.Q4_1:  # step (max - min) / 15, rounded to the nearest level
+        bound = (blocks.max(axis=1) - blocks.min(axis=1)) / 15 * 0.51
+    elif qtype == T.Q8_0:  # step max|x| / 127, rounded to the nearest level
+        bound = np.abs(blocks).max(axis=1) / 127 * 0.51
+    else:  # Q4_0: step max|x| / 8 and levels -8..7, so the value opposite the extreme may be a whole step off
+        bound = np.abs(blocks).max(axis=1) / 8 * 1.01
+    error = np.abs(values.reshape(-1, 32) - blocks).max(axis=1)
+    return bool((error <= bound + 1e-3).all())
+
+
+def _dequantized(tensor):
+    import gguf
+
+    return gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(tensor.data.shape[0], -1)
+
+
+def test_export_in_the_base_type_changes_only_adapted_tensors(small_adapter):
     import gguf
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
@@ -55,11 +77,11 @@ def test_export_changes_only_adapted_tensors(small_adapter):
 
     adapter, merged = small_adapter
     base = bundled.find_bundled_gguf()
-    first = gguf_export.merged_gguf(base, adapter)
+    first = gguf_export.runnable_gguf(base, adapter, "q4_1")
     assert first.is_file() and first.parent.name == "gguf"
     stamp = first.stat().st_mtime_ns
-    assert gguf_export.merged_gguf(base, adapter) == first and first.stat().st_mtime_ns == stamp  # cached
-    assert gguf_export.merged_gguf(base, None) == base  # no adapter: the base file itself
+    assert gguf_export.runnable_gguf(base, adapter, "q4_1") == first and first.stat().st_mtime_ns == stamp  # cached
+    assert gguf_export.runnable_gguf(base, None, "q4_1") == base  # no adapter, already that type: the base itself
 
     exported, original = gguf.GGUFReader(str(first)), gguf.GGUFReader(str(base))
     assert exported.get_field("tokenizer.chat_template").contents() == original.get_field("tokenizer.chat_template").contents()
@@ -79,14 +101,57 @@ def test_export_changes_only_adapted_tensors(small_adapter):
         assert not same, tensor.name
         # dequantize, undo llama.cpp's rotary permutation the way transformers does on load,
         # and compare with the merged weights: within one 4-bit quantization step
-        values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(tensor.data.shape[0], -1)
-        values = processor.process(values, tensor.name).weights
+        values = processor.process(_dequantized(tensor), tensor.name).weights
         target = merged[gguf_export.hf_name(tensor.name)].numpy()
-        blocks = target.reshape(-1, 32)
-        step = (blocks.max(axis=1) - blocks.min(axis=1)) / 15
-        error = np.abs(values.reshape(-1, 32) - blocks).max(axis=1)
-        assert (error <= step * 0.51 + 1e-3).all(), tensor.name
+        assert _within_one_step(values, target, tensor.tensor_type), tensor.name
     assert changed == 3
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_run_type_applies_to_every_layer_matrix(small_adapter, qtype):
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from medchat import bundled
+
+    wanted = gguf.GGMLQuantizationType[qtype.upper()]
+    adapter, merged = small_adapter
+    base = bundled.find_bundled_gguf()
+    original = {t.name: t for t in gguf.GGUFReader(str(base)).tensors}
+    processor = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
+    for path, adapted in ((gguf_export.runnable_gguf(base, adapter, qtype), True),
+                          (gguf_export.runnable_gguf(base, None, qtype), False)):
+        assert path != base and path.name.endswith(".gguf") and f"-{qtype}-" in path.name
+        reader = gguf.GGUFReader(str(path))
+        assert gguf.LlamaFileType(int(reader.get_field("general.file_type").contents())).name == f"MOSTLY_{qtype.upper()}"
+        for tensor in reader.tensors:
+            before = original[tensor.name]
+            if not (tensor.name.startswith("blk.") and len(tensor.shape) == 2 and "_norm" not in tensor.name):
+                # the 8-bit embedding and the fp32 norms are copied byte for byte
+                assert tensor.tensor_type == before.tensor_type, tensor.name
+                assert np.array_equal(np.asarray(tensor.data), np.asarray(before.data)), tensor.name
+                continue
+            assert tensor.tensor_type == wanted, tensor.name
+            if adapted and tensor.name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"):
+                values = processor.process(_dequantized(tensor), tensor.name).weights
+                target = merged[gguf_export.hf_name(tensor.name)].numpy()
+            else:  # unchanged by the adapter: the base's own values, in llama.cpp's layout
+                values, target = _dequantized(tensor), _dequantized(before)
+            assert _within_one_step(values, target, wanted), tensor.name
+
+
+def test_default_run_type_is_8_bit(monkeypatch):
+    monkeypatch.delenv("MEDCHAT_GGUF_TYPE", raising=False)
+    assert gguf_export.run_type() == "q8_0"
+
+
+def test_run_type_choice(monkeypatch):
+    monkeypatch.setenv("MEDCHAT_GGUF_TYPE", "Q8_0")
+    assert gguf_export.run_type() == "q8_0"
+    assert gguf_export.run_type("q4_1") == "q4_1"
+    monkeypatch.setenv("MEDCHAT_GGUF_TYPE", "q3_k")
+    with pytest.raises(gguf_export.ExportError, match="MEDCHAT_GGUF_TYPE.*q4_0, q4_1, q8_0"):
+        gguf_export.run_type()
 
 
 def test_cache_key_follows_the_adapter(small_adapter, tmp_path):
@@ -98,7 +163,9 @@ def test_cache_key_follows_the_adapter(small_adapter, tmp_path):
     base = bundled.find_bundled_gguf()
     copy = tmp_path / "adapter"
     shutil.copytree(adapter, copy)
-    assert gguf_export.merged_gguf_path(base, copy) == gguf_export.merged_gguf_path(base, adapter)
+    assert gguf_export.runnable_gguf_path(base, copy) == gguf_export.runnable_gguf_path(base, adapter)
     config = (copy / "adapter_config.json").read_text().replace('"r": 4', '"r": 4 ')
     (copy / "adapter_config.json").write_text(config)
-    assert gguf_export.merged_gguf_path(base, copy) != gguf_export.merged_gguf_path(base, adapter)
+    assert gguf_export.runnable_gguf_path(base, copy) != gguf_export.runnable_gguf_path(base, adapter)
+    assert gguf_export.runnable_gguf_path(base, adapter, "q4_0") != gguf_export.runnable_gguf_path(base, adapter, "q8_0")
+    assert gguf_export.runnable_gguf_path(base, None) != gguf_export.runnable_gguf_path(base, adapter)
