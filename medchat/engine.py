@@ -228,6 +228,21 @@ class Engine:
         return prompt_token_ids(self.tokenizer, render_prompt(self.tokenizer, messages, self.prompt_style),
                                 self.prompt_style)
 
+    def next_turn_prefix(self, messages: list[dict], draft: str = "") -> list[int]:
+        """The prompt tokens that the next user turn after `messages` will start with if it begins with
+        `draft`, whatever follows: the tokens two different continuations share."""
+        first = self.prompt_ids(messages + [{"role": "user", "content": draft + " a"}])
+        second = self.prompt_ids(messages + [{"role": "user", "content": draft + " b"}])
+        shared = 0
+        while shared < min(len(first), len(second)) and first[shared] == second[shared]:
+            shared += 1
+        return first[:shared]
+
+    def prefill(self, messages: list[dict], draft: str = "") -> None:
+        """Read the start of the next turn's prompt (the conversation so far and the user's draft) while
+        the user types, so that sending it only costs the rest. Engines that keep a KV cache between
+        turns do it (medchat.fastdecode); transformers' generate keeps none, so here it does nothing."""
+
     def fit_prompt(self, messages: list[dict], max_new_tokens: int, report=None) -> list[int]:
         """Token ids for the prompt, dropping the oldest turns (then the end of the newest message)
         so that prompt + answer fit the model's context. `report` gets truncated_turns/_chars."""

@@ -1,7 +1,7 @@
 """The fast decoding path: llama.cpp (through llama-cpp-python) behind the same interface as `Engine`.
 
-On CPU, llama.cpp runs the 4-bit GGUF about 3-4x faster than transformers runs the bf16 model, with a
-first token in milliseconds. `load_engine(spec)` picks the backend:
+On CPU, llama.cpp runs the GGUF several times faster than transformers runs the bf16 model.
+`load_engine(spec)` picks the backend:
 
     auto      llama.cpp when llama-cpp-python is installed (`pip install 'medchat[llamacpp]'`), the base
               is a GGUF (the bundled model, or --base FILE.gguf), and the device, dtype and quantization are
@@ -12,12 +12,17 @@ first token in milliseconds. `load_engine(spec)` picks the backend:
 The backend comes from the argument, else `spec.backend` (the --backend flag, which also reads the
 environment variable MEDCHAT_BACKEND).
 
-With an adapter, the adapter is merged into an fp32 copy of the base and exported once to a GGUF in
-the base's own 4-bit format (medchat.gguf_export, cached by hash), so what runs is the adapter-merged
-4-bit model. Prompts are built and tokenized by the same Hugging Face tokenizer and chat template as
-the transformers engine, and decoding applies the same logits processors as transformers
-(repetition penalty over the whole sequence, then no repeated n-grams, then temperature/top-p), so
-greedy answers match the transformers engine's token for token as long as the 4-bit arithmetic does.
+What runs is a GGUF made once by medchat.gguf_export (cached by hash): with an adapter, the adapter is
+merged into an fp32 copy of the base and the layers are written in 8 bits (Q8_0; MEDCHAT_GGUF_TYPE=q4_0
+for the fastest, less faithful 4-bit layout), so what runs is the adapter-merged model.
+
+A question only pays for its own tokens: every turn reuses the KV cache of the prompt prefix it shares
+with the previous one, and `prefill` reads the system prompt once the model is loaded and the user's
+draft while they type (the chat app calls it). Prompts are built and tokenized by the same Hugging Face
+tokenizer and chat template as the transformers engine, and decoding applies the same logits processors
+as transformers (repetition penalty over the whole sequence, then no repeated n-grams, then
+temperature/top-p), so greedy answers match the transformers engine's token for token as long as the
+quantized arithmetic does.
 """
 
 from __future__ import annotations
@@ -216,7 +221,9 @@ class LlamaCppEngine(Engine):
         self._lock = threading.Lock()  # one llama.cpp context: one generation at a time
 
     @classmethod
-    def load(cls, spec: ModelSpec, prompt_style: str = "chat", n_threads: int | None = None) -> "LlamaCppEngine":
+    def load(cls, spec: ModelSpec, prompt_style: str = "chat", n_threads: int | None = None,
+             gguf_type: str | None = None) -> "LlamaCppEngine":
+        """`gguf_type`: the layers' weight type (q8_0, q4_0, q4_1; default MEDCHAT_GGUF_TYPE, else q8_0)."""
         started = time.perf_counter()
         try:
             import llama_cpp
@@ -238,7 +245,7 @@ class LlamaCppEngine(Engine):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         try:
-            gguf_path = gguf_export.merged_gguf(source, spec.adapter)
+            gguf_path = gguf_export.runnable_gguf(source, spec.adapter, gguf_type)
         except gguf_export.ExportError as exc:
             raise ModelError(str(exc)) from exc
         context = _context_length(tokenizer, tokenizer_dir)
@@ -257,7 +264,7 @@ class LlamaCppEngine(Engine):
             merged=bool(spec.adapter),
             quantization=quant,
             device="cpu",
-            dtype="llama.cpp",  # shown as "cpu llama.cpp · q4_1" in the status line
+            dtype="llama.cpp",  # shown as "cpu llama.cpp · q8_0" in the status line
             params_total=int(llama_cpp.llama_model_n_params(llama.model)),
             params_trainable=0,
             load_seconds=round(time.perf_counter() - started, 3),
@@ -286,6 +293,28 @@ class LlamaCppEngine(Engine):
             answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
         return answers
 
+    def prefill(self, messages: list[dict], draft: str = "") -> None:
+        """Evaluate the start of the next turn's prompt now (see Engine.prefill): the system prompt once
+        the model is loaded, the user's draft while they type. Whatever of it the real prompt shares is
+        kept by the prefix reuse in decode_tokens."""
+        ids = self.next_turn_prefix(messages, draft)
+        if ids and len(ids) < self.info.context_length:  # longer: fit_prompt will cut it when it is sent
+            with self._lock:
+                self._evaluate(ids)
+
+    def _evaluate(self, ids: list[int]) -> None:
+        """Bring the KV cache to `ids`, keeping the part of it that already matches. Hold the lock."""
+        llama = self.llama
+        cached = llama.input_ids[: llama.n_tokens].tolist()
+        keep = 0
+        for a, b in zip(cached, ids):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(ids) - 1)  # the last token is always evaluated again: its logits are needed
+        llama.n_tokens = keep
+        llama.eval(ids[keep:])
+
     def decode_tokens(self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event,
                       seed: int | None = None) -> Iterator[int]:
         """Yield generated token ids (EOS excluded). Reuses the KV cache of a shared prompt prefix."""
@@ -295,19 +324,11 @@ class LlamaCppEngine(Engine):
         rng = np.random.default_rng(seed)
         n_vocab = llama.n_vocab()
         with self._lock:
-            cached = llama.input_ids[: llama.n_tokens].tolist()
-            keep = 0
-            for a, b in zip(cached, prompt_ids):
-                if a != b:
-                    break
-                keep += 1
-            keep = min(keep, len(prompt_ids) - 1)  # the last prompt token is always evaluated: its logits
-            llama.n_tokens = keep
-            llama.eval(prompt_ids[keep:])
+            self._evaluate(prompt_ids)
             history = list(prompt_ids)
             blocker = NgramBlocker(settings.no_repeat_ngram_size)
             blocker.extend(prompt_ids)
-            for _ in range(settings.max_new_tokens):
+            for step in range(settings.max_new_tokens):
                 if cancel.is_set():
                     return
                 pointer = llama._ctx.get_logits_ith(-1)
@@ -320,6 +341,8 @@ class LlamaCppEngine(Engine):
                 if token in self.eos_ids:
                     return
                 yield token
+                if step + 1 == settings.max_new_tokens:
+                    return  # the answer is complete: no need to evaluate its last token
                 history.append(token)
                 blocker.extend([token])
                 llama.eval([token])

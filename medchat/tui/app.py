@@ -18,7 +18,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, ListView, LoadingIndicator, Static
+from textual.widgets import Footer, Header, Input, ListView, LoadingIndicator, Static, TextArea
 from textual.worker import Worker, WorkerState
 
 from medchat.history import (
@@ -75,6 +75,7 @@ class MedchatApp(App):
 
     CSS_PATH = "medchat.tcss"
     STOP_GRACE_S = 1.5  # after Esc, how long to wait for the engine before leaving it to finish alone
+    DRAFT_PAUSE_S = 0.4  # a pause in typing this long lets the engine read the draft ahead of Enter
     TITLE = "medchat"
     ENABLE_COMMAND_PALETTE = True
 
@@ -135,6 +136,7 @@ class MedchatApp(App):
         self._stop_event = asyncio.Event()
         self._draining: asyncio.Future | None = None
         self._pending: str | None = None
+        self._draft_timer: Any = None
         self.ready_status = "Ready"
 
     # ---------------------------------------------------------------- layout
@@ -187,6 +189,8 @@ class MedchatApp(App):
     def load_model(self) -> None:
         try:
             engine = self.engine_factory()
+            if hasattr(engine, "prefill"):  # the system prompt now, so the first question pays only for itself
+                engine.prefill(self._conversation_so_far())
         except Exception as exc:  # a readable message, never a traceback
             self.call_from_thread(self._model_failed, exc)
             return
@@ -203,6 +207,30 @@ class MedchatApp(App):
         if self._pending is not None:
             text, self._pending = self._pending, None
             self.start_turn(text)
+
+    def _conversation_so_far(self) -> list[dict]:
+        """What the model reads before the next question: the system prompt and the turns so far."""
+        return [{"role": "system", "content": self.settings.effective_system_prompt}] + self.turns
+
+    @on(TextArea.Changed, "#prompt")
+    def _draft_changed(self) -> None:
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        self._draft_timer = self.set_timer(self.DRAFT_PAUSE_S, self._read_draft_ahead)
+
+    def _read_draft_ahead(self) -> None:
+        """Let the engine read the draft while the user is still typing: Enter then costs only the rest."""
+        text = strip_control(self.query_one(ChatInput).text).strip()
+        busy = self.generating or (self._draining is not None and not self._draining.done())
+        if text and self.engine is not None and hasattr(self.engine, "prefill") and not busy:
+            self.prefill_draft(self._conversation_so_far(), text)
+
+    @work(thread=True, exclusive=True, group="prefill", exit_on_error=False)
+    def prefill_draft(self, context: list[dict], text: str) -> None:
+        try:
+            self.engine.prefill(context, draft=text)
+        except Exception as exc:  # only a head start: the turn itself reports real errors
+            self.log.warning(f"reading the draft ahead failed: {exc!r}")
 
     def _model_failed(self, exc: BaseException) -> None:
         try:
@@ -579,8 +607,7 @@ class MedchatApp(App):
             except (asyncio.TimeoutError, Exception):
                 pass
 
-        messages = [{"role": "system", "content": self.settings.effective_system_prompt}]
-        messages += self.turns + [{"role": "user", "content": text}]
+        messages = self._conversation_so_far() + [{"role": "user", "content": text}]
         self.turns.append({"role": "user", "content": text})
 
         pieces: list[str] = []

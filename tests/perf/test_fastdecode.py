@@ -137,7 +137,8 @@ def test_load_engine_falls_back_to_transformers(tiny_model_dir, monkeypatch):
 def llama_engine():
     if not HAS_LLAMA_CPP:
         pytest.skip("llama-cpp-python is not installed (optional extra medchat[llamacpp])")
-    return fastdecode.LlamaCppEngine.load(ModelSpec(), n_threads=2)
+    # the base's own type: the very file (and weights) transformers loads, so answers can be compared
+    return fastdecode.LlamaCppEngine.load(ModelSpec(), n_threads=1, gguf_type="q4_1")
 
 
 @pytest.mark.bundled
@@ -161,6 +162,17 @@ def test_llama_engine_streams_like_the_torch_engine(llama_engine, bundled_spec):
     again = "".join(llama_engine.stream(messages, settings))
     assert again == text
     assert llama_engine.generate_batch([messages], settings) == [text.strip()]
+
+
+@pytest.mark.bundled
+def test_llama_engine_runs_the_default_layout(llama_engine, monkeypatch):
+    from medchat import gguf_export
+    from medchat.prompting import build_messages
+
+    monkeypatch.delenv("MEDCHAT_GGUF_TYPE", raising=False)
+    engine = fastdecode.LlamaCppEngine.load(ModelSpec(), n_threads=1)
+    assert engine.info.quantization == gguf_export.DEFAULT_RUN_TYPE
+    assert "".join(engine.stream(build_messages("What is asthma?"), GenerationSettings(max_new_tokens=8))).strip()
 
 
 @pytest.mark.bundled
@@ -265,6 +277,39 @@ def test_decode_loop_reuses_the_prompt_prefix(tiny_pair):
     assert fast.generate(follow_up, settings)[0] == again
 
 
+def test_prefill_keeps_the_system_prompt_ready(tiny_pair):
+    torch_engine, fast, stand_in = tiny_pair
+    settings = GenerationSettings(max_new_tokens=6)
+    system = [{"role": "system", "content": "You are a careful medical assistant."}]
+    question = system + [{"role": "user", "content": "What causes gout?"}]
+    expected, _ = torch_engine.generate(question, settings)
+    prefix = fast.next_turn_prefix(system)
+    prompt = fast.prompt_ids(question)
+    assert len(prefix) > 5 and prompt[:len(prefix)] == prefix and len(prefix) < len(prompt)
+    stand_in.reset()
+    fast.prefill(system)
+    assert stand_in.n_tokens == len(prefix) and stand_in.input_ids[:len(prefix)].tolist() == prefix
+    before = stand_in.evaluated
+    answer, stats = fast.generate(question, settings)
+    # the first question only evaluates its own tokens (and the generated ones), and answers the same
+    assert stand_in.evaluated - before == len(prompt) - len(prefix) + stats.tokens - (stats.stop_reason == "length")
+    assert answer == expected
+    # a draft read ahead: the conversation so far and the words typed, a longer shared prefix
+    stand_in.reset()
+    fast.prefill(system, draft="What causes")
+    draft_prefix = fast.next_turn_prefix(system, "What causes")
+    assert len(draft_prefix) > len(prefix) and prompt[:len(draft_prefix)] == draft_prefix
+    assert stand_in.input_ids[:stand_in.n_tokens].tolist() == draft_prefix
+    before = stand_in.evaluated
+    assert fast.generate(question, settings)[0] == expected
+    assert stand_in.evaluated - before == len(prompt) - len(draft_prefix) + stats.tokens - 1
+    # a draft the user then rewrote costs nothing but the difference
+    fast.prefill(system, draft="How long does gout")
+    assert fast.generate(question, settings)[0] == expected
+    torch_engine.prefill(system, draft="What causes")  # transformers keeps no cache: nothing to do
+    assert torch_engine.generate(question, settings)[0] == expected
+
+
 def test_decode_loop_cancel_and_errors(tiny_pair):
     _, fast, stand_in = tiny_pair
     cancel = threading.Event()
@@ -284,3 +329,47 @@ def test_decode_loop_cancel_and_errors(tiny_pair):
     with pytest.raises(EngineError, match="llama_decode returned -1"):
         list(stream)
     assert stream.stats.stop_reason == "error"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_chat_app_reads_the_system_prompt_and_the_draft_ahead(tiny_pair, anyio_backend):
+    import dataclasses
+
+    from medchat.tui.app import MedchatApp
+
+    _, fast, stand_in = tiny_pair
+    stand_in.reset()
+    app = MedchatApp(None, engine_factory=lambda: fast, guard_factory=lambda: None, no_history=True,
+                     cursor_blink=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(400):
+            if app.model_status == "ready":
+                break
+            await pilot.pause(0.01)
+        assert app.model_status == "ready"
+        system = [{"role": "system", "content": app.settings.effective_system_prompt}]
+        prefix = fast.next_turn_prefix(system)
+        assert stand_in.n_tokens == len(prefix) and stand_in.input_ids[:len(prefix)].tolist() == prefix
+        # typing, then a pause: the draft is read ahead, and Enter reuses it
+        for key in "What causes gout":
+            await pilot.press("space" if key == " " else key)
+        for _ in range(200):
+            await pilot.pause(0.02)
+            if stand_in.n_tokens > len(prefix):
+                break
+        draft_prefix = fast.next_turn_prefix(system, "What causes gout")
+        assert stand_in.input_ids[:stand_in.n_tokens].tolist() == draft_prefix
+        app.settings = dataclasses.replace(app.settings, max_new_tokens=8)
+        before = stand_in.evaluated
+        await pilot.press("question_mark", "enter")
+        for _ in range(1000):
+            await pilot.pause(0.02)
+            if not app.generating and app.turns and app.turns[-1]["role"] == "assistant":
+                break
+        assert app.turns[-1]["role"] == "assistant"
+        prompt = fast.prompt_ids(system + [{"role": "user", "content": "What causes gout?"}])
+        assert prompt[:len(draft_prefix)] == draft_prefix
+        # only the question's last tokens and the answer were evaluated after Enter
+        answer_tokens = stand_in.evaluated - before - (len(prompt) - len(draft_prefix))
+        assert 0 <= answer_tokens <= 8
