@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.medchat-installed
 
-.PHONY: setup chat test lint bench clean-venv
+.PHONY: setup chat test lint bench fast clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ chat: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/lint-imports
+
+# Optional: the llama.cpp fast path for CPU chat (medchat picks it automatically once installed).
+# llama-cpp-python compiles from source: about 11 minutes on 2 cores the first time, then pip's wheel cache.
+fast: setup
+	$(BIN)/python -m pip install -q -e ".[dev,llamacpp]"
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -10,8 +10,11 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
                      1.1, no repeated 4-grams)
   llama.cpp          llama-cpp-python on the very same GGUF file the bundled model ships (Q4_1), its own
                      greedy sampler: what a user of llama.cpp would get
+  llama.cpp, medchat's file   the same, on the GGUF medchat's fast path runs (adapter merged, its layout)
   engine-llamacpp    medchat's fast path (medchat.fastdecode.LlamaCppEngine): the adapter merged and
-                     exported to a Q4_1 GGUF, the chat app's decoding settings, streamed text
+                     exported (medchat.gguf_export), the chat app's decoding settings, streamed text:
+                     cold (empty KV cache), first (the system prompt prefilled when the model loaded,
+                     as the chat app does) and warm (a follow-up turn: the whole prompt prefix cached)
 
 Each candidate runs --repeats times, interleaved round-robin so load on the shared machine hits all
 alike; the table shows medians. Rows marked * stop at EOS (the chat settings), so they may produce
@@ -222,8 +225,20 @@ def main(argv=None) -> int:
                               n_threads_batch=llama_threads, verbose=False)
         candidates["llama.cpp"] = lambda: measure_llama_cpp(llm, prompt_ids, args.new_tokens)
         engine_fast = fastdecode.LlamaCppEngine.load(ModelSpec(adapter=adapter), n_threads=llama_threads)
-        candidates["engine-llamacpp*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
-                                                                reset=engine_fast.llama.reset)
+        layout = engine_fast.info.quantization
+        same_file = llama_cpp.Llama(model_path=engine_fast.info.extra["gguf"], n_ctx=2048, n_threads=llama_threads,
+                                    n_threads_batch=llama_threads, verbose=False)
+        candidates[f"llama.cpp, medchat's {layout} file"] = lambda: measure_llama_cpp(same_file, prompt_ids,
+                                                                                      args.new_tokens)
+        candidates["engine-llamacpp cold*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
+                                                                     reset=engine_fast.llama.reset)
+
+        def first_question():  # as in the chat app: the system prompt was prefilled when the model loaded
+            engine_fast.llama.reset()
+            engine_fast.prefill(messages[:1])
+
+        candidates["engine-llamacpp first*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
+                                                                      reset=first_question)
         if adapter is None and export_adapter is not None:
             _common.log("exporting the merged random adapter to GGUF (once, cached)")
             started = time.perf_counter()

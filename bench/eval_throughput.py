@@ -12,6 +12,7 @@ Also reported: how many batched answers are identical to the one-at-a-time answe
 must not change greedy answers much; bf16 rounding can flip a few late tokens).
 
     nice -n 10 .venv/bin/python bench/eval_throughput.py [--n 64] [--batch-sizes 8,16] [--max-new-tokens 128]
+                                                          [--dtype fp32]
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", default="8,16")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--adapter", default=None, help="adapter directory (default: the shipped one, if any)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="torch dtype (auto: bf16 on CPUs with bf16, as medchat-metrics runs by default)")
     parser.add_argument("--no-llamacpp", action="store_true")
     args = parser.parse_args(argv)
     _common.setup()
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
     questions, source = held_out_questions(args.n)
     settings = default_settings(max_new_tokens=args.max_new_tokens)
     conversations = [build_messages(q) for q in questions]
-    loaded = load(ModelSpec(adapter=adapter))
+    loaded = load(ModelSpec(adapter=adapter, dtype=args.dtype))
     engine = Engine(loaded)
     _common.log(f"{len(questions)} questions from {source}; {loaded.info.summary()}")
     engine.generate(conversations[0], settings)  # warm-up

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["decode", "eval_throughput", "startup", "train_throughput"]
+ORDER = ["decode", "gguf_formats", "eval_throughput", "startup", "train_throughput"]
 
 
 def main(argv: list[str]) -> int:
