@@ -14,7 +14,8 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
   engine-llamacpp    medchat's fast path (medchat.fastdecode.LlamaCppEngine): the adapter merged and
                      exported (medchat.gguf_export), the chat app's decoding settings, streamed text:
                      cold (empty KV cache), first (the system prompt prefilled when the model loaded,
-                     as the chat app does) and warm (a follow-up turn: the whole prompt prefix cached)
+                     as the chat app does), typed (also the draft read ahead at the user's last pause,
+                     before the last word) and warm (a follow-up turn: the whole prompt prefix cached)
 
 Each candidate runs --repeats times, interleaved round-robin so load on the shared machine hits all
 alike; the table shows medians. Rows marked * stop at EOS (the chat settings), so they may produce
@@ -239,6 +240,12 @@ def main(argv=None) -> int:
 
         candidates["engine-llamacpp first*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
                                                                       reset=first_question)
+        def typed_question():  # as in the chat app: the draft was read at the user's last pause in typing
+            first_question()
+            engine_fast.prefill(messages[:1], draft=QUESTION[:QUESTION.rfind(" ")])
+
+        candidates["engine-llamacpp typed*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
+                                                                      reset=typed_question)
         if adapter is None and export_adapter is not None:
             _common.log("exporting the merged random adapter to GGUF (once, cached)")
             started = time.perf_counter()

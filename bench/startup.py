@@ -10,8 +10,8 @@ plus `medchat --help` (the CLI's import time). Each variant runs --repeats times
 bundled model's conversion and the merged adapter are cached first (one untimed launch), as a user
 has them after the first start. History/config go to a temporary directory.
 
-Variants: the app as shipped, and the app with MEDCHAT_BACKEND=torch / llamacpp (the same unless the
-app builds its engine through medchat.fastdecode.load_engine, the hook the lead applies).
+Variants: the app as shipped (backend auto: llama.cpp when llama-cpp-python is installed), and the app
+with MEDCHAT_BACKEND=torch / llamacpp forced.
 
     nice -n 10 .venv/bin/python bench/startup.py [--repeats 3] [--timeout 90]
 """

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from medchat import paths
+from medchat.fileio import write_text_atomic
 
 EXPORTER_VERSION = 2  # bump when the output for the same inputs changes: invalidates the cache
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -94,7 +95,7 @@ def adapter_targets(adapter: str | os.PathLike) -> set[str]:
 
 
 def run_type(name: str | None = None) -> str:
-    """The layers' weight type: the argument, else MEDCHAT_GGUF_TYPE, else q4_0."""
+    """The layers' weight type: the argument, else MEDCHAT_GGUF_TYPE, else q8_0."""
     chosen = (name or os.environ.get("MEDCHAT_GGUF_TYPE") or DEFAULT_RUN_TYPE).lower()
     if chosen not in RUN_TYPES:
         raise ExportError(f"Unknown GGUF type {chosen!r} (MEDCHAT_GGUF_TYPE); choose one of {', '.join(RUN_TYPES)}.")
@@ -164,7 +165,7 @@ def _merged_state_dict(base_gguf: Path, adapter: str | os.PathLike) -> dict[str,
 
 
 def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None, target: str | os.PathLike,
-                qtype: str | None = None, state_dict: dict[str, Any] | None = None) -> Path:
+                qtype: str | None = None) -> Path:
     """Write `target`: the base GGUF, layers in `qtype`, the adapter (if any) merged in. Atomic."""
     import gguf
     import numpy as np
@@ -181,8 +182,7 @@ def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None,
     n_head_kv = int(kv_field.contents()) if kv_field else n_head
 
     changed = adapter_targets(adapter) if adapter is not None else set()
-    if changed and state_dict is None:
-        state_dict = _merged_state_dict(base_gguf, adapter)
+    state_dict = _merged_state_dict(base_gguf, adapter) if changed else {}
     unknown = sorted(name for name in changed if name not in state_dict)
     if unknown:
         raise ExportError(f"The adapter changes {unknown[0]!r}, which the base model does not have; wrong --base?")
@@ -232,7 +232,7 @@ def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    (target.parent / (target.name + ".json")).write_text(json.dumps({
+    write_text_atomic(target.parent / (target.name + ".json"), json.dumps({
         "base": str(base_gguf), "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
         "changed_tensors": len(changed), "layer_type": qtype, "exporter_version": EXPORTER_VERSION,
     }, indent=2))

@@ -365,7 +365,7 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
     steps_per_epoch = math.ceil(len(train_enc) / (cfg.batch_size * world)) // cfg.grad_accum or 1
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total_steps)
-    eval_steps = cfg.eval_steps or max(1, total_steps // 4)
+    eval_steps = cfg.eval_steps or max(1, math.ceil(total_steps / 4))  # at most 4 evaluations, the last at the end
     save_steps = cfg.save_steps or eval_steps
     early = cfg.early_stopping_patience is not None
     if early and save_steps % eval_steps:
@@ -535,6 +535,28 @@ def _print_summary(console, run: RunDir, final: dict[str, Any], elapsed: float) 
 # ---------------------------------------------------------------- Trainer subclass
 
 
+def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
+    """The causal-LM loss over the supervised (answer) positions, computing the vocabulary projection
+    only there: transformers projects every position (prompt and padding too) to the whole vocabulary
+    and then ignores most of them, which is a fifth of a small model's compute and most of its
+    activation memory. Same value and gradients as the model's own loss: the sum of the token
+    cross-entropies divided by num_items_in_batch (the supervised tokens of the whole accumulated
+    batch), or their mean without it."""
+    import torch
+
+    from medchat.prompting import IGNORE_INDEX
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    features = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = causal_lm.get_decoder()(**features).last_hidden_state
+    targets = inputs["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    total = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp_min(1)
+    return total / count
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
@@ -556,11 +578,14 @@ def _make_trainer_class():
             return data_mod.SeededLengthSampler(dataset.lengths, self.args.per_device_train_batch_size,
                                                 self._sampler_seed, self._group_by_length)
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             num = inputs.pop("num_tokens", None)
             if num is not None and model.training:
                 self._local_tokens += int(num)
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            if self.args.world_size > 1 or "labels" not in inputs:  # DDP needs its own forward
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = answer_only_loss(model, inputs, num_items_in_batch)
+            return (loss, {"loss": loss}) if return_outputs else loss
 
         def prediction_step(self, model, inputs, *args, **kwargs):
             inputs.pop("num_tokens", None)
