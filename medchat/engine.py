@@ -206,6 +206,16 @@ def finished_stats(started: float, first_token_at: float | None, tokens: int, ma
     )
 
 
+def shared_prefix_length(first: list[int], second: list[int]) -> int:
+    """How many leading tokens the two sequences have in common."""
+    shared = 0
+    for a, b in zip(first, second):
+        if a != b:
+            break
+        shared += 1
+    return shared
+
+
 class Engine:
     """Generation for one loaded model: streamed (chat, ask) or batched (metrics)."""
 
@@ -233,10 +243,7 @@ class Engine:
         `draft`, whatever follows: the tokens two different continuations share."""
         first = self.prompt_ids(messages + [{"role": "user", "content": draft + " a"}])
         second = self.prompt_ids(messages + [{"role": "user", "content": draft + " b"}])
-        shared = 0
-        while shared < min(len(first), len(second)) and first[shared] == second[shared]:
-            shared += 1
-        return first[:shared]
+        return first[:shared_prefix_length(first, second)]
 
     def prefill(self, messages: list[dict], draft: str = "") -> None:
         """Read the start of the next turn's prompt (the conversation so far and the user's draft) while

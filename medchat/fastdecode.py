@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from medchat.engine import BaseStream, Engine, GenerationSettings
+from medchat.engine import BaseStream, Engine, GenerationSettings, shared_prefix_length
 from medchat.model import BACKENDS, BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
 
 INSTALL_HINT = "pip install 'medchat[llamacpp]' (or: pip install llama-cpp-python)"
@@ -305,12 +305,7 @@ class LlamaCppEngine(Engine):
     def _evaluate(self, ids: list[int]) -> None:
         """Bring the KV cache to `ids`, keeping the part of it that already matches. Hold the lock."""
         llama = self.llama
-        cached = llama.input_ids[: llama.n_tokens].tolist()
-        keep = 0
-        for a, b in zip(cached, ids):
-            if a != b:
-                break
-            keep += 1
+        keep = shared_prefix_length(llama.input_ids[: llama.n_tokens].tolist(), ids)
         keep = min(keep, len(ids) - 1)  # the last token is always evaluated again: its logits are needed
         llama.n_tokens = keep
         llama.eval(ids[keep:])

@@ -189,8 +189,7 @@ class MedchatApp(App):
     def load_model(self) -> None:
         try:
             engine = self.engine_factory()
-            if hasattr(engine, "prefill"):  # the system prompt now, so the first question pays only for itself
-                engine.prefill(self._conversation_so_far())
+            engine.prefill(self._conversation_so_far())  # the system prompt now: the first question pays only for itself
         except Exception as exc:  # a readable message, never a traceback
             self.call_from_thread(self._model_failed, exc)
             return
@@ -222,7 +221,7 @@ class MedchatApp(App):
         """Let the engine read the draft while the user is still typing: Enter then costs only the rest."""
         text = strip_control(self.query_one(ChatInput).text).strip()
         busy = self.generating or (self._draining is not None and not self._draining.done())
-        if text and self.engine is not None and hasattr(self.engine, "prefill") and not busy:
+        if text and self.engine is not None and not busy:
             self.prefill_draft(self._conversation_so_far(), text)
 
     @work(thread=True, exclusive=True, group="prefill", exit_on_error=False)

@@ -70,6 +70,9 @@ class FakeEngine:
         self.info = fake_info()
         self.made: list[FakeStream] = []
 
+    def prefill(self, messages, draft=""):  # the real engines' read-ahead; nothing to read here
+        pass
+
     def stream(self, messages, settings=None, cancel=None):
         self.requests.append((messages, settings))
         script = self.streams[min(len(self.made), len(self.streams) - 1)] if self.streams else {"chunks": ["OK"]}
