@@ -91,6 +91,9 @@ FIELDS: list[Field] = [
           group="training"),
     Field("group_by_length", bool, True, "Batch examples of similar length together (less padding).",
           group="training"),
+    Field("max_tokens_per_pass", int, 2048, "Run a batch bigger than this many tokens (rows x padded length) "
+          "as several forward/backward passes: the same gradients, less memory. 0 = never split.",
+          group="training"),
     Field("gradient_checkpointing", bool, False, "Trade compute for memory.", group="training"),
     Field("logging_steps", int, 5, "Log train loss every N steps.", group="training"),
     Field("eval_steps", int, None, "Evaluate every N steps (default: about 4 times per run).", group="training"),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medchat import paths
+from medchat.prompting import IGNORE_INDEX
 
 from . import data as data_mod
 from .config import TrainConfig, from_resolved_yaml, to_yaml
@@ -166,6 +167,7 @@ def hyperparameters(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:
         "max_grad_norm": cfg.max_grad_norm,
         "packing": cfg.packing,
         "group_by_length": cfg.group_by_length,
+        "max_tokens_per_pass": cfg.max_tokens_per_pass,
     }
 
 
@@ -416,12 +418,14 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         model=model,
         args=args,
         train_dataset=data_mod.EncodedDataset(train_enc),
-        eval_dataset=data_mod.EncodedDataset(eval_enc),
+        # Sorted by length: evaluation batches then carry almost no padding (the order does not matter there).
+        eval_dataset=data_mod.EncodedDataset(sorted(eval_enc, key=len)),
         data_collator=data_mod.Collator(tokenizer.pad_token_id, packing=cfg.packing, max_length=cfg.max_length),
         processing_class=tokenizer,
         callbacks=callbacks,
         sampler_seed=cfg.seed,
         group_by_length=cfg.group_by_length,
+        max_tokens_per_pass=cfg.max_tokens_per_pass,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -544,8 +548,6 @@ def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
     batch), or their mean without it."""
     import torch
 
-    from medchat.prompting import IGNORE_INDEX
-
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     features = {k: v for k, v in inputs.items() if k != "labels"}
     hidden = causal_lm.get_decoder()(**features).last_hidden_state
@@ -563,10 +565,12 @@ def _make_trainer_class():
     class _MedchatTrainer(Trainer):
         """Seeded length-grouped sampler, real-token counting, tokens/s in every train log."""
 
-        def __init__(self, *args, sampler_seed: int = 42, group_by_length: bool = True, **kwargs):
+        def __init__(self, *args, sampler_seed: int = 42, group_by_length: bool = True,
+                     max_tokens_per_pass: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self._sampler_seed = sampler_seed
             self._group_by_length = group_by_length
+            self._max_tokens_per_pass = max_tokens_per_pass
             self._local_tokens = 0
             self._train_seconds = 0.0
             self._session_tokens = 0
@@ -578,13 +582,23 @@ def _make_trainer_class():
             return data_mod.SeededLengthSampler(dataset.lengths, self.args.per_device_train_batch_size,
                                                 self._sampler_seed, self._group_by_length)
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            pieces = data_mod.split_batch(inputs, self._max_tokens_per_pass)
+            if len(pieces) == 1:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if num_items_in_batch is None:  # each piece's loss must be a share of the whole batch's mean
+                num_items_in_batch = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+            return sum(super(_MedchatTrainer, self).training_step(model, piece, num_items_in_batch)
+                       for piece in pieces)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             num = inputs.pop("num_tokens", None)
             if num is not None and model.training:
                 self._local_tokens += int(num)
             if self.args.world_size > 1 or "labels" not in inputs:  # DDP needs its own forward
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = answer_only_loss(model, inputs, num_items_in_batch)
+            with self.accelerator.autocast():  # accelerate autocasts model.forward, which this loss bypasses
+                loss = answer_only_loss(model, inputs, num_items_in_batch)
             return (loss, {"loss": loss}) if return_outputs else loss
 
         def prediction_step(self, model, inputs, *args, **kwargs):

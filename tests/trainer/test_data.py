@@ -176,3 +176,34 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model_dir):
         lcross = model(**naive).loss
     assert torch.allclose(lp, lk, atol=1e-5)
     assert not torch.allclose(lp, lcross, atol=1e-5)  # sanity: attending across examples changes the loss
+
+
+def _collated(lengths, packing=False):
+    features = [{"input_ids": list(range(1, n + 1)), "labels": [-100] * (n // 2) + list(range(n // 2 + 1, n + 1))}
+                for n in lengths]
+    return d.Collator(pad_token_id=0, packing=packing, max_length=16)(features)
+
+
+def test_split_batch_keeps_every_row_within_the_token_budget():
+    batch = _collated([9, 3, 8, 2, 4])  # 5 rows x 9 columns = 45 tokens
+    assert d.split_batch(batch, 0) == [batch] and d.split_batch(batch, 45) == [batch]
+    pieces = d.split_batch(batch, 20)
+    assert all(p["input_ids"].numel() <= 20 for p in pieces)
+    # longest first, each piece trimmed to its own longest row: [9, 8] then [4, 3, 2]
+    assert [tuple(p["input_ids"].shape) for p in pieces] == [(2, 9), (3, 4)]
+    rows = sorted(tuple(r[m.bool()].tolist()) for p in pieces for r, m in zip(p["input_ids"], p["attention_mask"]))
+    assert rows == sorted(tuple(range(1, n + 1)) for n in [9, 3, 8, 2, 4])
+    supervised = sum(int((p["labels"] != -100).sum()) for p in pieces)
+    assert supervised == int((batch["labels"] != -100).sum())
+    assert [int(p["num_tokens"]) for p in pieces] == [26, 0]  # counted once
+    # a row longer than the budget is never cut
+    assert [tuple(p["input_ids"].shape) for p in d.split_batch(batch, 5)] == [(1, 9), (1, 8), (1, 4), (1, 3), (1, 2)]
+
+
+def test_split_batch_of_packed_rows_keeps_their_position_ids():
+    batch = _collated([9, 7, 6, 5, 3], packing=True)  # packed into rows of at most 16 tokens
+    pieces = d.split_batch(batch, batch["input_ids"].shape[1])
+    assert len(pieces) == batch["input_ids"].shape[0] > 1
+    assert all("attention_mask" not in p and p["position_ids"].shape == p["input_ids"].shape for p in pieces)
+    joined = sorted(p["position_ids"][0].tolist() for p in pieces)
+    assert joined == sorted(batch["position_ids"].tolist())

@@ -143,3 +143,50 @@ def test_sweep_records_one_run_per_grid_point(tiny_model_dir):
     cards = [r.read() for r in runs]
     assert [c["hyperparameters"]["learning_rate"] for c in cards] == [1e-4, 1e-3]
     assert all(c["status"] == "complete" and c["sweep"]["id"] == "grid" for c in cards)
+
+
+class Forwards(TrainerCallback):
+    """Counts training forward passes and records the dtype the adapted layers compute in."""
+
+    def __init__(self):
+        self.passes, self.dtypes = 0, set()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        def count(module, inputs):
+            if torch.is_grad_enabled():
+                self.passes += 1
+
+        def record(module, inputs, output):
+            if torch.is_grad_enabled():
+                self.dtypes.add(output.dtype)
+
+        model.get_input_embeddings().register_forward_pre_hook(count)
+        next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer")).register_forward_hook(record)
+
+
+def test_a_batch_split_into_passes_trains_exactly_like_one_pass(tiny_model_dir):
+    settings = {"max_steps": 3, "lora_dropout": 0.0, "eval_steps": 3}
+    whole, split = Forwards(), Forwards()
+    one = train(tiny_cfg(tiny_model_dir, max_tokens_per_pass=0, **settings), name="one", progress=False,
+                extra_callbacks=(whole,))
+    many = train(tiny_cfg(tiny_model_dir, max_tokens_per_pass=64, **settings), name="many", progress=False,
+                 extra_callbacks=(split,))
+    assert whole.passes == 3 and split.passes > 6  # the small budget really splits every batch
+    a, b = adapter_tensors(one.run), adapter_tensors(many.run)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] - b[key]).abs().max() < 1e-5, key
+    losses = [[e["train_loss"] for e in read_log(r.run) if "train_loss" in e] for r in (one, many)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    assert many.run.read()["hyperparameters"]["max_tokens_per_pass"] == 64
+
+
+def test_bf16_precision_really_computes_in_bf16(tiny_model_dir):
+    seen = Forwards()
+    train(tiny_cfg(tiny_model_dir, precision="bf16", max_steps=1), name="bf16", progress=False,
+          extra_callbacks=(seen,))
+    import torch
+
+    assert seen.dtypes == {torch.bfloat16}
