@@ -13,7 +13,8 @@ decay, grad norm 1.0) and the same number of optimizer steps (n / 8). What diffe
             completion only, batch 8, pad per batch, max_length 1024, gradient checkpointing on, logging
             every 10 steps); only the optimizer settings above are set so the loss is comparable
   medchat   medchat-train's Python API with the cpu-smollm2 preset's defaults (answer-only loss with
-            EOS, batch 8 padded per batch and grouped by length, its evaluation and checkpoint cadence);
+            EOS, batches of 8 in random order, each run as passes of at most 1024 tokens over rows of
+            similar length, its evaluation and checkpoint cadence);
             the guard index build is off (not training)
 
 Each recipe runs in its own process (clean peak memory), one after the other. Measured from the

@@ -490,28 +490,51 @@ class Collator:
         return rows
 
 
-def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
-    """Cut a collated batch into row groups of at most `max_tokens` (rows x padded width) each, every group
-    trimmed to its own longest row. Backward passes over the groups add up to the batch's gradients, while
-    activation memory (and the cost of fresh memory for it) stays that of one small group: a batch of eight
-    512-token answers would otherwise hold ~10 GB of activations on CPU and run at half the speed per token.
-    `num_tokens` goes with the first group only. Rows are never split, so a single row may exceed the budget."""
+# One more forward/backward pass costs about as much as this many more tokens (the small model on CPU:
+# ~0.17 s of per-pass overhead at ~560 tokens/s, measured with bench-style timing of 128-token rows).
+PASS_OVERHEAD_TOKENS = 96
+
+
+def plan_passes(lengths: list[int], max_tokens: int, overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Group a batch's rows (indices) into passes of at most `max_tokens` (rows x their longest row) that
+    minimise the padded tokens plus a fixed cost per pass. Rows are taken longest first, so every group is a
+    run of similar lengths; a single row longer than the budget gets a pass of its own."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = [0] + [math.inf] * len(order)  # best[k]: cheapest plan for the k longest rows
+    start = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for begin in range(end):
+            rows, width = end - begin, lengths[order[begin]]
+            if rows > 1 and rows * width > max_tokens:
+                continue
+            cost = best[begin] + rows * width + overhead
+            if cost < best[end]:
+                best[end], start[end] = cost, begin
+    groups, end = [], len(order)
+    while end:
+        groups.append(order[start[end]:end])
+        end = start[end]
+    return groups[::-1]
+
+
+def split_batch(batch: dict[str, Any], max_tokens: int, overhead: int = PASS_OVERHEAD_TOKENS) -> list[dict[str, Any]]:
+    """Cut a collated batch into the passes plan_passes chooses, each trimmed to its own longest row.
+    Backward passes over the pieces add up to the batch's gradients, while activation memory stays that of
+    one piece and padding all but disappears even when a batch mixes short and long examples. Measured on
+    CPU: 2048 tokens run as two passes of 1024 take 25% less time than as one (cache-sized activations).
+    `num_tokens` goes with the first piece only."""
     import torch
 
     rows, width = batch["input_ids"].shape
-    if not max_tokens or rows * width <= max_tokens:
+    if not max_tokens:
         return [batch]
     if "attention_mask" in batch:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
     else:  # packed rows: their padding tail is its own sequence, keep the width
         lengths = [width] * rows
-    order = sorted(range(rows), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:  # longest first, so a group's first row sets its width
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_tokens:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+    groups = plan_passes(lengths, max_tokens, overhead)
+    if len(groups) == 1:
+        return [batch]
     pieces = []
     for n, group in enumerate(groups):
         index = torch.tensor(group)
@@ -522,7 +545,6 @@ def split_batch(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
             piece["num_tokens"] = batch["num_tokens"] if n == 0 else torch.tensor(0)
         pieces.append(piece)
     return pieces
-
 
 def counts_line(dropped: dict[str, int]) -> str:
     c = Counter({k: v for k, v in dropped.items() if v})

@@ -5,9 +5,10 @@ by medchat.prompting.encode_example (the same function metrics uses for perplexi
 formatting, masking and packing layer would only be bypassed or would disagree with it. Trainer alone gives
 what we need and nothing to fight: checkpoints with optimizer/scheduler/RNG state and exact resume, eval
 during training, early stopping, gradient checkpointing, paged 8/32-bit optimizers, AMP, and DDP under
-`accelerate launch` / torchrun without code changes. We add a seeded length-grouped sampler (the data order
-depends only on seed and epoch), per-batch padding or packing, real tokens/s, a rich progress bar, the loss
-log and the run card.
+`accelerate launch` / torchrun without code changes. We add a seeded sampler (the data order depends only
+on seed and epoch; optionally length-grouped), per-batch padding or packing, batches run as passes over rows
+of similar length (little padding, bounded memory), real tokens/s, a rich progress bar, the loss log and the
+run card.
 """
 
 from __future__ import annotations
@@ -426,6 +427,8 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         sampler_seed=cfg.seed,
         group_by_length=cfg.group_by_length,
         max_tokens_per_pass=cfg.max_tokens_per_pass,
+        # On a GPU an extra pass costs more than padding does: split only what exceeds the budget.
+        pass_overhead=data_mod.PASS_OVERHEAD_TOKENS if hw.device == "cpu" else cfg.max_tokens_per_pass,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -563,14 +566,15 @@ def _make_trainer_class():
     from transformers import Trainer
 
     class _MedchatTrainer(Trainer):
-        """Seeded length-grouped sampler, real-token counting, tokens/s in every train log."""
+        """Seeded sampler, batches split into passes, real-token counting, tokens/s in every train log."""
 
-        def __init__(self, *args, sampler_seed: int = 42, group_by_length: bool = True,
-                     max_tokens_per_pass: int | None = None, **kwargs):
+        def __init__(self, *args, sampler_seed: int = 42, group_by_length: bool = False,
+                     max_tokens_per_pass: int = 0, pass_overhead: int = data_mod.PASS_OVERHEAD_TOKENS, **kwargs):
             super().__init__(*args, **kwargs)
             self._sampler_seed = sampler_seed
             self._group_by_length = group_by_length
             self._max_tokens_per_pass = max_tokens_per_pass
+            self._pass_overhead = pass_overhead
             self._local_tokens = 0
             self._train_seconds = 0.0
             self._session_tokens = 0
@@ -583,7 +587,7 @@ def _make_trainer_class():
                                                 self._sampler_seed, self._group_by_length)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            pieces = data_mod.split_batch(inputs, self._max_tokens_per_pass)
+            pieces = data_mod.split_batch(inputs, self._max_tokens_per_pass, self._pass_overhead)
             if len(pieces) == 1:
                 return super().training_step(model, inputs, num_items_in_batch)
             if num_items_in_batch is None:  # each piece's loss must be a share of the whole batch's mean

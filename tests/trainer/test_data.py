@@ -200,6 +200,14 @@ def test_split_batch_keeps_every_row_within_the_token_budget():
     assert [tuple(p["input_ids"].shape) for p in d.split_batch(batch, 5)] == [(1, 9), (1, 8), (1, 4), (1, 3), (1, 2)]
 
 
+def test_passes_trade_padding_against_the_cost_of_a_pass():
+    lengths = [9, 3, 8, 2, 4]
+    assert d.plan_passes(lengths, 100, overhead=100) == [[0, 2, 4, 1, 3]]  # passes dear: one, padding and all
+    assert d.plan_passes(lengths, 100, overhead=0) == [[0], [2], [4], [1], [3]]  # padding dear: no padding at all
+    assert d.plan_passes(lengths, 100, overhead=3) == [[0, 2], [4, 1, 3]]  # 18 + 12 + 2 x 3 beats 45 + 3
+    assert d.plan_passes([5, 5, 5, 5], 10, overhead=1) == [[0, 1], [2, 3]]  # the budget always holds
+
+
 def test_split_batch_of_packed_rows_keeps_their_position_ids():
     batch = _collated([9, 7, 6, 5, 3], packing=True)  # packed into rows of at most 16 tokens
     pieces = d.split_batch(batch, batch["input_ids"].shape[1])
