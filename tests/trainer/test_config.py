@@ -114,4 +114,8 @@ def test_seed_preset_on_cpu_says_what_is_missing():
     hw = resolve_hardware(load_config("seed-tinyllama-t4"), cuda=True)
     assert (hw.quantization, hw.optimizer, hw.precision, hw.model_dtype) == ("nf4", "paged_adamw_32bit", "fp16", "fp16")
     cpu = resolve_hardware(load_config("cpu-smollm2"), cuda=False)
-    assert cpu.device == "cpu" and cpu.quantization == "none" and cpu.model_dtype == "fp32"
+    assert cpu.device == "cpu" and cpu.quantization == "none"
+    # the frozen base is kept in bf16 when training in bf16, in fp32 otherwise
+    for precision, dtype in (("bf16", "bf16"), ("fp32", "fp32")):
+        hw = resolve_hardware(load_config("cpu-smollm2", overrides={"precision": precision}), cuda=False)
+        assert (hw.precision, hw.model_dtype) == (precision, dtype)

@@ -184,9 +184,11 @@ def test_a_batch_split_into_passes_trains_exactly_like_one_pass(tiny_model_dir):
 
 
 def test_bf16_precision_really_computes_in_bf16(tiny_model_dir):
-    seen = Forwards()
-    train(tiny_cfg(tiny_model_dir, precision="bf16", max_steps=1), name="bf16", progress=False,
-          extra_callbacks=(seen,))
     import torch
 
+    seen = Forwards()
+    res = train(tiny_cfg(tiny_model_dir, precision="bf16", max_steps=1), name="bf16", progress=False,
+                extra_callbacks=(seen,))
     assert seen.dtypes == {torch.bfloat16}
+    assert res.run.read()["resolved"]["model_dtype"] == "bf16"  # the frozen base, not the adapter:
+    assert {t.dtype for t in adapter_tensors(res.run).values()} == {torch.float32}
