@@ -7,6 +7,8 @@ The app is thin: the model loads and generates through `medchat.engine`, the his
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -171,6 +173,15 @@ class MedchatApp(App):
         self._set_status("Loading the model… you can type meanwhile.", loading=True)
         self.load_model()
         self.load_guard()
+        if not self.is_headless and _is_tty(sys.__stdin__):
+            self.set_interval(1.0, self._quit_if_terminal_hung_up)
+
+    def _quit_if_terminal_hung_up(self) -> None:
+        """A closed window or a dropped SSH session hangs the terminal up. Under `make chat` the hangup signal
+        goes to make, not to medchat, which would live on with Textual's input thread spinning on the dead
+        terminal; every message is already saved, so just leave."""
+        if not _is_tty(sys.__stdin__):
+            self.exit(return_code=129)  # 128 + SIGHUP, as if the signal had arrived
 
     def _update_title(self) -> None:
         title = self.conversation.title if self.conversation else "New conversation"
@@ -999,3 +1010,10 @@ def run_app(
 ) -> None:
     """Run the chat app in this terminal (called by `medchat`)."""
     MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style).run()
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream is not None and os.isatty(stream.fileno())
+    except (OSError, ValueError):
+        return False
