@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.medchat-installed
 
-.PHONY: setup chat test lint bench fast clean-venv
+.PHONY: setup chat test bench fast clean-venv
 
 setup: $(STAMP)
 

@@ -490,8 +490,8 @@ class Collator:
         return rows
 
 
-# One more forward/backward pass costs about as much as this many more tokens (the small model on CPU:
-# ~0.17 s of per-pass overhead at ~560 tokens/s, measured with bench-style timing of 128-token rows).
+# One more forward/backward pass costs about as much as this many more tokens (the bundled model on CPU:
+# ~0.17 s of per-pass overhead at ~560 tokens/s, from a one-off profile of single training steps).
 PASS_OVERHEAD_TOKENS = 96
 
 
@@ -525,9 +525,9 @@ def split_batch(batch: dict[str, Any], max_tokens: int, overhead: int = PASS_OVE
     `num_tokens` goes with the first piece only."""
     import torch
 
-    rows, width = batch["input_ids"].shape
     if not max_tokens:
         return [batch]
+    rows, width = batch["input_ids"].shape
     if "attention_mask" in batch:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
     else:  # packed rows: their padding tail is its own sequence, keep the width
@@ -546,7 +546,7 @@ def split_batch(batch: dict[str, Any], max_tokens: int, overhead: int = PASS_OVE
         pieces.append(piece)
     return pieces
 
+
 def counts_line(dropped: dict[str, int]) -> str:
     c = Counter({k: v for k, v in dropped.items() if v})
     return ", ".join(f"{k} {v}" for k, v in c.most_common()) or "none"
-
