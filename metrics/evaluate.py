@@ -394,7 +394,10 @@ def evaluate(
         key_common = {"v": CACHE_VERSION, "base": target.base, "base_fp": base_fp,
                       "adapter": adapter_fp if which == "finetuned" else None, "runtime": runtime,
                       "prompt_style": target.prompt_style, "system": target.system_prompt}
-        gen_key = _sha(json.dumps({**key_common, "settings": settings.as_dict()}, sort_keys=True))[:16]
+        # The batch size is part of an answer's identity: in bf16 the padded shapes change the rounding, and greedy
+        # decoding amplifies it (bench/eval_throughput.py: 15 of 64 answers as one at a time at batch 16).
+        gen_key = _sha(json.dumps({**key_common, "settings": settings.as_dict(), "batch_size": batch_size},
+                                  sort_keys=True))[:16]
         ppl_key = _sha(json.dumps({**key_common, "max_length": target.max_length}, sort_keys=True))[:16]
         gen_cache = gen_caches[which] = PredictionCache(cache_dir / f"{which}-gen-{gen_key}.jsonl")
         ppl_cache = ppl_caches[which] = PredictionCache(cache_dir / f"{which}-ppl-{ppl_key}.jsonl")

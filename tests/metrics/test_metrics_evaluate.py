@@ -85,6 +85,10 @@ def test_changed_generation_settings_are_a_different_cache(tiny_run):
     other = evaluate(target, default_settings(max_new_tokens=3), device="cpu", dtype="fp32", limit=2, probes=False)
     assert other.generated == {"base": 2, "finetuned": 2}
     assert other.results["settings"]["max_new_tokens"] == 3
+    # another batch size too: in bf16 it changes the answers, so its answers are its own
+    batch3 = evaluate(target, default_settings(**SETTINGS), device="cpu", dtype="fp32", batch_size=3, limit=2,
+                      probes=False)
+    assert batch3.generated == {"base": 2, "finetuned": 2} and batch3.results["batch_size"] == 3
 
 
 def test_interrupted_evaluation_resumes(tiny_run):
