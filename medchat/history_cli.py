@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,16 +13,26 @@ from medchat.history import HistoryError, HistoryStore
 from medchat.textsafe import strip_control
 
 
-def _open() -> HistoryStore:
+def _open() -> HistoryStore | None:
+    """The store, or None when nothing was ever saved (reading must not create the database)."""
     from medchat.paths import history_db_path
 
     path = history_db_path()
     if not path.exists():
-        raise click.ClickException(f"No history yet ({path} does not exist). Chat with `medchat` first.")
+        return None
     try:
         return HistoryStore(path)
     except HistoryError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _open_existing() -> HistoryStore:
+    store = _open()
+    if store is None:
+        from medchat.paths import history_db_path
+
+        raise click.ClickException(f"No history yet ({history_db_path()} does not exist). Chat with `medchat` first.")
+    return store
 
 
 def _local(iso: str) -> str:
@@ -44,8 +55,12 @@ def history() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def list_cmd(search: str, limit: int, as_json: bool) -> None:
     """Saved conversations, most recent first."""
-    with _open() as store:
-        hits = store.search(search, limit=limit)
+    store = _open()
+    if store is None:
+        hits = []
+    else:
+        with store:
+            hits = store.search(search, limit=limit)
     if as_json:
         for hit in hits:
             data = hit.conversation.as_dict()
@@ -55,13 +70,19 @@ def list_cmd(search: str, limit: int, as_json: bool) -> None:
     if not hits:
         click.echo("No conversations" + (f" match {search!r}." if search else " yet."))
         return
+    # Titles and snippets are cut to the terminal width, so each conversation stays on one line.
+    width = shutil.get_terminal_size().columns
     click.echo(f"{'id':>5}  {'updated':16}  {'msgs':>4}  title")
     for hit in hits:
         c = hit.conversation
         title = strip_control(c.title).replace("\n", " ")
-        click.echo(f"{c.id:>5}  {_local(c.updated):16}  {c.message_count:>4}  {title}")
+        click.echo(_fit(f"{c.id:>5}  {_local(c.updated):16}  {c.message_count:>4}  {title}", width))
         if search and hit.snippet:
-            click.echo(f"{'':>31}{strip_control(hit.snippet)}")
+            click.echo(_fit(f"{'':>31}{strip_control(hit.snippet)}", width))
+
+
+def _fit(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: max(width - 1, 1)] + "…"
 
 
 @history.command("export")
@@ -69,14 +90,21 @@ def list_cmd(search: str, limit: int, as_json: bool) -> None:
 @click.option("-f", "--format", "fmt", type=click.Choice(["md", "json"]), default=None,
               help="Default: from the output file's extension, else md.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="File to write (default: print to stdout).")
-def export_cmd(conversation_id: int, fmt: str | None, output: Path | None) -> None:
+              help="File to write (default: print to stdout). Its folder must exist.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+def export_cmd(conversation_id: int, fmt: str | None, output: Path | None, force: bool) -> None:
     """Write conversation CONVERSATION_ID as Markdown or JSON."""
     from medchat.tui.safety import physician_reminder
 
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "md"
-    with _open() as store:
+    if output is not None:
+        output = output.expanduser()
+        if output.exists() and not force:
+            raise click.ClickException(f"{output} exists; pass --force to replace it, or choose another file.")
+        if not output.parent.is_dir():
+            raise click.ClickException(f"The folder {output.parent} does not exist; create it first.")
+    with _open_existing() as store:
         try:
             if output is None:
                 text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
@@ -94,7 +122,7 @@ def export_cmd(conversation_id: int, fmt: str | None, output: Path | None) -> No
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 def delete_cmd(conversation_ids: tuple[int, ...], yes: bool) -> None:
     """Delete conversations (and all their messages)."""
-    with _open() as store:
+    with _open_existing() as store:
         try:
             conversations = [store.get_conversation(i) for i in conversation_ids]
         except HistoryError as exc:

@@ -173,14 +173,23 @@ def test_history_cli_list_export_delete(isolated_user_dirs, tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(main, ["history", "list"])
+    assert result.exit_code == 0 and "No conversations yet." in result.output
+    assert runner.invoke(main, ["history", "list", "--json"]).output == ""
+    from medchat.paths import history_db_path
+
+    assert not history_db_path().exists()  # listing creates nothing
+    result = runner.invoke(main, ["history", "export", "1"])
     assert result.exit_code == 1 and "No history yet" in result.output
     with HistoryStore() as store:
         a = store.create_conversation("Asthma \x1b[31mred")
         store.add_message(a.id, "user", "inhaler question")
         store.add_message(a.id, "assistant", "Use it as prescribed.")
         b = store.create_conversation("Migraine")
-    result = runner.invoke(main, ["history", "list"])
+    with HistoryStore() as store:
+        store.create_conversation("A very long title about headaches " * 6)
+    result = runner.invoke(main, ["history", "list"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80 and "…" in result.output
     assert "Migraine" in result.output and "Asthma [31m" not in result.output and "\x1b" not in result.output
     result = runner.invoke(main, ["history", "list", "--search", "INHALER", "--json"])
     [line] = result.output.splitlines()
@@ -190,6 +199,14 @@ def test_history_cli_list_export_delete(isolated_user_dirs, tmp_path):
     out = tmp_path / "a.json"
     result = runner.invoke(main, ["history", "export", str(a.id), "-o", str(out)])
     assert result.exit_code == 0 and json.loads(out.read_text())["id"] == a.id
+    out.write_text("keep me")
+    result = runner.invoke(main, ["history", "export", str(a.id), "-o", str(out)])
+    assert result.exit_code == 1 and "--force" in result.output and out.read_text() == "keep me"
+    result = runner.invoke(main, ["history", "export", str(a.id), "-o", str(out), "--force"])
+    assert result.exit_code == 0 and json.loads(out.read_text())["id"] == a.id
+    missing = tmp_path / "no" / "such" / "dir" / "a.md"
+    result = runner.invoke(main, ["history", "export", str(a.id), "-o", str(missing)])
+    assert result.exit_code == 1 and "does not exist" in result.output and not missing.parent.exists()
     result = runner.invoke(main, ["history", "export", "999"])
     assert result.exit_code == 1 and "No conversation with id 999" in result.output
     result = runner.invoke(main, ["history", "delete", str(b.id)], input="n\n")
@@ -197,4 +214,4 @@ def test_history_cli_list_export_delete(isolated_user_dirs, tmp_path):
     result = runner.invoke(main, ["history", "delete", str(b.id), "--yes"])
     assert result.exit_code == 0 and "Deleted 1 conversation." in result.output
     with HistoryStore() as store:
-        assert [c.id for c in store.list_conversations()] == [a.id]
+        assert b.id not in [c.id for c in store.list_conversations()]
