@@ -215,8 +215,9 @@ def _tokenizer_for(cfg):
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None, envvar="MEDCHAT_RUNS_DIR",
               help="Runs root (env MEDCHAT_RUNS_DIR).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+@click.option("--wide", is_flag=True, help="Every column, whatever the terminal width.")
 @click.option("--no-default", is_flag=True, help="Leave out the shipped default run.")
-def runs_cmd(runs_dir, as_json, no_default):
+def runs_cmd(runs_dir, as_json, wide, no_default):
     """List runs: id, preset, base, data, examples, epochs, lr, losses, time, status."""
     from rich.console import Console
     from rich.table import Table
@@ -235,19 +236,28 @@ def runs_cmd(runs_dir, as_json, no_default):
     if not rows:
         console.print(f"No runs under {root}. Start one with `medchat-train train --preset cpu-smollm2 --data FILE`.")
         return
-    table = Table(title=f"runs in {root}")
-    for col in ("id", "preset", "base", "data", "train/eval", "epochs", "lr", "train loss", "eval loss", "time",
-                "status"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("id", "status"))
     style = {"complete": "green", "running": "cyan", "interrupted": "yellow", "failed": "red"}
+    cells = {
+        "id": lambda r: r["id"] + (" (shipped)" if Path(r["path"]).resolve() == paths.DEFAULT_RUN_DIR.resolve() else ""),
+        "preset": lambda r: str(r["preset"] or "-"),
+        "base": lambda r: _short(r["base"]),
+        "data": lambda r: r["data"] or "-",
+        "train/eval": lambda r: f"{r['train_examples'] or '-'}/{r['eval_examples'] or '-'}",
+        "epochs": lambda r: _fmt(r["epochs"]),
+        "lr": lambda r: _fmt(r["learning_rate"]),
+        "train loss": lambda r: _fmt(r["train_loss"]),
+        "eval loss": lambda r: _fmt(r["eval_loss"]),
+        "time": lambda r: _duration(r["elapsed_s"]),
+        "status": lambda r: f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
+    }
+    # Below 120 columns the table keeps what tells runs apart; --wide (or --json) has the rest.
+    columns = list(cells) if wide or console.width >= 120 else [
+        "id", "train/eval", "lr", "eval loss", "time", "status"]
+    table = Table(title=f"runs in {root}", title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold", no_wrap=col not in ("id", "data"))
     for r in rows:
-        table.add_row(
-            r["id"] + (" (shipped)" if Path(r["path"]).resolve() == paths.DEFAULT_RUN_DIR.resolve() else ""),
-            str(r["preset"] or "-"), _short(r["base"]), r["data"] or "-",
-            f"{r['train_examples'] or '-'}/{r['eval_examples'] or '-'}", _fmt(r["epochs"]), _fmt(r["learning_rate"]),
-            _fmt(r["train_loss"]), _fmt(r["eval_loss"]), _duration(r["elapsed_s"]),
-            f"[{style.get(r['status'], 'white')}]{r['status']}[/]",
-        )
+        table.add_row(*(cells[col](r) for col in columns))
     console.print(table)
 
 

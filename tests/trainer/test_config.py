@@ -119,3 +119,17 @@ def test_seed_preset_on_cpu_says_what_is_missing():
     for precision, dtype in (("bf16", "bf16"), ("fp32", "fp32")):
         hw = resolve_hardware(load_config("cpu-smollm2", overrides={"precision": precision}), cuda=False)
         assert (hw.precision, hw.model_dtype) == (precision, dtype)
+
+
+def test_runs_table_fits_80_columns(isolated_user_dirs):
+    """`medchat-train runs` at 80 columns: one line per run (the shipped one is listed), every line fits;
+    --wide has every column."""
+    runner = CliRunner()
+    narrow = runner.invoke(main, ["runs"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(map(len, lines)) <= 80
+    [row] = [line for line in lines if "default" in line]
+    assert "complete" in row and "eval loss" in narrow.output and "preset" not in narrow.output
+    wide = runner.invoke(main, ["runs", "--wide"], env={"COLUMNS": "80"})
+    assert wide.exit_code == 0 and "preset" in wide.output
