@@ -68,11 +68,18 @@ class ModelInfo:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def adapter_name(self) -> str:
+        """The adapter as people name it: its run when the folder is a run's `adapter/` (else the folder)."""
+        if not self.adapter:
+            return "no adapter"
+        path = Path(self.adapter)
+        name = path.parent.name if path.name == "adapter" and path.parent.name else path.name
+        return f"{name} (merged)" if self.merged else name
+
     def summary(self) -> str:
-        adapter = Path(self.adapter).name if self.adapter else "none"
-        merged = " (merged)" if self.adapter and self.merged else ""
         return (
-            f"{self.base} + adapter {adapter}{merged} | {self.quantization} | {self.device} {self.dtype} | "
+            f"{self.base} + {self.adapter_name} | {self.quantization} | {self.device} {self.dtype} | "
             f"{self.params_total / 1e6:.1f}M params | loaded in {self.load_seconds:.1f}s"
         )
 

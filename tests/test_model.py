@@ -143,3 +143,16 @@ def test_remote_code_is_off_by_default():
 def test_adapter_records_its_base(adapter_dir, tiny_model_dir):
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"]
+
+
+def test_model_info_names_the_adapter_by_its_run():
+    from medchat.model import ModelInfo
+
+    def info(adapter, merged=True):
+        return ModelInfo(base="bundled", base_path="/b", adapter=adapter, merged=merged, quantization="none",
+                         device="cpu", dtype="bf16", params_total=135_000_000, params_trainable=0,
+                         load_seconds=0.5, context_length=2048)
+
+    assert info("/runs/default-run/adapter").summary().startswith("bundled + default-run (merged) | none | cpu bf16")
+    assert info("/x/my-lora", merged=False).adapter_name == "my-lora"
+    assert info(None).adapter_name == "no adapter"

@@ -54,9 +54,10 @@ FIELDS: list[Field] = [
     # data
     Field("data", list, [DEFAULT_DATASET], "Data sources: Hub dataset ids or .json/.jsonl/.csv/.parquet files.",
           cli=False, group="data"),
-    Field("question_column", str, None, "Column holding the question (default: input, else instruction, "
-          "else question).", group="data"),
-    Field("answer_column", str, None, "Column holding the answer (default: output, else answer).", group="data"),
+    Field("question_column", str, None, "Column holding the question (default: the first of input, "
+          "question, instruction, prompt).", group="data"),
+    Field("answer_column", str, None, "Column holding the answer (default: the first of output, answer, "
+          "response, completion).", group="data"),
     Field("limit", int, None, "Use at most N examples after filtering and shuffling (the seed used 2000).",
           group="data"),
     Field("eval_fraction", float, 0.1, "Fraction held out for evaluation.", group="data"),

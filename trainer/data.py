@@ -180,7 +180,8 @@ def _pick(columns: Iterable[str], wanted: str | None, defaults: tuple[str, ...],
     for name in defaults:
         if name in cols:
             return name
-    raise DataError(f"{source}: missing a {what} column (looked for {', '.join(defaults)}); columns are: "
+    article = "an" if what[0] in "aeiou" else "a"
+    raise DataError(f"{source}: missing {article} {what} column (looked for {', '.join(defaults)}); columns are: "
                     f"{', '.join(cols) or '(none)'}. Name it with {flag}.")
 
 
