@@ -7,11 +7,13 @@ Safe by default: safetensors only, trust_remote_code=False unless the spec asks 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -180,11 +182,42 @@ def resolve_base(base: str) -> str:
     raise ModelError(f"Model path does not exist: {path}. Pass an existing directory, a .gguf file or a Hub id.")
 
 
+@functools.cache
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be used (HF_HUB_OFFLINE, or its host does not answer within `timeout`), else None.
+
+    Asked once per process: without it, an offline machine retries every file for about a minute, printing
+    each retry, before it fails."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "")
+    if offline.lower() in ("1", "true", "yes", "on"):
+        return f"HF_HUB_OFFLINE={offline} is set"
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return f"{url.hostname} is not reachable"
+    return None
+
+
+def hub_kwargs(base_path: str) -> dict[str, Any]:
+    """from_pretrained arguments for `base_path`: a Hub id is read from the local cache alone when the Hub is
+    unreachable (a local directory needs nothing)."""
+    if Path(base_path).exists() or hub_unreachable() is None:
+        return {}
+    return {"local_files_only": True}
+
+
 def _hub_error(base: str, exc: Exception) -> ModelError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    why = hub_unreachable()
     return ModelError(
         f"Could not load {base!r} from the Hugging Face Hub"
-        f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' (no network, or no such model)'}: {str(exc).splitlines()[0]} "
+        f"{f' ({why}, and it is not in the local cache)' if why else ' (no such model, or no access)'}: "
+        f"{str(exc).splitlines()[0]} "
         "Download it where you have internet (`hf download " + base + "`) and pass the local directory, "
         "or use the bundled default (--base bundled)."
     )
@@ -303,8 +336,9 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
         )
         kwargs["device_map"] = {"": 0}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=spec.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
+        hub = hub_kwargs(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=spec.trust_remote_code, **hub)
+        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs, **hub)
     except OSError as exc:
         if not Path(base_path).exists():
             raise _hub_error(spec.base, exc) from exc

@@ -156,3 +156,26 @@ def test_model_info_names_the_adapter_by_its_run():
     assert info("/runs/default-run/adapter").summary().startswith("bundled + default-run (merged) | none | cpu bf16")
     assert info("/x/my-lora", merged=False).adapter_name == "my-lora"
     assert info(None).adapter_name == "no adapter"
+
+
+def test_hub_id_without_network_fails_at_once_without_retry_noise(monkeypatch, capfd):
+    """An unreachable Hub is noticed once (a 127.0.0.1 port nobody listens on stands in for it): the Hub id is
+    read from the local cache alone, and the error says why, without a minute of retries."""
+    import socket
+
+    from medchat import model as model_module
+
+    with socket.socket() as probe:  # a free port, closed again: connecting to it is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    model_module.hub_unreachable.cache_clear()
+    try:
+        assert model_module.hub_kwargs("some-org/no-such-model") == {"local_files_only": True}
+        with pytest.raises(ModelError, match=r"127\.0\.0\.1 is not reachable, and it is not in the local cache"):
+            model_module.load(ModelSpec(base="some-org/no-such-model", adapter=None, device="cpu"))
+    finally:
+        model_module.hub_unreachable.cache_clear()
+    captured = capfd.readouterr()
+    assert "Retrying" not in captured.out + captured.err

@@ -198,12 +198,12 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
 
 def _tokenizer_for(cfg):
     """Only the tokenizer (inspect-data needs no weights): the base is resolved by the shared loader's rules."""
-    from medchat.model import ModelError, resolve_base
+    from medchat.model import ModelError, hub_kwargs, resolve_base
     from transformers import AutoTokenizer
 
     path = resolve_base(cfg.base)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **hub_kwargs(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load the tokenizer of {cfg.base!r}: {str(exc).splitlines()[0][:300]}") from None
     if tok.pad_token is None:
