@@ -8,6 +8,7 @@ import click
 
 from medchat import paths
 from medchat.cli_options import model_options
+from medchat.quiet import quiet_known_warnings
 
 
 def _show_paths() -> None:
@@ -33,6 +34,7 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, spec) -> None:
 
     Not a doctor: every answer ends with a reminder to consult a licensed physician.
     """
+    quiet_known_warnings()
     if show_paths:
         _show_paths()
         return

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from medchat.quiet import quiet_known_warnings
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -40,6 +42,7 @@ def main() -> None:
     medchat-metrics compare RUN RUN...    the runs' scores side by side
     medchat-metrics show [RUNS...]        the interactive report view
     """
+    quiet_known_warnings()
 
 
 @main.command()

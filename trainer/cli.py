@@ -15,6 +15,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from medchat.quiet import quiet_known_warnings
+
 from .config import FIELDS, ConfigError, list_presets, load_config
 
 DEFAULT_PRESET = "cpu-smollm2"
@@ -110,6 +112,7 @@ def _load(ctx, params, skip=()):
 def main() -> None:
     """Fine-tune a chat LLM on medical Q&A with LoRA / QLoRA, and record every run."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_known_warnings()
 
 
 @main.command("train")
