@@ -446,6 +446,8 @@ def format_stats(stats: dict | None) -> str:
     """One line: time to first token, tokens, tokens/s, stop reason."""
     if not stats:
         return ""
+    if stats.get("stop_reason") == "declined":
+        return "declined: outside the medical scope (--ood-policy decline)"
     parts = []
     ttft = stats.get("ttft_s")
     parts.append(f"first token {ttft:.2f} s" if isinstance(ttft, (int, float)) else "first token –")

@@ -72,7 +72,7 @@ def list_cmd(search: str, limit: int, as_json: bool) -> None:
               help="File to write (default: print to stdout).")
 def export_cmd(conversation_id: int, fmt: str | None, output: Path | None) -> None:
     """Write conversation CONVERSATION_ID as Markdown or JSON."""
-    from medchat.tui.safety import physician_reminder
+    from medchat.guard.notices import PHYSICIAN_REMINDER
 
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "md"
@@ -80,10 +80,10 @@ def export_cmd(conversation_id: int, fmt: str | None, output: Path | None) -> No
         try:
             if output is None:
                 text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
-                    conversation_id, reminder=physician_reminder())
+                    conversation_id, reminder=PHYSICIAN_REMINDER)
                 sys.stdout.write(text if fmt == "json" else strip_control(text))
                 return
-            out = store.export(conversation_id, output, fmt, reminder=physician_reminder())
+            out = store.export(conversation_id, output, fmt, reminder=PHYSICIAN_REMINDER)
         except HistoryError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"Wrote {out}", err=True)

@@ -218,9 +218,12 @@ def test_bad_input_empty_huge_and_escape_sequences(isolated_user_dirs):
         assert events[-1] == Finished("", "error", "The message is empty: type a question.")
         assert engine.requests == [] and store.list_conversations() == []
 
-        paste = "What is this rash? " + "x" * 100_000
+        paste = "What is this rash? " + "lorem ipsum " * 9000  # a 100 KB paste goes through whole
         events = run(session, paste)
-        assert "truncated" in kinds(events) and events[-1].stop_reason == "eos"
+        assert kinds(events) == [] and events[-1].stop_reason == "eos"
+        assert engine.requests[-1][0][-1]["content"] == paste.strip()
+        events = run(session, "I have chest pain " + "x" * MAX_MESSAGE_CHARS)
+        assert kinds(events) == ["emergency", "truncated"]
         assert len(engine.requests[-1][0][-1]["content"]) == MAX_MESSAGE_CHARS
 
         events = run(session, "\x1b]0;pwned\x07What is \x1b[31masthma\x1b[0m?\x00\x9b2J")
