@@ -44,8 +44,8 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
     from medchat.fastdecode import load_engine
 
     guard = load_guard(spec.adapter)
-    # The embedder loads while the model does; the session waits for it if the model is quicker.
-    threading.Thread(target=_warm_up, args=(guard,), daemon=True, name="medchat-guard").start()
+    # The embedder is not loaded alongside the model: loading both at once in two threads broke bf16
+    # generation on the bundled model (a float/bf16 matmul mismatch). The session loads it (Waiting).
     try:
         engine = load_engine(spec, prompt_style=style)
     except ModelError as exc:
@@ -69,13 +69,6 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
         raise click.ClickException(finished.error or "generation failed")
     if finished.stop_reason == "cancelled":
         sys.exit(130)
-
-
-def _warm_up(guard) -> None:
-    try:
-        guard.warm_up()
-    except Exception:  # the session reports it (rules only) when it checks the question
-        pass
 
 
 @contextlib.contextmanager
