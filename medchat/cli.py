@@ -7,7 +7,7 @@ import sys
 import click
 
 from medchat import paths
-from medchat.cli_options import model_options
+from medchat.cli_options import model_options, ood_policy_option, resolve_ood_policy
 from medchat.quiet import quiet_known_warnings
 
 
@@ -27,9 +27,10 @@ def _show_paths() -> None:
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--paths", "show_paths", is_flag=True, help="Print where medchat keeps data, config and cache, then exit.")
 @click.option("--no-history", is_flag=True, help="Incognito: write no conversation history.")
+@ood_policy_option
 @model_options
 @click.pass_context
-def main(ctx: click.Context, show_paths: bool, no_history: bool, spec) -> None:
+def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str | None, spec) -> None:
     """Chat with a local medical assistant model in your terminal.
 
     Not a doctor: every answer ends with a reminder to consult a licensed physician.
@@ -42,7 +43,7 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, spec) -> None:
         return
     from medchat.tui.app import run_app
 
-    run_app(spec, no_history=no_history)
+    run_app(spec, no_history=no_history, ood_policy=resolve_ood_policy(ood_policy))
 
 
 @main.command()
@@ -55,9 +56,18 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, spec) -> None:
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
 @click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.1, show_default=True)
 @click.option("--stats", is_flag=True, help="Print timing and token counts to stderr.")
+@click.option("--bare", "output", flag_value="bare",
+              help="Only the model's text on stdout; the guard's verdict as one JSON line on stderr.")
+@click.option("--json", "output", flag_value="json",
+              help="One JSON object on stdout: answer, notices, ood_level, red_flags, declined, reminder, stats...")
+@ood_policy_option
 @model_options
-def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, spec):
-    """Answer one QUESTION (or the text piped on stdin), streaming to stdout."""
+def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, output,
+        ood_policy, spec):
+    """Answer one QUESTION (or the text piped on stdin), streaming to stdout.
+
+    Emergency notices come before the answer and the physician reminder after it, as in the chat.
+    """
     from medchat.ask import run_ask
     from medchat.engine import GenerationSettings
 
@@ -69,7 +79,8 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
         raise click.UsageError("The question is empty.")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   repetition_penalty=repetition_penalty)
-    run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats)
+    run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats,
+            output=output or "text", ood_policy=resolve_ood_policy(ood_policy))
 
 
 # Subcommands that live beside the modules they drive.

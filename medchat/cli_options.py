@@ -52,3 +52,28 @@ def spec_from_options(base, adapter, no_adapter, quantization, device, dtype, tr
         adapter = str(shipped) if shipped else None
     return ModelSpec(base=base, adapter=None if no_adapter else adapter, quantization=quantization,
                      device=device, dtype=dtype, trust_remote_code=trust_remote_code, backend=backend)
+
+
+def ood_policy_option(func):
+    """--ood-policy note|decline (default: config.toml's [chat] ood_policy, else note)."""
+    from medchat.guard.policy import POLICIES
+
+    return click.option(
+        "--ood-policy", type=click.Choice(POLICIES), default=None,
+        help="Questions outside medicine: note = answer with a visible note, decline = a polite fixed answer "
+             "and no generation (a red flag is never declined). Default: [chat] ood_policy in config.toml, "
+             "else note.",
+    )(func)
+
+
+def resolve_ood_policy(flag: str | None) -> str:
+    """The flag, else config.toml, else "note"; a bad config value is a one-line error naming the file."""
+    from medchat.guard.policy import DEFAULT_POLICY
+    from medchat.settings import SettingsError, load_ood_policy
+
+    if flag is not None:
+        return flag
+    try:
+        return load_ood_policy() or DEFAULT_POLICY
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None

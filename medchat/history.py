@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import sqlite3
 import stat
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,20 +153,22 @@ def _like_pattern(query: str) -> str:
 
 
 class HistoryStore:
-    """The conversation store. Use one instance per thread (sqlite3 connections are per thread)."""
+    """The conversation store. One instance may be shared by threads (the chat app reads it in the UI
+    thread while the chat session writes a turn from its worker): every method holds the store's lock."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _private_file(self.path)
-            self._db = sqlite3.connect(self.path, timeout=10.0)
+            self._db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise HistoryError(
                 f"Cannot open the history database {self.path}: {exc}. "
                 "Check the directory permissions, or run with --no-history."
             ) from exc
         self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -396,6 +400,21 @@ class HistoryStore:
         return write_export(path, text)
 
 
+def _serialised(method):
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+for _name in ("close", "create_conversation", "get_conversation", "list_conversations", "rename_conversation",
+              "update_settings", "update_model", "delete_conversation", "add_message", "update_message_guard",
+              "update_message_stats", "messages", "search", "export_dict"):
+    setattr(HistoryStore, _name, _serialised(getattr(HistoryStore, _name)))
+
+
 def write_export(path: str | os.PathLike, text: str) -> Path:
     out = Path(path).expanduser()
     try:
@@ -427,6 +446,8 @@ def format_stats(stats: dict | None) -> str:
     """One line: time to first token, tokens, tokens/s, stop reason."""
     if not stats:
         return ""
+    if stats.get("stop_reason") == "declined":
+        return "declined: outside the medical scope (--ood-policy decline)"
     parts = []
     ttft = stats.get("ttft_s")
     parts.append(f"first token {ttft:.2f} s" if isinstance(ttft, (int, float)) else "first token –")

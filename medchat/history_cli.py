@@ -94,7 +94,7 @@ def _fit(line: str, width: int) -> str:
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def export_cmd(conversation_id: int, fmt: str | None, output: Path | None, force: bool) -> None:
     """Write conversation CONVERSATION_ID as Markdown or JSON."""
-    from medchat.tui.safety import physician_reminder
+    from medchat.guard.notices import PHYSICIAN_REMINDER
 
     if fmt is None:
         fmt = "json" if output is not None and output.suffix.lower() == ".json" else "md"
@@ -108,10 +108,10 @@ def export_cmd(conversation_id: int, fmt: str | None, output: Path | None, force
         try:
             if output is None:
                 text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
-                    conversation_id, reminder=physician_reminder())
+                    conversation_id, reminder=PHYSICIAN_REMINDER)
                 sys.stdout.write(text if fmt == "json" else strip_control(text))
                 return
-            out = store.export(conversation_id, output, fmt, reminder=physician_reminder())
+            out = store.export(conversation_id, output, fmt, reminder=PHYSICIAN_REMINDER)
         except HistoryError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"Wrote {out}", err=True)

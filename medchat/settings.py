@@ -11,6 +11,7 @@ Defaults live in ``config.toml`` in the user config directory::
 
     [chat]
     system_prompt = "..."      # omit to use medchat's built-in system prompt
+    ood_policy = "note"        # out-of-domain questions: "note" (answer with a note) or "decline"
 
 Each conversation stores its own copy (``ChatSettings.as_dict()``) in the history database.
 Headless: no Textual import here.
@@ -38,6 +39,7 @@ __all__ = [
     "default_system_prompt",
     "load_config",
     "load_defaults",
+    "load_ood_policy",
     "save_defaults",
     "to_toml",
 ]
@@ -182,6 +184,21 @@ def load_defaults(path: str | os.PathLike | None = None) -> ChatSettings:
         return ChatSettings.from_dict(data)
     except SettingsError as exc:
         raise SettingsError(f"In {file}: {exc} Fix it or delete the file to use the defaults.") from exc
+
+
+def load_ood_policy(path: str | os.PathLike | None = None) -> str | None:
+    """`[chat] ood_policy` from config.toml ("note" or "decline"), or None when it is not set."""
+    from medchat.guard.policy import POLICIES
+
+    file = _config_path(path)
+    chat = load_config(file).get("chat", {})
+    if not isinstance(chat, dict) or "ood_policy" not in chat:
+        return None
+    value = chat["ood_policy"]
+    if value not in POLICIES:
+        raise SettingsError(f"In {file}: [chat] ood_policy must be one of {', '.join(map(repr, POLICIES))}, "
+                            f"not {value!r}. Fix it or remove the line to use \"note\".")
+    return value
 
 
 def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None) -> Path:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from medchat.guard.index import INDEX_JSON, GuardIndexError, ReferenceIndex, read_index_json
 from medchat.guard.notices import EMERGENCY_NOTICE
-from medchat.guard.policy import DEFAULT_POLICY, check_policy
 from medchat.guard.rules import RuleSet, default_rules
 
 DEFAULT_INDEX_SUBDIR = Path("guard") / "default_index"
@@ -65,13 +64,11 @@ class Guard:
         index_dir: Path | None,
         rules: RuleSet | None = None,
         embedder=None,
-        policy: str = DEFAULT_POLICY,
         index: ReferenceIndex | None = None,
         semantic: bool = True,
     ):
         self.index_dir = Path(index_dir) if index_dir else None
         self.rules = rules or default_rules()
-        self.policy = check_policy(policy)
         self._embedder = embedder
         self._index = index
         self._lock = threading.Lock()
@@ -86,7 +83,6 @@ class Guard:
         *,
         rules_path: Path | None = None,
         embedder=None,
-        policy: str = DEFAULT_POLICY,
         semantic: bool = True,
     ) -> "Guard":
         """A guard for `index_dir` (None: the shipped default index; rules only when there is none).
@@ -97,7 +93,7 @@ class Guard:
         else:
             read_index_json(Path(index_dir))  # fail early with a clear message
         rules = RuleSet.load(rules_path) if rules_path else default_rules()
-        guard = cls(index_dir, rules, embedder, policy, semantic=semantic)
+        guard = cls(index_dir, rules, embedder, semantic=semantic)
         if index_dir is None:
             guard.ood_error = "no reference index (none shipped and none given)"
         return guard

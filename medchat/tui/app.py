@@ -1,7 +1,8 @@
 """medchat: the Textual chat app.
 
-The app is thin: the model loads and generates through `medchat.engine`, the history lives in
-`medchat.history`, settings in `medchat.settings`, and the safety surfaces come from `medchat.guard`.
+The app is thin: every turn runs through the headless chat session (`medchat.session`: the guard's
+whole verdict before the model starts, the policy, the reminder, the history), and the app renders its
+events; the model loads through `medchat.fastdecode`, settings live in `medchat.settings`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -23,6 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, ListView, LoadingIndicator, Static, TextArea
 from textual.worker import Worker, WorkerState
 
+from medchat.guard.notices import PHYSICIAN_REMINDER
 from medchat.history import (
     Conversation,
     HistoryError,
@@ -31,9 +32,22 @@ from medchat.history import (
     format_stats,
     write_export,
 )
-from medchat.settings import ChatSettings, SettingsError, load_defaults, save_defaults
+from medchat.protocols import Engine, GuardChecker
+from medchat.session import (
+    ChatSession,
+    Checked,
+    Declined,
+    Finished,
+    Notice,
+    Reminder,
+    Stats,
+    Token,
+    Waiting,
+    load_guard,
+    stored_notices,
+)
+from medchat.settings import ChatSettings, SettingsError, load_defaults, load_ood_policy, save_defaults
 from medchat.textsafe import strip_control
-from medchat.tui import safety
 from medchat.tui.screens import (
     ConfirmScreen,
     ExportScreen,
@@ -46,16 +60,11 @@ from medchat.tui.screens import (
 from medchat.tui.widgets import AssistantMessage, ChatInput, ChatView, HistorySidebar, UserMessage
 from medchat.tui.widgets.sidebar import ConversationList
 
-EngineFactory = Callable[[], Any]
-GuardFactory = Callable[[], Any]
+EngineFactory = Callable[[], Engine]
+GuardFactory = Callable[[], "GuardChecker | None"]
 
 _DONE = object()
 _ABANDONED = object()
-
-
-def _title_from(text: str) -> str:
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "Conversation")
-    return line if len(line) <= 60 else line[:59] + "…"
 
 
 def default_engine_factory(spec, prompt_style: str = "chat") -> EngineFactory:
@@ -68,8 +77,8 @@ def default_engine_factory(spec, prompt_style: str = "chat") -> EngineFactory:
 
 
 def default_guard_factory(spec) -> GuardFactory:
-    adapter = getattr(spec, "adapter", None)
-    return lambda: safety.load_guard(adapter)
+    adapter = spec.adapter if spec is not None else None
+    return lambda: load_guard(adapter)
 
 
 class MedchatApp(App):
@@ -105,6 +114,7 @@ class MedchatApp(App):
         guard_factory: GuardFactory | None = None,
         prompt_style: str = "chat",
         cursor_blink: bool = True,
+        ood_policy: str | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -115,25 +125,27 @@ class MedchatApp(App):
         self.cursor_blink = cursor_blink
         self.store: HistoryStore | None = None
         self.history_error: str | None = None
-        self.engine: Any = None
+        self.engine: Engine | None = None
         self.model_status = "loading"
         self.model_error: str | None = None
-        self.guard: Any = None
+        self.guard: GuardChecker | None = None
         self.guard_status = "loading"
         self._guard_ready = asyncio.Event()
         self._model_settled = threading.Event()
-        self.reminder = safety.physician_reminder()
+        self.reminder = PHYSICIAN_REMINDER
         self.conversation: Conversation | None = None
         self.turns: list[dict] = []
+        self.session: ChatSession | None = None  # one per conversation, made at its first send
         self.settings_error: str | None = None
         try:
             self.default_settings = load_defaults()
+            self.ood_policy = ood_policy or load_ood_policy() or "note"
         except SettingsError as exc:
             self.default_settings = ChatSettings()
+            self.ood_policy = ood_policy or "note"
             self.settings_error = str(exc)
         self.settings = self.default_settings
         self.generating = False
-        self._stream: Any = None
         self._stop_requested = False
         self._stop_event = asyncio.Event()
         self._draining: asyncio.Future | None = None
@@ -206,12 +218,10 @@ class MedchatApp(App):
             return
         self.call_from_thread(self._model_loaded, engine)
 
-    def _model_loaded(self, engine: Any) -> None:
+    def _model_loaded(self, engine: Engine) -> None:
         self.engine = engine
         self.model_status = "ready"
-        info = getattr(engine, "info", None)
-        summary = info.summary() if info is not None and hasattr(info, "summary") else "model ready"
-        self.ready_status = f"Ready · {_compact_summary(info) if info is not None else summary}"
+        self.ready_status = f"Ready · {_compact_summary(engine.info)}"
         self._set_status(self.ready_status)
         self._model_settled.set()
         if self._pending is not None:
@@ -230,7 +240,10 @@ class MedchatApp(App):
 
     def _read_draft_ahead(self) -> None:
         """Let the engine read the draft while the user is still typing: Enter then costs only the rest."""
-        text = strip_control(self.query_one(ChatInput).text).strip()
+        prompt = self.query(ChatInput)
+        if not prompt:  # the timer fired while the app was closing
+            return
+        text = strip_control(prompt.first().text).strip()
         busy = self.generating or (self._draining is not None and not self._draining.done())
         if text and self.engine is not None and not busy:
             self.prefill_draft(self._conversation_so_far(), text)
@@ -269,7 +282,8 @@ class MedchatApp(App):
 
     @work(thread=True, exclusive=True, group="guard", exit_on_error=False)
     def load_guard(self) -> None:
-        """Rules first (instant), then the out-of-domain embedder once the model has loaded."""
+        """The guard's rules are usable at once; its embedder loads once the model has (the session waits
+        for it if a message comes first)."""
         try:
             guard = self.guard_factory() if self.guard_factory else None
         except Exception as exc:
@@ -278,46 +292,22 @@ class MedchatApp(App):
         if guard is None:
             self.call_from_thread(self._guard_loaded, None, "off")
             return
+        if guard.ood_error is not None:
+            self.call_from_thread(self._guard_loaded, guard, f"rules only ({guard.ood_error})")
+            return
         self.call_from_thread(self._guard_loaded, guard, "rules ready; loading the out-of-domain scorer…")
         self._model_settled.wait()  # do not compete with the model load for the CPU
         try:
-            if hasattr(guard, "warm_up"):
-                guard.warm_up()
-            else:
-                guard.check("warm up")
-            error = getattr(guard, "ood_error", None)
-            status = f"ready (no out-of-domain score: {error})" if error else "ready"
+            guard.warm_up()
+            status = f"rules only ({guard.ood_error})" if guard.ood_error else "ready"
         except Exception as exc:
             status = f"rules only (out-of-domain scorer failed: {type(exc).__name__}: {exc})"
         self.call_from_thread(setattr, self, "guard_status", status)
 
-    def _guard_loaded(self, guard: Any, status: str) -> None:
+    def _guard_loaded(self, guard: GuardChecker | None, status: str) -> None:
         self.guard = guard
         self.guard_status = status
         self._guard_ready.set()
-
-    def _check_rules(self, text: str) -> dict:
-        """Red flags and the dosing note: pure text rules, instant, run before the model starts."""
-        check_rules = getattr(self.guard, "check_rules", None)
-        if check_rules is None:
-            return {}
-        try:
-            return safety.result_dict(check_rules(text))
-        except Exception as exc:
-            self.log.warning(f"guard rules failed: {exc!r}")
-            return {}
-
-    async def _check_guard(self, text: str) -> dict:
-        """The full check with the out-of-domain score (in a thread: the embedder may still be loading)."""
-        await self._guard_ready.wait()
-        if self.guard is None:
-            return {}
-        try:
-            result = await asyncio.to_thread(self.guard.check, text)
-        except Exception as exc:
-            self.log.warning(f"guard check failed: {exc!r}")
-            return {}
-        return safety.result_dict(result)
 
     # ---------------------------------------------------------------- history
 
@@ -373,6 +363,7 @@ class MedchatApp(App):
             self.notify(str(exc), severity="error")
             return
         self.conversation = conv
+        self.session = None
         try:
             self.settings = ChatSettings.from_dict(conv.settings, base=self.default_settings)
         except SettingsError:
@@ -383,29 +374,27 @@ class MedchatApp(App):
             chat.hide_welcome()
         self.turns = []
         widgets = []
-        guard: dict = {}
-        guard_of: dict = {}
+        notices: list[Notice] = []
         question = ""
         for message in messages:
             if message.role == "user":
                 guard = message.guard or {}
+                notices = stored_notices(guard)  # what the session showed before this answer
                 question = message.content
                 widgets.append(UserMessage(message.content, level=guard.get("ood_level"), message_id=message.id))
                 self.turns.append({"role": "user", "content": message.content})
             elif message.role == "assistant":
                 widget = AssistantMessage(reminder=self.reminder, message_id=message.id)
                 widget.question = question
-                widgets.append((widget, message, safety.split_notices(guard)))
-                guard_of[widget] = guard
+                widgets.append((widget, message, notices))
                 if message.content:
                     self.turns.append({"role": "assistant", "content": message.content})
         for item in widgets:
             if isinstance(item, tuple):
-                widget, message, notes = item
+                widget, message, shown = item
                 await chat.mount(widget)
-                widget.set_notices(*notes)
-                if note := safety.ood_note(guard_of.get(widget)):
-                    widget.add_note(note)
+                for notice in shown:
+                    widget.add_notice(notice.kind, notice.text)
                 await widget.finish(message.content, message.status, message.stats)
             else:
                 await chat.mount(item)
@@ -503,6 +492,7 @@ class MedchatApp(App):
 
     async def _reset_conversation(self) -> None:
         self.conversation = None
+        self.session = None
         self.turns = []
         self.settings = self.default_settings
         await self.query_one(ChatView).clear_messages()
@@ -566,132 +556,98 @@ class MedchatApp(App):
             await self._run_turn(text, chat)
         finally:
             self.generating = False
-            self._stream = None
             if self._draining is not None and not self._draining.done():
                 self._set_status("Stopped. The model finishes its current step in the background…")
             elif self.model_status == "ready":
                 self._set_status(self.ready_status)
 
+    def _session_for_turn(self) -> ChatSession:
+        """The conversation's session, with the settings and system prompt as they are now (F3 may change them)."""
+        if self.session is None:
+            self.session = ChatSession(
+                self.engine, self.guard, policy=self.ood_policy, store=self.store, messages=self.turns,
+                conversation_id=self.conversation.id if self.conversation is not None else None)
+        self.session.settings = self.settings.to_generation()
+        self.session.system_prompt = self.settings.effective_system_prompt
+        return self.session
+
     async def _run_turn(self, text: str, chat: ChatView) -> None:
-        # The question is committed before the model starts: a crash keeps it.
-        user_message_id = self._save_user(text)
+        """Render one turn of the session: it decides everything about safety, the app only shows it."""
+        await self._guard_ready.wait()  # the guard object (not its embedder) is there within moments
+        session = self._session_for_turn()
         for pending in chat.query(".pending"):
             await pending.remove()
-        user_widget = UserMessage(text, level="checking" if self.guard_status != "off" else None,
-                                  message_id=user_message_id)
-        answer = AssistantMessage(reminder=self.reminder)
+        user_widget = UserMessage(text, level="checking")
+        answer = AssistantMessage()
         answer.question = text
         chat.hide_welcome()
         await chat.mount_all([user_widget, answer])
         chat.anchor()
 
-        # Emergency notices come from instant text rules and are on screen before the model starts.
-        if not self._guard_ready.is_set():
-            try:
-                await asyncio.wait_for(self._guard_ready.wait(), timeout=5)
-            except asyncio.TimeoutError:
-                pass
-        rules = self._check_rules(text)
-        answer.set_notices(*safety.split_notices(rules))
-        guard_task = asyncio.create_task(self._check_guard(text))
-
-        def apply_guard(task: asyncio.Task) -> None:
-            guard = task.result() if not task.cancelled() and task.exception() is None else {}
-            guard = guard or rules
-            user_widget.set_level(guard.get("ood_level"), guard.get("ood_score"))
-            answer.set_notices(*safety.split_notices(guard))
-            note = safety.ood_note(guard)
-            if note:
-                answer.add_note(note)
-            if guard and user_message_id is not None and self.store is not None:
-                try:
-                    self.store.update_message_guard(user_message_id, guard)
-                except Exception as exc:
-                    self.log.warning(f"saving guard result failed: {exc!r}")
-
-        guard_task.add_done_callback(apply_guard)
-        if not hasattr(self.guard, "check_rules") and self.guard is not None:
-            # A guard without instant rules: give it a moment so a notice still comes first.
-            try:
-                await asyncio.wait_for(asyncio.shield(guard_task), timeout=0.5)
-            except (asyncio.TimeoutError, Exception):
-                pass
-
-        messages = self._conversation_so_far() + [{"role": "user", "content": text}]
-        self.turns.append({"role": "user", "content": text})
-
-        pieces: list[str] = []
-        status, error, stats = "complete", None, None
-        started = time.perf_counter()
-        first_at: float | None = None
-        stream = None
+        iterator = session.send(text)
+        stats: dict | None = None
         abandoned = False
-        try:
-            generation = self.settings.to_generation()
-            stream = await asyncio.to_thread(self.engine.stream, messages, generation)
-            self._stream = stream
-            if self._stop_requested:
-                stream.cancel()
-            dropped = getattr(stream, "truncated_turns", 0) or 0
-            cut = getattr(stream, "truncated_chars", 0) or 0
-            if dropped:
-                answer.add_note(
-                    f"ⓘ The conversation is longer than the model's context: the oldest {dropped} "
-                    f"message{'s' if dropped != 1 else ''} were left out of this answer."
-                )
-            if cut:
-                answer.add_note(f"ⓘ Your message is too long for the model: its last {cut:,} characters were cut.")
-            iterator = iter(stream)
-            while True:
-                chunk = await self._next_chunk(iterator, stream)
-                if chunk is _DONE:
-                    break
-                if chunk is _ABANDONED:
-                    abandoned = True
-                    break  # stopped; the engine finishes its current step in the background
-                if self._stop_requested:
-                    continue  # the model is stopping; what was shown at Esc is what is kept
-                chunk = strip_control(str(chunk))
-                if chunk:
-                    if first_at is None:
-                        first_at = time.perf_counter()
-                    pieces.append(chunk)
-                    await answer.write(chunk)
-        except Exception as exc:
-            status, error = "error", _readable(exc)
-        stream_stats = getattr(stream, "stats", None) if stream is not None else None
-        if stream_stats is not None:
-            stats = stream_stats.as_dict() if hasattr(stream_stats, "as_dict") else dict(vars(stream_stats))
-        if self._stop_requested and status != "error":
-            status = "stopped"
-        if stats is None:
-            elapsed = time.perf_counter() - started
-            stats = {
-                "ttft_s": round(first_at - started, 4) if first_at else None,
-                "tokens": None,
-                "tokens_per_s": None,
-                "elapsed_s": round(elapsed, 4),
-                "stop_reason": "cancelled" if status == "stopped" else ("error" if status == "error" else "eos"),
-            }
-        elif status == "stopped":
-            stats["stop_reason"] = "cancelled"
-        elif status == "error":
-            stats["stop_reason"] = "error"
-        final = strip_control("".join(pieces)).strip()
-        await answer.finish(final, status, stats, error)
-        if error:
-            self.notify(error, title="Generation failed", severity="error", timeout=15)
-        if final:
-            self.turns.append({"role": "assistant", "content": final})
-        answer.message_id = self._save_answer(final, status, stats)
-        if abandoned and self._draining is not None:
-            self._draining.add_done_callback(lambda task: self._late_stats(task, answer))
+        while True:
+            event = await self._next_event(iterator)
+            if event is _DONE:
+                break
+            if event is _ABANDONED:
+                abandoned = True
+                break  # stopped; the engine finishes its current step in the background
+            if isinstance(event, Waiting):
+                self._set_status(event.text, loading=True)
+            elif isinstance(event, Checked):
+                result = event.result
+                user_widget.set_level(result.ood_level if result else None, result.ood_score if result else None)
+                user_widget.message_id = session.last_user_message_id
+                self._conversation_started(session)
+                if not self._stop_requested:
+                    self._set_status("Generating… Esc stops")
+            elif isinstance(event, Notice):
+                answer.add_notice(event.kind, event.text)
+            elif isinstance(event, (Token, Declined)):
+                if not self._stop_requested:  # what was shown at Esc is what is kept
+                    await answer.write(event.text)
+            elif isinstance(event, Stats):
+                stats = event.stats.as_dict()
+            elif isinstance(event, Reminder):
+                answer.reminder = event.text
+            elif isinstance(event, Finished):
+                await self._finish_answer(answer, event, stats)
+                answer.message_id = session.last_answer_message_id
+        if abandoned:
+            answer.reminder = self.reminder
+            await answer.finish(answer.text.strip(), "stopped", {"ttft_s": None, "tokens": None,
+                                                                  "stop_reason": "cancelled"})
+            if self._draining is not None:
+                self._draining.add_done_callback(lambda task: self._late_stats(task, answer, session))
+        self.turns = list(session.messages)
+        if session.history_error:
+            self._history_failed(session.history_error)
         self.refresh_history()
 
-    async def _next_chunk(self, iterator, stream) -> Any:
-        """The next chunk from the engine's iterator (run in a thread), or _ABANDONED when Esc was
-        pressed and the engine does not stop within STOP_GRACE_S (e.g. it is still reading a very
-        long prompt: the model checks for cancellation between tokens)."""
+    async def _finish_answer(self, answer: AssistantMessage, event: Finished, stats: dict | None) -> None:
+        status = {"cancelled": "stopped", "error": "error"}.get(event.stop_reason, "complete")
+        record = (stats or {"ttft_s": None, "tokens": None}) | {"stop_reason": event.stop_reason}
+        await answer.finish(event.answer, status, record, event.error)
+        if event.error:
+            self.notify(event.error, title="Generation failed", severity="error", timeout=15)
+
+    def _conversation_started(self, session: ChatSession) -> None:
+        """The session saved the first message: show the new conversation in the title and the sidebar."""
+        if self.conversation is None and session.conversation_id is not None and self.store is not None:
+            try:
+                self.conversation = self.store.get_conversation(session.conversation_id)
+            except HistoryError as exc:
+                self._history_failed(exc)
+                return
+            self._update_title()
+            self.refresh_history()
+
+    async def _next_event(self, iterator) -> Any:
+        """The session's next event (it runs in a thread), or _ABANDONED when Esc was pressed and the
+        engine does not stop within STOP_GRACE_S (e.g. it is still reading a very long prompt: the model
+        checks for cancellation between tokens)."""
         pending = asyncio.ensure_future(asyncio.to_thread(next, iterator, _DONE))
         if not self._stop_requested:
             stop = asyncio.ensure_future(self._stop_event.wait())
@@ -704,70 +660,38 @@ class MedchatApp(App):
         try:
             return await asyncio.wait_for(asyncio.shield(pending), timeout=self.STOP_GRACE_S)
         except asyncio.TimeoutError:
-            self._draining = asyncio.ensure_future(self._drain(iterator, pending, stream))
+            self._draining = asyncio.ensure_future(self._drain(iterator, pending))
             return _ABANDONED
 
-    async def _drain(self, iterator, pending, stream) -> dict | None:
-        """Consume what is left of a cancelled stream so its thread finishes; return its final stats."""
+    async def _drain(self, iterator, pending) -> list:
+        """Run what is left of a stopped turn so the engine's thread finishes and the session saves the
+        answer; return the events it still produced."""
+        events = []
         try:
-            chunk = await pending
-            while chunk is not _DONE:
-                chunk = await asyncio.to_thread(next, iterator, _DONE)
-        except Exception:
-            pass
+            event = await pending
+            while event is not _DONE:
+                events.append(event)
+                event = await asyncio.to_thread(next, iterator, _DONE)
+        except Exception as exc:
+            self.log.warning(f"finishing a stopped turn failed: {exc!r}")
         finally:
             if self.model_status == "ready" and not self.generating:
                 self._set_status(self.ready_status)
-        stats = getattr(stream, "stats", None)
-        if stats is None:
-            return None
-        data = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
-        data["stop_reason"] = "cancelled"
-        return data
+        return events
 
-    def _late_stats(self, task: asyncio.Future, answer: AssistantMessage) -> None:
-        """The engine finished a stopped answer after the UI moved on: show and save its real stats."""
-        if task.cancelled() or task.exception() is not None or not task.result():
+    def _late_stats(self, task: asyncio.Future, answer: AssistantMessage, session: ChatSession) -> None:
+        """The engine finished a stopped answer after the UI moved on: show its real stats (the session
+        saved the answer with them)."""
+        if task.cancelled() or task.exception() is not None:
             return
-        stats = task.result()
-        answer.stats = stats
-        answer.set_footer(format_stats(stats))
-        if answer.message_id is not None and self.store is not None:
-            try:
-                self.store.update_message_stats(answer.message_id, stats)
-            except Exception as exc:
-                self.log.warning(f"saving stats failed: {exc!r}")
+        answer.message_id = session.last_answer_message_id
+        for event in task.result():
+            if isinstance(event, Stats):
+                answer.stats = event.stats.as_dict() | {"stop_reason": "cancelled"}
+                answer.set_footer(format_stats(answer.stats))
+        self.turns = list(session.messages)
 
-    def _save_user(self, text: str) -> int | None:
-        if self.store is None:
-            return None
-        try:
-            if self.conversation is None:
-                model = {}
-                info = getattr(self.engine, "info", None)
-                if info is not None and hasattr(info, "as_dict"):
-                    data = info.as_dict()
-                    model = {k: data.get(k) for k in ("base", "adapter", "quantization", "device", "dtype")}
-                settings = self.settings.as_dict() | {"system_prompt": self.settings.effective_system_prompt}
-                self.conversation = self.store.create_conversation(_title_from(text), settings=settings, model=model)
-                self._update_title()
-            message_id = self.store.add_message(self.conversation.id, "user", text).id
-            self.refresh_history()
-            return message_id
-        except Exception as exc:
-            self._history_failed(exc)
-            return None
-
-    def _save_answer(self, text: str, status: str, stats: dict | None) -> int | None:
-        if self.store is None or self.conversation is None:
-            return None
-        try:
-            return self.store.add_message(self.conversation.id, "assistant", text, status=status, stats=stats).id
-        except Exception as exc:
-            self._history_failed(exc)
-            return None
-
-    def _history_failed(self, exc: Exception) -> None:
+    def _history_failed(self, exc: Exception | str) -> None:
         self.notify(f"Could not save to the history: {exc}", severity="error", timeout=10)
 
     # ---------------------------------------------------------------- actions
@@ -779,11 +703,8 @@ class MedchatApp(App):
             return
         self._stop_requested = True
         self._stop_event.set()
-        if self._stream is not None:
-            try:
-                self._stream.cancel()
-            except Exception as exc:
-                self.log.warning(f"cancel failed: {exc!r}")
+        if self.session is not None:
+            self.session.cancel()
         self._set_status("Stopping…")
 
     async def action_quit(self) -> None:
@@ -872,15 +793,15 @@ class MedchatApp(App):
                 "cache": str(paths.cache_dir())}
 
     def action_model_info(self) -> None:
-        info = getattr(self.engine, "info", None)
-        data = info.as_dict() if info is not None and hasattr(info, "as_dict") else None
+        info = self.engine.info if self.engine is not None else None
+        data = info.as_dict() if info is not None else None
         if self.model_status == "ready":
-            status = info.summary() if info is not None and hasattr(info, "summary") else "ready"
+            status = info.summary()
         elif self.model_status == "failed":
             status = f"Not loaded: {self.model_error}"
         else:
             spec = self.spec
-            status = f"Loading {getattr(spec, 'base', 'the model')}…"
+            status = f"Loading {spec.base if spec is not None else 'the model'}…"
             if spec is not None:
                 data = {k: getattr(spec, k) for k in ("base", "adapter", "quantization", "device", "dtype")}
         extra = {"guard": self.guard_status, "settings": _settings_line(self.settings)}
@@ -961,11 +882,10 @@ class MedchatApp(App):
 
     async def on_unmount(self) -> None:
         self._model_settled.set()
-        if self._stream is not None:
-            try:
-                self._stream.cancel()
-            except Exception:
-                pass
+        if self._draft_timer is not None:
+            self._draft_timer.stop()
+        if self.session is not None:
+            self.session.cancel()
         if self.store is not None:
             self.store.close()
 
@@ -974,7 +894,7 @@ class MedchatApp(App):
             self.notify(f"Generation failed: {_readable(event.worker.error)}", severity="error")
 
 
-def _compact_summary(info: Any) -> str:
+def _compact_summary(info) -> str:
     """base [+ adapter] · device dtype [· quantization] · params · load time: fits an 80-column status line."""
     try:
         parts = [Path(str(info.base)).name or str(info.base)]
@@ -986,8 +906,8 @@ def _compact_summary(info: Any) -> str:
         parts.append(f"{info.params_total / 1e6:.0f}M")
         parts.append(f"{info.load_seconds:.1f} s")
         return " · ".join(parts) + " · F2 details"
-    except Exception:
-        return info.summary() if hasattr(info, "summary") else "model ready"
+    except Exception:  # an engine whose info lacks a field: the long summary says the same
+        return info.summary()
 
 
 def _settings_line(settings: ChatSettings) -> str:
@@ -1007,9 +927,11 @@ def run_app(
     no_history: bool = False,
     history_path: Path | None = None,
     prompt_style: str = "chat",
+    ood_policy: str | None = None,
 ) -> None:
     """Run the chat app in this terminal (called by `medchat`)."""
-    MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style).run()
+    MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
+               ood_policy=ood_policy).run()
 
 
 def _is_tty(stream) -> bool:

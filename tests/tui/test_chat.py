@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medchat.history import HistoryStore
-from medchat.tui.safety import physician_reminder
+from medchat.guard.notices import EMERGENCY_NOTICE, PHYSICIAN_REMINDER
 from medchat.tui.widgets import AssistantMessage, ChatInput, UserMessage
 
 from .conftest import FakeEngine, send, wait_idle, wait_ready
@@ -31,7 +31,7 @@ async def test_streams_answer_saves_it_and_shows_footer_and_reminder(make_app):
         assert answer.status == "complete"
         footer = str(answer.query_one(".footer").render())
         assert "first token 0.25 s" in footer and "3 tokens" in footer and "12.5 tok/s" in footer and "eos" in footer
-        assert str(answer.query_one(".reminder").render()) == physician_reminder()
+        assert str(answer.query_one(".reminder").render()) == PHYSICIAN_REMINDER
         assert app.query_one(UserMessage).query_one(".ood").render().plain == "● in domain"
         assert app.query_one(ChatInput).text == ""
         messages, settings = engine.requests[0]
@@ -43,7 +43,7 @@ async def test_streams_answer_saves_it_and_shows_footer_and_reminder(make_app):
         stored = store.messages(conv.id)
         assert [(m.role, m.content) for m in stored] == [
             ("user", "What is diabetes?"), ("assistant", "**Diabetes** is a chronic disease.")]
-        assert physician_reminder() not in stored[1].content  # the app adds it on screen, it is not saved
+        assert PHYSICIAN_REMINDER not in stored[1].content  # the app adds it on screen, it is not saved
         assert stored[1].stats["stop_reason"] == "eos"
         assert stored[0].guard["ood_level"] == "in_domain"
 
@@ -137,7 +137,7 @@ async def test_emergency_notice_and_out_of_domain_indicator(make_app):
         await send(app, pilot, "Who won the football game?")
         await wait_idle(app, pilot)
         first, second = _answers(app)
-        assert "EMERGENCY" in str(first.query_one(".notices").render())
+        assert EMERGENCY_NOTICE["emergency"] in str(first.query_one(".notices").render())
         assert first.query_one(".notices").display
         assert not second.query_one(".notices").display
         levels = [w.query_one(".ood").render().plain for w in app.query(UserMessage)]
@@ -153,7 +153,7 @@ async def test_copy_last_answer_and_any_answer(make_app):
         await send(app, pilot, "q2")
         await wait_idle(app, pilot)
         await pilot.press("ctrl+o")
-        assert app.clipboard == "Two.\n\n" + physician_reminder()
+        assert app.clipboard == "Two.\n\n" + PHYSICIAN_REMINDER
         first = _answers(app)[0]
         first.focus()
         await pilot.press("c")
@@ -178,7 +178,7 @@ async def test_export_markdown_and_json(make_app, tmp_path):
         await pilot.click("#md")
         await pilot.pause()
         md = (tmp_path / "out.md").read_text(encoding="utf-8")
-        assert "# Dehydration?" in md and "Drink water." in md and physician_reminder() in md
+        assert "# Dehydration?" in md and "Drink water." in md and PHYSICIAN_REMINDER in md
         await pilot.press("ctrl+s")
         await pilot.pause()
         app.screen.query_one("#export-path").value = str(tmp_path / "out.md")
@@ -238,7 +238,7 @@ async def test_dosing_note_and_notices_come_back_on_resume(make_app):
         await send(app, pilot, "How much aspirin for chest pain?")
         await wait_idle(app, pilot)
         answer = app.query_one(AssistantMessage)
-        assert "EMERGENCY" in str(answer.query_one(".notices").render())
+        assert EMERGENCY_NOTICE["emergency"] in str(answer.query_one(".notices").render())
         assert answer.query_one(".dosing").display
         conv_id = app.conversation.id
         await pilot.press("ctrl+n")
@@ -246,7 +246,7 @@ async def test_dosing_note_and_notices_come_back_on_resume(make_app):
         await app.open_conversation(conv_id)
         await pilot.pause()
         answer = app.query_one(AssistantMessage)
-        assert "EMERGENCY" in str(answer.query_one(".notices").render())
+        assert EMERGENCY_NOTICE["emergency"] in str(answer.query_one(".notices").render())
         assert answer.query_one(".dosing").display
         assert app.query_one(UserMessage).query_one(".ood").render().plain == "● in domain"
 
@@ -471,3 +471,104 @@ async def test_metrics_report_key_opens_the_report_or_says_why_not(make_app):
             await pilot.press("escape")
             await pilot.pause()
             assert not isinstance(app.screen, ReportScreen)
+
+
+# ---------------------------------------------------------------- the app renders the chat session's events
+
+
+async def test_a_semantic_only_emergency_is_on_screen_before_the_first_token(make_app):
+    import threading
+
+    release = threading.Event()
+    engine = FakeEngine([{"chunks": ["Sit down."], "stuck": release}])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "my dad's face is drooping on one side")
+        for _ in range(500):
+            if engine.made:
+                break
+            await pilot.pause(0.01)
+        await pilot.pause(0.05)
+        [answer] = _answers(app)
+        notices = answer.query_one(".notices")
+        assert notices.display and EMERGENCY_NOTICE["emergency"] in str(notices.render())
+        assert answer.text == ""  # the model has not produced a word yet
+        release.set()
+        await wait_idle(app, pilot)
+        assert answer.text == "Sit down." and answer.status == "complete"
+
+
+async def test_a_loading_guard_holds_the_answer_and_the_status_says_so(make_app):
+    import threading
+
+    from .conftest import FakeGuard
+
+    loading = threading.Event()
+    engine = FakeEngine([{"chunks": ["ok"]}])
+    app = make_app(engine, guard=FakeGuard(loading=loading))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "I have chest pain")
+        for _ in range(300):
+            if "safety checker" in str(app.query_one("#status").render()):
+                break
+            await pilot.pause(0.01)
+        assert "safety checker" in str(app.query_one("#status").render())
+        assert app.query_one(UserMessage).query_one(".ood").render().plain == "… checking"
+        assert engine.requests == [] and app.generating
+        loading.set()
+        await wait_idle(app, pilot)
+        [answer] = _answers(app)
+        assert EMERGENCY_NOTICE["emergency"] in str(answer.query_one(".notices").render())
+        assert answer.text == "ok" and len(engine.requests) == 1
+
+
+async def test_decline_policy_answers_politely_without_the_model(make_app):
+    from medchat.guard.notices import DECLINE_MESSAGE
+
+    engine = FakeEngine([{"chunks": ["should not run"]}])
+    app = make_app(engine, ood_policy="decline")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "Who won the football game?")
+        await wait_idle(app, pilot)
+        [answer] = _answers(app)
+        assert answer.text == DECLINE_MESSAGE and engine.requests == []
+        assert "declined" in str(answer.query_one(".footer").render())
+        assert str(answer.query_one(".reminder").render()) == PHYSICIAN_REMINDER
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert [(m.role, m.content) for m in store.messages(conv.id)][-1] == ("assistant", DECLINE_MESSAGE)
+
+
+async def test_a_corrupt_index_leaves_a_usable_chat_with_the_rules_and_says_so(make_app, tmp_path):
+    from medchat.session import load_guard
+
+    index = tmp_path / "guard_index"
+    index.mkdir()
+    (index / "index.json").write_text("{broken", encoding="utf-8")
+    app = make_app(FakeEngine([{"chunks": ["Call now."]}]), guard=load_guard(index_dir=index))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        assert app.guard_status.startswith("rules only") and "index.json" in app.guard_status
+        await send(app, pilot, "I have crushing chest pain")
+        await wait_idle(app, pilot)
+        [answer] = _answers(app)
+        assert EMERGENCY_NOTICE["emergency"] in str(answer.query_one(".notices").render())
+        note = str(answer.query_one(".note").render())
+        assert "Safety checks are limited" in note and str(index / "index.json") in note
+        assert answer.text == "Call now."
+
+
+def test_the_app_holds_no_safety_logic_of_its_own():
+    from pathlib import Path
+
+    import medchat.tui as tui
+
+    root = Path(tui.__file__).parent
+    assert not (root / "safety.py").exists()
+    source = "\n".join(p.read_text(encoding="utf-8") for p in root.rglob("*.py"))
+    for name in ("check_rules", "red_flags", "should_decline", "medchat.guard.policy", "DECLINE_MESSAGE",
+                 "hasattr("):
+        assert name not in source, name

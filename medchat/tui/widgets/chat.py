@@ -131,20 +131,24 @@ class AssistantMessage(Vertical, can_focus=True):
     def body(self) -> Markdown:
         return self.query_one(".body", Markdown)
 
-    def set_notices(self, emergency: list[str], info: list[str] = ()) -> None:
-        """Emergency notices (red, first) and other fixed notes (e.g. dosing), above the answer."""
-        box = self.query_one(".notices", Static)
-        box.update(Text("\n".join(f"⚠ {n}" for n in emergency)))
-        box.display = bool(emergency)
-        note = self.query_one(".dosing", Static)
-        note.update(Text("\n".join(f"ⓘ {n}" for n in info)))
-        note.display = bool(info)
+    def add_notice(self, kind: str, text: str) -> None:
+        """A notice from the chat session, above the answer: emergencies in red first, the dosing note,
+        then the other notes (out of domain, uncertain, limited safety checks, truncation)."""
+        if kind == "emergency":
+            self._append(".notices", f"⚠ {text}")
+        elif kind == "dosing":
+            self._append(".dosing", f"ⓘ {text}")
+        else:
+            self.add_note(f"ⓘ {text}" if kind == "truncated" else text)
+
+    def _append(self, selector: str, line: str) -> None:
+        box = self.query_one(selector, Static)
+        previous = str(box.renderable) if box.display else ""
+        box.update(Text((previous + "\n" if previous else "") + line))
+        box.display = True
 
     def add_note(self, note: str) -> None:
-        box = self.query_one(".note", Static)
-        previous = str(box.renderable) if box.display else ""
-        box.update(Text((previous + "\n" if previous else "") + note))
-        box.display = True
+        self._append(".note", note)
 
     def set_footer(self, text: str) -> None:
         self.query_one(".footer", Static).update(Text(text))
