@@ -35,6 +35,7 @@ fast: setup
 	$(BIN)/python -m pip install -q -e ".[dev,llamacpp]"
 
 bench: setup
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
 	$(BIN)/python bench/run_all.py
 
 clean-venv:

@@ -64,8 +64,11 @@ def main() -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
 @click.option("--quantization", type=click.Choice(["auto", "nf4", "none"]), default="auto", show_default=True)
+@click.option("--report-to", default="none", show_default=True, metavar="auto|NAME[,NAME]",
+              help="Also log the scores to the run's own tracker runs (tensorboard, wandb, mlflow; auto = every "
+                   "tracker the run was trained with), at its last training step.")
 def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repetition_penalty, no_repeat_ngram_size,
-             probes, allow_incomplete, out, device, dtype, quantization) -> None:
+             probes, allow_incomplete, out, device, dtype, quantization, report_to) -> None:
     """Generate answers with the base and the fine-tuned model on held-out questions and score them.
 
     RUN_OR_ADAPTER is a run directory (or run id) made by medchat-train, or a bare LoRA adapter directory
@@ -75,6 +78,7 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     """
     from rich.console import Console
 
+    from medchat import tracking
     from metrics.evaluate import EvalError, default_settings, resolve_target
     from metrics.evaluate import evaluate as run_evaluation
     from metrics.report import build_report, render_rich
@@ -85,6 +89,10 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     try:
         target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
     except (EvalError, RunError) as exc:
+        raise _fail(exc) from None
+    try:
+        trackers = tracking.run_trackers(target.run_dir, report_to)  # checked before the models load
+    except tracking.TrackingError as exc:
         raise _fail(exc) from None
     for note in target.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
@@ -119,6 +127,11 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     cached = "all cached, nothing generated" if not summary.loaded else (
         f"generated {gen['base']} base and {gen['finetuned']} fine-tuned answers")
     err.print(f"{cached}; results in {summary.results_path}", highlight=False)
+    try:
+        for line in tracking.log_evaluation(target.run_dir, trackers, summary.results):
+            err.print(f"logged to {line}", highlight=False, markup=False)
+    except tracking.TrackingError as exc:
+        raise _fail(exc) from None
     if target.run_dir is not None:
         report = build_report([load_run(target.run_dir)], [load_run(target.run_dir)])
         report.experiments = []  # the experiment table belongs to `report`

@@ -46,6 +46,8 @@ def _option_for(f, grid: bool = False):
                             help=f"{f.help} Comma-separated values form the grid.")
     if f.type is bool:
         return click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=f.help)
+    if f.multiple:
+        return click.option(flag, f.name, multiple=True, metavar="NAME[,NAME]", help=f.help)
     if f.choices:
         kind = click.Choice(f.choices)
     elif f.type is list:
@@ -58,10 +60,10 @@ def _option_for(f, grid: bool = False):
 GRID_FIELDS = ("learning_rate", "epochs", "lora_r", "batch_size", "lora_alpha", "max_length")
 
 
-def config_options(grid: bool = False):
+def config_options(grid: bool = False, skip: tuple[str, ...] = ()):
     def decorate(func):
         for f in reversed(FIELDS):
-            if not f.cli:
+            if not f.cli or f.name in skip:
                 continue
             func = _option_for(f, grid=grid and f.name in GRID_FIELDS)(func)
         func = click.option("--data", "data", multiple=True, metavar="SOURCE",
@@ -164,7 +166,7 @@ def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_c
 
 
 @main.command("inspect-data")
-@config_options()
+@config_options(skip=("report_to",))
 @click.option("-n", "--examples", "n_examples", default=3, show_default=True, help="Examples to show.")
 @click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON instead.")

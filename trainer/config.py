@@ -33,6 +33,7 @@ class Field:
     choices: tuple[str, ...] | None = None
     cli: bool = True  # exposed as --name-with-dashes
     group: str = "training"
+    multiple: bool = False  # a list option that may be repeated on the CLI, each value comma-separated too
 
 
 FIELDS: list[Field] = [
@@ -98,6 +99,9 @@ FIELDS: list[Field] = [
           "padding and less memory. 0 = one pass per batch.", group="training"),
     Field("gradient_checkpointing", bool, False, "Trade compute for memory.", group="training"),
     Field("logging_steps", int, 5, "Log train loss every N steps.", group="training"),
+    Field("report_to", list, [], "Also log to these trackers through the Trainer's integrations: tensorboard, "
+          "wandb, mlflow (repeat or comma-separate), or none. Offline, inside the run directory, unless the "
+          "tracker is configured (pip install 'medchat[tracking]').", group="training", multiple=True),
     Field("eval_steps", int, None, "Evaluate every N steps (default: about 4 times per run).", group="training"),
     Field("save_steps", int, None, "Checkpoint every N steps (default: same as eval_steps).", group="training"),
     Field("save_total_limit", int, 2, "Keep at most N checkpoints.", group="training"),
@@ -181,6 +185,8 @@ def coerce(key: str, value: Any, origin: str) -> Any:
             if not isinstance(value, (list, tuple)):
                 raise TypeError
             value = [str(v) for v in value]
+            if f.multiple:
+                value = [part.strip() for v in value for part in v.split(",") if part.strip()]
         elif f.type is bool:
             if isinstance(value, str):
                 low = value.strip().lower()
@@ -201,7 +207,14 @@ def coerce(key: str, value: Any, origin: str) -> Any:
             value = str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"option '{key}' in {origin} must be {f.type.__name__}, got {value!r}.") from None
-    if f.choices and value not in f.choices:
+    if key == "report_to":
+        from medchat.tracking import TrackingError, parse_report_to
+
+        try:
+            value = parse_report_to(value)
+        except TrackingError as exc:
+            raise ConfigError(f"option 'report_to' in {origin}: {exc}") from None
+    elif f.choices and value not in f.choices:
         raise ConfigError(f"option '{key}' in {origin} must be one of {', '.join(f.choices)}; got {value!r}.")
     return value
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,7 @@ def train(
         if previous.get("status") == "complete":
             raise TrainError(f"{run.path} is already complete; nothing to resume.")
         hw = resolve_hardware(cfg)
+        _require_trackers(cfg)
         train_rows = data_mod.read_split(run.splits / "train.jsonl")
         eval_rows = data_mod.read_split(run.splits / "eval.jsonl")
         manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
@@ -218,6 +220,7 @@ def train(
     else:
         assert cfg is not None
         hw = resolve_hardware(cfg)  # fail before touching data or the disk
+        _require_trackers(cfg)
         prepared = data_mod.prepare(cfg)
         run = prepare_run_dir(cfg, output_dir, name, overwrite)
         train_rows, eval_rows, manifest = prepared.train, prepared.eval, prepared.manifest
@@ -253,8 +256,11 @@ def train(
 
     state = {"interrupted": False}
     try:
-        final = _fit(cfg, hw, run, train_rows, eval_rows, manifest, checkpoint, console, progress,
-                     extra_callbacks, state, started, prior_elapsed)
+        with _tracking_session(cfg, run, record, progress) as tracking:
+            final = _fit(cfg, hw, run, train_rows, eval_rows, manifest, checkpoint, console, progress,
+                         extra_callbacks, state, started, prior_elapsed, tracking)
+            if state["interrupted"]:
+                tracking.outcome = "interrupted"
     except KeyboardInterrupt:
         if _is_main():
             run.update(status="interrupted", elapsed_s=round(prior_elapsed + time.time() - started, 1),
@@ -267,6 +273,47 @@ def train(
         raise
     status = "interrupted" if state["interrupted"] else "complete"
     return TrainResult(run, status, final)
+
+
+def _require_trackers(cfg: TrainConfig) -> None:
+    """A tracker asked for but not installed fails here, in one line naming the extra, before any work."""
+    from medchat.tracking import TrackingError, require
+
+    try:
+        require(cfg.report_to or [])
+    except TrackingError as exc:
+        raise TrainError(str(exc)) from None
+
+
+@contextmanager
+def _tracking_session(cfg: TrainConfig, run: RunDir, record: dict[str, Any], progress: bool):
+    """The tracker runs for this training run (main process only: the Trainer's callbacks log from rank 0);
+    run.json records where each one writes, also for a run that fails or is interrupted."""
+    from medchat import tracking
+
+    trackers = list(cfg.report_to or []) if _is_main() else []
+    try:
+        with tracking.session(trackers, run.path, run.id, previous=record.get("trackers"),
+                              quiet=not progress) as session:
+            if session.trackers:
+                run.update(trackers=session.record)
+            yield session
+    except tracking.TrackingError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def tracker_hyperparameters(cfg: TrainConfig, hw: Resolved, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What the trackers get as hyperparameters: the resolved config, the hardware choices and a summary of the
+    data manifest (sources, filter counts, split, token counts; the full manifest goes along as a file)."""
+    from medchat.tracking import flatten
+
+    tokens = {split: {k: v for k, v in summary.items() if not isinstance(v, dict)}  # no length histograms
+              for split, summary in (manifest.get("tokens") or {}).items()}
+    data = {k: v for k, v in manifest.items() if k not in ("sources", "tokens", "filters")}
+    data["sources"] = [f"{s.get('source')} ({s.get('rows')} rows, sha256 {str(s.get('sha256') or '-')[:12]})"
+                       for s in manifest.get("sources", [])]
+    data["tokens"] = tokens
+    return flatten({"config": cfg.as_dict(), "resolved": hw.as_dict(), "data": data})
 
 
 def _note(run: RunDir, text: str) -> str:
@@ -330,7 +377,7 @@ def _attach_lora(cfg: TrainConfig, model, hw: Resolved):
 
 
 def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, console, progress, extra_callbacks,
-         state, started, prior_elapsed) -> dict[str, Any]:
+         state, started, prior_elapsed, tracking) -> dict[str, Any]:
     import transformers
     from transformers import EarlyStoppingCallback, TrainingArguments
 
@@ -358,6 +405,11 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         manifest["prompt_style"] = effective_style(tokenizer, cfg.prompt_style)
         manifest["max_length"] = cfg.max_length
         atomic_write_json(run.manifest, manifest)
+    if main and tracking.trackers:
+        tracking.log_hyperparameters(tracker_hyperparameters(cfg, hw, manifest), (run.config_yaml, run.manifest))
+        if progress:
+            console.print("  tracking: " + "; ".join(_where(name, rec) for name, rec in tracking.record.items()),
+                          markup=False, highlight=False)
 
     # No KV cache while training: it is useless there, and with it transformers does not turn packed sequences'
     # restarting position ids into a block-diagonal mask (packed examples would attend to each other).
@@ -403,7 +455,9 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
         seed=cfg.seed,
-        report_to="none",
+        # The Trainer's own TensorBoard / W&B / MLflow callbacks; medchat.tracking said where they write.
+        report_to=list(cfg.report_to) if cfg.report_to else "none",
+        run_name=run.id,
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -480,6 +534,14 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         if progress:
             _print_summary(console, run, final, elapsed)
     return final
+
+
+def _where(name: str, rec: dict[str, Any]) -> str:
+    if name == "tensorboard":
+        return f"tensorboard {rec['logdir']}"
+    if name == "mlflow":
+        return f"mlflow run {rec['run_id']} in {rec['tracking_uri']}"
+    return f"wandb ({rec['mode']}) run {rec['run_id']} in {rec['dir']}"
 
 
 def _save_adapter(trainer, tokenizer, run: RunDir, cfg: TrainConfig, main: bool) -> None:
