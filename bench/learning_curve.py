@@ -117,9 +117,9 @@ def plot(points: list[dict[str, Any]], path: Path) -> None:
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label="fine-tuned (95% paired bootstrap)")
         if base is not None:
             ax.axhline(base, color="grey", linestyle="--", label="base model")
-            if key != "answer_loss":
+            if key == "rougeL":
                 ax.axhline(base * 1.4, color="tab:green", linestyle=":", label="target: base +40%")
-            else:
+            elif key == "answer_loss":
                 ax.axhline(base + math.log(0.6), color="tab:green", linestyle=":", label="target: perplexity -40%")
         ax.set_xscale("log")
         ax.set_xlabel("training rows (one epoch)")
