@@ -62,6 +62,9 @@ FIELDS: list[Field] = [
     Field("limit", int, None, "Use at most N examples after filtering and shuffling (the seed used 2000).",
           group="data"),
     Field("eval_fraction", float, 0.1, "Fraction held out for evaluation.", group="data"),
+    Field("eval_size", int, None, "Hold out exactly N rows, the first N of the shuffled pool whatever --limit is "
+          "(--limit then counts training rows): runs on growing subsets share one held-out split. Replaces "
+          "--eval-fraction.", group="data"),
     Field("seed", int, 42, "Seed for shuffling, splitting, LoRA init and data order.", group="data"),
     Field("min_question_chars", int, 10, "Drop questions shorter than this (seed filter).", group="data"),
     Field("min_answer_chars", int, 5, "Drop answers shorter than this (seed filter).", group="data"),
@@ -281,7 +284,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "epochs",
                  "logging_steps"):
         positive(name)
-    for name in ("max_steps", "eval_batch_size", "eval_steps", "save_steps", "limit", "early_stopping_patience"):
+    for name in ("max_steps", "eval_batch_size", "eval_steps", "save_steps", "limit", "early_stopping_patience",
+                 "eval_size"):
         positive(name, allow_none=True)
     if not 0 <= v["lora_dropout"] < 1:
         problems.append(f"lora_dropout must be in [0, 1) (got {v['lora_dropout']})")

@@ -253,11 +253,17 @@ def contamination(train: list[Row], eval_rows: list[Row]) -> list[Row]:
     return [r for r in eval_rows if normalize_question(r.question) in train_questions]
 
 
-def split_rows(rows: list[Row], eval_fraction: float, seed: int, limit: int | None
+def split_rows(rows: list[Row], eval_fraction: float, seed: int, limit: int | None, eval_size: int | None = None
                ) -> tuple[list[Row], list[Row], dict[str, int]]:
-    """Seeded shuffle, subsample to `limit`, split; no question lands on both sides."""
+    """Seeded shuffle, subsample to `limit`, split; no question lands on both sides.
+
+    With `eval_size`, the held-out rows are the first `eval_size` of the shuffled pool whatever `limit` is,
+    and `limit` counts training rows only: runs on growing subsets (a learning curve) share one held-out split.
+    """
     order = list(rows)
     random.Random(seed).shuffle(order)
+    if eval_size is not None:
+        return _split_fixed_eval(order, eval_size, limit)
     if limit is not None:
         order = order[:limit]
     n_eval = math.ceil(len(order) * eval_fraction)
@@ -280,6 +286,28 @@ def split_rows(rows: list[Row], eval_fraction: float, seed: int, limit: int | No
     return train, eval_rows, {"moved_to_train_contamination": len(leaked)}
 
 
+def _split_fixed_eval(order: list[Row], eval_size: int, limit: int | None
+                      ) -> tuple[list[Row], list[Row], dict[str, int]]:
+    if len(order) <= eval_size:
+        raise DataError(f"{len(order)} examples cannot hold out eval_size={eval_size} and still train on one. "
+                        "Use more data or a smaller --eval-size.")
+    eval_rows = order[:eval_size]
+    held = {normalize_question(r.question) for r in eval_rows}
+    # The held-out split is fixed, so a training row that repeats a held-out question is skipped (and
+    # counted), never the other way round.
+    train, skipped = [], 0
+    for row in order[eval_size:]:
+        if limit is not None and len(train) >= limit:
+            break
+        if normalize_question(row.question) in held:
+            skipped += 1
+        else:
+            train.append(row)
+    if not train:
+        raise DataError("every training candidate repeats a held-out question; use more data.")
+    return train, eval_rows, {"moved_to_train_contamination": 0, "train_rows_skipped_contamination": skipped}
+
+
 def prepare(cfg) -> Prepared:
     """Load, filter, split. `cfg` is a TrainConfig (or anything with the same attributes)."""
     rows, infos = load_rows(list(cfg.data), cfg.question_column, cfg.answer_column)
@@ -289,7 +317,8 @@ def prepare(cfg) -> Prepared:
         raise DataError(f"no examples left after filtering the {len(rows)} rows read from "
                         f"{', '.join(cfg.data)} (dropped by {details}). Check the column mapping "
                         "(--question-column/--answer-column) and the filter settings.")
-    train, eval_rows, moved = split_rows(kept, cfg.eval_fraction, cfg.seed, cfg.limit)
+    eval_size = getattr(cfg, "eval_size", None)
+    train, eval_rows, moved = split_rows(kept, cfg.eval_fraction, cfg.seed, cfg.limit, eval_size)
     manifest = {
         "sources": [i.as_dict() for i in infos],
         "rows_read": len(rows),
@@ -298,7 +327,8 @@ def prepare(cfg) -> Prepared:
         "limit": cfg.limit,
         "used": len(train) + len(eval_rows),
         "seed": cfg.seed,
-        "eval_fraction": cfg.eval_fraction,
+        "eval_fraction": None if eval_size is not None else cfg.eval_fraction,
+        "eval_size": eval_size,
         "split": {"train": len(train), "eval": len(eval_rows)},
         "contamination": {"eval_questions_in_train": len(contamination(train, eval_rows)), **moved},
         "filters": {"min_question_chars": cfg.min_question_chars, "min_answer_chars": cfg.min_answer_chars,

@@ -42,6 +42,9 @@ def render_counts(console, manifest: dict, cfg) -> None:
     table.add_row("used (limit)", f"{manifest['used']} ({cfg.limit or 'no limit'})")
     table.add_row("split train / eval", f"{manifest['split']['train']} / {manifest['split']['eval']}")
     table.add_row("eval questions moved (contamination)", str(manifest["contamination"]["moved_to_train_contamination"]))
+    if manifest.get("eval_size"):  # fixed held-out split: leaks are skipped from the training side instead
+        table.add_row("train rows skipped (contamination)",
+                      str(manifest["contamination"]["train_rows_skipped_contamination"]))
     for split, tok in manifest.get("tokens", {}).items():
         length = tok.get("length", {})
         table.add_row(f"{split} tokens", f"{tok['total_tokens']} total, {tok['answer_tokens']} carry loss, "

@@ -53,6 +53,30 @@ def test_contamination_check_moves_leaked_questions_to_train(tmp_path):
     assert d.contamination(prepared.train + fake_eval, fake_eval) == fake_eval
 
 
+def test_eval_size_fixes_the_held_out_split_whatever_the_limit(tmp_path):
+    rows = [{"question": f"What is condition number {i}?", "answer": f"Condition {i} is a disease."} for i in range(60)]
+    rows += [{"question": f"What is condition number {i}?", "answer": f"Another answer {i}."} for i in range(60)]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {limit: d.prepare(cfg_for(f, eval_size=12, limit=limit)) for limit in (10, 30, None)}
+    held = [[(r.question, r.answer) for r in p.eval] for p in runs.values()]
+    assert len(held[0]) == 12 and held[0] == held[1] == held[2]
+    assert [len(p.train) for p in runs.values()] == [10, 30, 120 - 12 - 12]  # 12 rows repeat a held-out question
+    small, large = runs[10], runs[30]
+    assert [r.question for r in large.train[:10]] == [r.question for r in small.train]  # subsets grow
+    for p in runs.values():
+        assert d.contamination(p.train, p.eval) == []
+    m = runs[None].manifest
+    assert (m["eval_size"], m["eval_fraction"], m["split"]) == (12, None, {"train": 96, "eval": 12})
+    assert m["contamination"]["train_rows_skipped_contamination"] == 12
+    assert runs[10].manifest["limit"] == 10 and runs[10].manifest["used"] == 22
+    # without eval_size, a growing limit changes the held-out rows: the reason eval_size exists
+    by_fraction = [d.prepare(cfg_for(f, eval_fraction=0.2, limit=n)).eval for n in (40, 80)]
+    assert [r.question for r in by_fraction[0]] != [r.question for r in by_fraction[1]]
+    with pytest.raises(d.DataError, match="eval_size=200"):
+        d.prepare(cfg_for(f, eval_size=200))
+
+
 def test_file_formats_and_column_mapping(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
