@@ -20,6 +20,8 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
         engine = load_engine(spec, prompt_style=style)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
+    for note in engine.info.extra.get("notes", ()):  # e.g. NF4 on CPU is slow; stdout stays the answer only
+        click.echo(f"note: {note}", err=True)
     stream = engine.stream(build_messages(question, system_prompt or DEFAULT_SYSTEM_PROMPT), settings)
     out = sys.stdout
     try:
