@@ -28,8 +28,8 @@ QLORA_FLAGS = ["--quantization", "nf4", "--device", "cpu", "--precision", "bf16"
 
 
 def test_nf4_on_cpu_is_allowed_only_when_the_cpu_is_asked_for():
-    explicit = resolve_hardware(load_config("cpu-smollm2", overrides={"quantization": "nf4", "device": "cpu"}),
-                                cuda=False)
+    explicit = resolve_hardware(load_config("cpu-smollm2", overrides={"quantization": "nf4", "device": "cpu",
+                                                                      "optimizer": "auto"}), cuda=False)
     assert (explicit.quantization, explicit.device, explicit.optimizer) == ("nf4", "cpu", "adamw_torch")
     assert CPU_NF4_NOTE in explicit.notes and any("paged AdamW is CUDA-only" in n for n in explicit.notes)
     assert "notes" not in explicit.as_dict()  # run.json records the choices, the console gets the notes
