@@ -50,6 +50,8 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
         engine = load_engine(spec, prompt_style=style)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
+    for note in engine.info.extra.get("notes", ()):  # e.g. NF4 on CPU is slow; stdout stays the answer only
+        click.echo(f"note: {note}", err=True)
     session = ChatSession(engine, guard, policy=ood_policy, settings=settings, system_prompt=system_prompt)
     printer = {"text": TextPrinter, "bare": BarePrinter, "json": JsonPrinter}[output]()
     finished = stats = None

@@ -38,12 +38,16 @@ class ModelError(Exception):
 class ModelSpec:
     base: str = BUNDLED  # "bundled", a Hub id, a local directory or a .gguf file
     adapter: str | None = None  # a LoRA adapter directory
-    merge: bool = True  # merge the adapter into the (bf16/fp32) base weights
-    quantization: str = "auto"  # auto = 4-bit NF4 on CUDA, none on CPU
+    merge: bool = True  # merge the adapter into the (bf16/fp32) base weights; see quantize_merged for NF4
+    quantization: str = "auto"  # auto = 4-bit NF4 on CUDA, none on CPU; nf4 on CPU only with device="cpu"
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
     backend: str = "auto"  # auto = llama.cpp on CPU when installed and the base is a GGUF, else torch
+    # With NF4 the adapter stays unmerged on the 4-bit base (as QLoRA trains it): merging first and then
+    # quantizing rounds most of a LoRA's delta away (bench/nf4_fidelity.py). True = merge in full precision,
+    # cache that, quantize it (one model, no LoRA matmuls, at that cost). Never merged into 4-bit weights.
+    quantize_merged: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in (("quantization", QUANTIZATIONS), ("device", DEVICES), ("dtype", DTYPES),
@@ -77,11 +81,12 @@ class ModelInfo:
             return "no adapter"
         path = Path(self.adapter)
         name = path.parent.name if path.name == "adapter" and path.parent.name else path.name
-        return f"{name} (merged)" if self.merged else name
+        return f"{name} ({'merged' if self.merged else 'unmerged'})"
 
     def summary(self) -> str:
+        quantization = self.quantization + (" (slow on CPU)" if self.quantization == "nf4" and self.device == "cpu" else "")
         return (
-            f"{self.base} + {self.adapter_name} | {self.quantization} | {self.device} {self.dtype} | "
+            f"{self.base} + {self.adapter_name} | {quantization} | {self.device} {self.dtype} | "
             f"{self.params_total / 1e6:.1f}M params | loaded in {self.load_seconds:.1f}s"
         )
 
@@ -129,16 +134,21 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-def resolve_quantization(quantization: str, device: str) -> str:
+CPU_NF4_NOTE = "4-bit NF4 on CPU runs on bitsandbytes' CPU kernels, which are slow; --quantization none is faster here."
+
+
+def resolve_quantization(quantization: str, device: str, requested_device: str | None = None) -> str:
+    """auto = NF4 only on CUDA. Explicit nf4 on CPU is allowed when the CPU was asked for too (it is slow)."""
     if quantization == "auto":
         return "nf4" if device == "cuda" and _bitsandbytes_ok() else "none"
     if quantization == "nf4":
-        if device != "cuda":
-            raise ModelError(
-                "4-bit NF4 (--quantization nf4) needs a CUDA GPU; on this machine use --quantization none."
-            )
         if not _bitsandbytes_ok():
             raise ModelError("4-bit NF4 needs bitsandbytes: `pip install bitsandbytes`, or use --quantization none.")
+        if device != "cuda" and (requested_device or device) != "cpu":
+            raise ModelError(
+                "4-bit NF4 (--quantization nf4) without a CUDA GPU runs on bitsandbytes' slow CPU kernels; "
+                "pass --device cpu as well to use it anyway, or use --quantization none."
+            )
     return quantization
 
 
@@ -282,12 +292,15 @@ def load(spec: ModelSpec) -> Loaded:
     _quiet_transformers()
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    quantization = resolve_quantization(spec.quantization, device)
+    quantization = resolve_quantization(spec.quantization, device, spec.device)
     if spec.adapter:
         read_adapter_config(spec.adapter)  # fail early, before the base is loaded
     base_path = resolve_base(spec.base)
+    extra: dict[str, Any] = {}
+    if quantization == "nf4" and device == "cpu":
+        extra["notes"] = [CPU_NF4_NOTE]
 
-    if spec.adapter and quantization == "nf4" and spec.merge:
+    if spec.adapter and quantization == "nf4" and spec.merge and spec.quantize_merged:
         # Never merge into 4-bit weights: merge in full precision, save once, then quantize that.
         base_path = _merged_checkpoint(spec, base_path, dtype)
         model, tokenizer = _from_pretrained(spec, base_path, dtype, quantization, device)
@@ -297,9 +310,11 @@ def load(spec: ModelSpec) -> Loaded:
         merged = False
         if spec.adapter:
             model = _attach_adapter(model, spec.adapter, spec.base)
-            if spec.merge:
+            if spec.merge and quantization != "nf4":
                 model = model.merge_and_unload()
                 merged = True
+            elif quantization == "nf4":
+                extra["adapter_mode"] = "LoRA kept unmerged on the NF4 base (as QLoRA trains it)"
     model.eval()
     info = ModelInfo(
         base=spec.base,
@@ -313,6 +328,7 @@ def load(spec: ModelSpec) -> Loaded:
         params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         load_seconds=round(time.perf_counter() - started, 3),
         context_length=context_length(model, tokenizer),
+        extra=extra,
     )
     return Loaded(model=model, tokenizer=tokenizer, info=info)
 
@@ -334,7 +350,7 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype),
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     try:
         hub = hub_kwargs(base_path)
         tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=spec.trust_remote_code, **hub)
@@ -347,9 +363,36 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
         raise ModelError(f"Could not load {spec.base!r}: {exc}") from exc
     if quantization != "nf4":
         model.to(device)
+    elif device == "cpu":
+        _guard_cpu_packing(model)
     if tokenizer.pad_token is None:  # batched generation and training need a pad token
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _guard_cpu_packing(model) -> None:
+    """bitsandbytes repacks a 4-bit layer for its AVX512-BF16 CPU kernel on the first eval-mode forward.
+    That kernel needs out_features % 32 == 0 and in_features % blocksize == 0 (else the repack crashes),
+    and it has no backward: a layer repacked by an evaluation inside a QLoRA run trains no more (measured:
+    the loss freezes). Keep the generic kernel where the shape does not fit; the trainer turns the
+    repack off everywhere (disable_cpu_packing)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            weight = module.weight
+            state = getattr(weight, "quant_state", None)
+            blocksize = getattr(state, "blocksize", 64) or 64
+            if module.out_features % 32 or module.in_features % blocksize:
+                module.support_avx512bf16_for_cpu = False
+
+
+def disable_cpu_packing(model) -> int:
+    """Training on CPU in NF4: keep every 4-bit layer on the kernel that has a backward (see above)."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
 
 
 def _merged_checkpoint(spec: ModelSpec, base_path: str, dtype: str) -> str:

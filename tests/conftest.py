@@ -107,3 +107,25 @@ def bundled_spec():
     from medchat.model import ModelSpec
 
     return ModelSpec(base="bundled")
+
+
+@pytest.fixture(scope="session")
+def tiny_nf4_model_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """A random 2-layer Llama whose linear layers fit bitsandbytes' AVX512-BF16 CPU kernel (out % 32,
+    in % 64): the fast 4-bit path on CPU, not only the generic one."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny_nf4_model")
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -154,7 +154,7 @@ def test_model_info_names_the_adapter_by_its_run():
                          load_seconds=0.5, context_length=2048)
 
     assert info("/runs/default-run/adapter").summary().startswith("bundled + default-run (merged) | none | cpu bf16")
-    assert info("/x/my-lora", merged=False).adapter_name == "my-lora"
+    assert info("/x/my-lora", merged=False).adapter_name == "my-lora (unmerged)"
     assert info(None).adapter_name == "no adapter"
 
 

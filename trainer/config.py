@@ -39,7 +39,7 @@ class Field:
 FIELDS: list[Field] = [
     # model
     Field("base", str, "bundled", "Base model: 'bundled', a Hub id or a local directory.", group="model"),
-    Field("quantization", str, "none", "Load the base 4-bit for QLoRA (nf4 needs CUDA).",
+    Field("quantization", str, "none", "Load the base 4-bit for QLoRA (nf4: CUDA, or slowly with --device cpu).",
           ("auto", "nf4", "none"), group="model"),
     Field("device", str, "auto", "Where to train.", ("auto", "cpu", "cuda"), group="model"),
     Field("precision", str, "auto", "Mixed precision: auto = bf16 where supported, else fp16 on CUDA, else fp32.",

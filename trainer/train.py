@@ -46,9 +46,10 @@ class Resolved:
     model_dtype: str  # dtype the base weights are loaded in
     quantization: str
     optimizer: str
+    notes: tuple[str, ...] = ()  # one-line notes for the console (NF4 on CPU is slow, the optimizer fallback)
 
     def as_dict(self) -> dict[str, str]:
-        return self.__dict__.copy()
+        return {k: v for k, v in self.__dict__.items() if k != "notes"}
 
 
 def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
@@ -66,11 +67,19 @@ def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
     quant = cfg.quantization
     if quant == "auto":
         quant = "nf4" if device == "cuda" else "none"
-    if quant == "nf4" and device != "cuda":
-        lacks.append("4-bit NF4 quantization (bitsandbytes QLoRA needs CUDA)")
+    notes = []
+    # NF4 on CPU runs (bitsandbytes' CPU kernels, slowly) but only when the CPU is asked for explicitly.
+    if quant == "nf4" and device != "cuda" and cfg.device != "cpu":
+        lacks.append("4-bit NF4 quantization (QLoRA on CPU is slow: pass --device cpu to run it anyway)")
+    elif quant == "nf4" and device == "cpu":
+        from medchat.model import CPU_NF4_NOTE
+
+        notes.append(CPU_NF4_NOTE)
     optimizer = cfg.optimizer
     if optimizer == "auto":
-        optimizer = "paged_adamw_32bit" if quant == "nf4" else "adamw_torch"
+        optimizer = "paged_adamw_32bit" if quant == "nf4" and device == "cuda" else "adamw_torch"
+        if quant == "nf4" and device != "cuda":
+            notes.append("paged AdamW is CUDA-only: using torch AdamW.")
     if optimizer in ("paged_adamw_32bit", "adamw_8bit") and device != "cuda":
         lacks.append(f"the {optimizer} optimizer (bitsandbytes, CUDA only)")
     precision = cfg.precision
@@ -94,7 +103,7 @@ def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
     # dtype (bf16 on CPU: 9% faster, same held-out loss in bench/train_throughput.py). LoRA weights stay fp32
     # (PEFT upcasts them). fp16 keeps fp32 weights and autocasts: fp16 activations overflow more easily.
     model_dtype = precision if quant == "nf4" or precision == "bf16" else "fp32"
-    return Resolved(device, precision, model_dtype, quant, optimizer)
+    return Resolved(device, precision, model_dtype, quant, optimizer, tuple(notes))
 
 
 # ---------------------------------------------------------------- the run
@@ -363,6 +372,10 @@ def _attach_lora(cfg: TrainConfig, model, hw: Resolved):
 
     if hw.quantization == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        if hw.device == "cpu":
+            from medchat.model import disable_cpu_packing
+
+            disable_cpu_packing(model)  # its repacked kernel has no backward (see medchat.model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     try:
@@ -389,6 +402,8 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         console.print(f"[bold]medchat-train[/] run [cyan]{run.id}[/] -> {run.path}")
         console.print(f"  {len(train_rows)} train / {len(eval_rows)} eval examples | device {hw.device} | "
                       f"precision {hw.precision} | 4-bit {hw.quantization} | optimizer {hw.optimizer}")
+        for note in hw.notes:
+            console.print(f"  [yellow]note:[/] {note}")
     loaded = _load_model(cfg, hw)
     tokenizer = loaded.tokenizer
     if main and progress:
