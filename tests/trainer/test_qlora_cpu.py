@@ -16,7 +16,7 @@ from trainer.config import load_config
 from trainer.runs import RunDir
 from trainer.train import TrainError, resolve_hardware, train
 
-from .test_train_e2e import SAMPLE, CtrlCAt, adapter_tensors, read_log
+from test_train_e2e import SAMPLE, CtrlCAt, adapter_tensors, read_log
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU 4-bit path")
 
