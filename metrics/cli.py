@@ -38,6 +38,7 @@ def main() -> None:
 
     \b
     medchat-metrics evaluate RUN          score a run's held-out split (base and fine-tuned)
+    medchat-metrics mcq RUN --task T      multiple-choice accuracy (MedQA, MedMCQA, PubMedQA, MMLU medical)
     medchat-metrics report [RUNS...]      tables: base vs fine-tuned, every experiment, probes
     medchat-metrics compare RUN RUN...    the runs' scores side by side
     medchat-metrics show [RUNS...]        the interactive report view
@@ -82,7 +83,7 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     from metrics.evaluate import EvalError, default_settings, resolve_target
     from metrics.evaluate import evaluate as run_evaluation
     from metrics.report import build_report, render_rich
-    from metrics.runs import RunError, load_run
+    from metrics.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
@@ -132,12 +133,23 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
             err.print(f"logged to {line}", highlight=False, markup=False)
     except tracking.TrackingError as exc:
         raise _fail(exc) from None
+    # Print what was just measured (summary.results), never what the run directory held before: with --out or
+    # --data the run's own eval/results.json is another evaluation.
+    report = build_report([], [_just_measured(target, summary.results, summary.results_path.parent)])
+    render_rich(report, Console(), experiments=False)
+
+
+def _just_measured(target, results: dict, eval_dir: Path):
+    """A Run whose results are the ones just written (its eval_dir is where they went)."""
+    from metrics.runs import Run, load_run
+
     if target.run_dir is not None:
-        report = build_report([load_run(target.run_dir)], [load_run(target.run_dir)])
-        report.experiments = []  # the experiment table belongs to `report`
-        render_rich(report, Console(), experiments=False)
+        run = load_run(target.run_dir)
     else:
-        _print_bare_summary(summary.results)
+        run = Run(path=Path(target.adapter), meta={"id": Path(target.adapter).name, "status": "complete",
+                                                   "base": target.base})
+    run.results, run.results_problem, run.eval_path = results, None, Path(eval_dir)
+    return run
 
 
 def _quiet_libraries() -> None:
@@ -151,20 +163,87 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _print_bare_summary(results: dict) -> None:
+@main.command()
+@_runs_dir_option
+@click.argument("run_or_adapter")
+@click.option("--task", "task_name", required=True,
+              help="medqa, medmcqa, pubmedqa, mmlu-medical, or a YAML task file.")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL of questions (question, options, answer letter; PubMedQA: question, context, yes/no/maybe).")
+@click.option("--fewshot-data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL the k shots are drawn from (a separate file, same shape).")
+@click.option("--num-fewshot", "-k", type=click.IntRange(min=0), default=None,
+              help="Shots per question (default 0; 5 with --fewshot-data).")
+@click.option("--fewshot-seed", type=int, default=1234, show_default=True, help="Seed of the shot sampler (lm-eval's).")
+@click.option("--fewshot-sampler", type=click.Choice(["random", "first_n"]), default=None,
+              help="Default: first_n for mmlu-medical (lm-eval's MMLU), random otherwise.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions.")
+@click.option("--base", default=None, help="Base model (default: the run's recorded base).")
+@click.option("--max-batch-tokens", type=click.IntRange(min=64), default=4096, show_default=True,
+              help="Prompt tokens per forward pass.")
+@click.option("--bootstrap-resamples", type=click.IntRange(min=100), default=1000, show_default=True)
+@click.option("--bootstrap-seed", type=int, default=12345, show_default=True)
+@click.option("--allow-incomplete", is_flag=True, help="Score a run that did not complete (marked as such).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where mcq_<task>.json goes (default: RUN/eval, or ADAPTER/eval).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
+@click.option("--quantization", type=click.Choice(["auto", "nf4", "none"]), default="auto", show_default=True)
+def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed, fewshot_sampler, limit, base,
+        max_batch_tokens, bootstrap_resamples, bootstrap_seed, allow_incomplete, out, device, dtype, quantization) -> None:
+    """Multiple-choice accuracy of the base and the fine-tuned model, scored as lm-evaluation-harness does.
+
+    Each option's log-likelihood after the prompt (lm-eval's task templates, no chat template); acc and
+    acc_norm with standard errors, chance and majority-class baselines, and a paired bootstrap interval on
+    the fine-tuned minus base difference. Results go to RUN/eval/mcq_<task>.json, where `report` and
+    `show` find them.
+    """
     from rich.console import Console
-    from rich.table import Table
 
-    from metrics.report import fmt_change, fmt_metric
-    from metrics.scores import ALL_METRICS, METRIC_LABELS, relative_change
+    from metrics.bootstrap import BootstrapConfig
+    from metrics.evaluate import EvalError, resolve_target
+    from metrics.mcq import TaskError, run_mcq
+    from metrics.mcq_tasks import resolve_task
+    from metrics.report import render_mcq_rich
+    from metrics.runs import RunError
 
-    table = Table(title="Base vs fine-tuned")
-    for col in ("metric", "base", "fine-tuned", "change"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for m in ALL_METRICS:
-        b, f = results["base"].get(m), results["finetuned"].get(m)
-        table.add_row(METRIC_LABELS[m], fmt_metric(m, b), fmt_metric(m, f), fmt_change(relative_change(b, f)))
-    Console().print(table)
+    _quiet_libraries()
+    err = Console(stderr=True)
+    try:
+        spec = resolve_task(task_name)
+        data = data or spec.defaults.get("data")
+        if data is None:
+            raise TaskError(f"--data FILE.jsonl is required for task {spec.name}.")
+        target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
+    except (TaskError, EvalError, RunError) as exc:
+        raise _fail(exc) from None
+    for note in target.notes:
+        err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as bar:
+
+        def progress(which: str, done: int, total: int) -> None:
+            if which not in bars:
+                bars[which] = bar.add_task(f"{'fine-tuned' if which == 'finetuned' else which}: {spec.name}", total=total)
+            bar.update(bars[which], completed=done)
+
+        try:
+            summary = run_mcq(target, spec, data, fewshot_data=fewshot_data, num_fewshot=num_fewshot,
+                              fewshot_seed=fewshot_seed, fewshot_sampler=fewshot_sampler, limit=limit,
+                              max_batch_tokens=max_batch_tokens,
+                              bootstrap=BootstrapConfig(resamples=bootstrap_resamples, seed=bootstrap_seed),
+                              device=device, dtype=dtype, quantization=quantization, progress=progress)
+        except (TaskError, EvalError) as exc:
+            raise _fail(exc) from None
+        except KeyboardInterrupt:
+            err.print("Interrupted; nothing was written.")
+            sys.exit(130)
+    err.print(f"results in {summary.results_path}", highlight=False)
+    render_mcq_rich([summary.results], Console(), title=f"Multiple choice: {target.run_id or target.adapter.name}")
 
 
 @main.command()

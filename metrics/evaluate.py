@@ -352,6 +352,7 @@ def evaluate(
     dtype: str = "auto",
     quantization: str = "auto",
     progress: ProgressFn | None = None,
+    bootstrap=None,
 ) -> EvalSummary:
     """Generate (or reuse) predictions for both models, score them, write results.json + examples.jsonl."""
     from medchat.engine import Engine, EngineError
@@ -471,6 +472,10 @@ def evaluate(
         row["delta"] = {m: row["finetuned"][m] - row["base"][m] for m in scores.ALL_METRICS}
         per_example.append(row)
 
+    from metrics.bootstrap import BootstrapConfig, text_metric_intervals
+
+    bootstrap = bootstrap or BootstrapConfig()
+    intervals = text_metric_intervals(per_example, bootstrap)
     probe_rows = [
         {"question": q, "kind": kind,
          "base": gen_caches["base"].get(_sha(q)[:20])["prediction"],
@@ -508,6 +513,8 @@ def evaluate(
             "perplexity": "exp(total NLL / total tokens) of the reference answers, answer tokens + EOS only",
         },
         "probes": probe_rows,
+        "bootstrap": bootstrap.as_dict(),
+        "intervals": intervals,  # fine-tuned minus base, per metric: delta, low, high, verdict
         # the aggregates, under the keys the team contract names
         "base": aggregates["base"],
         "finetuned": aggregates["finetuned"],

@@ -26,6 +26,7 @@ EXPERIMENT_COLUMNS = [
     ("bleu", "BLEU"),
     ("token_f1", "token F1"),
     ("perplexity", "perplexity"),
+    ("mcq", "MCQ acc"),
     ("elapsed_s", "time"),
     ("notes", "notes"),
 ]
@@ -46,6 +47,37 @@ def fmt_metric(name: str, value: float | None) -> str:
 
 def fmt_change(change: float | None) -> str:
     return "—" if change is None else f"{change * 100:+.1f}%"
+
+
+def fmt_interval(metric: str, interval: dict[str, Any] | None) -> str:
+    """The 95% interval of fine-tuned minus base, in the metric's own units ("no interval" without per-example data)."""
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return "no interval"
+    low, high = interval["low"], interval["high"]
+    if any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return "no interval"
+    if metric in ("bleu", "perplexity"):
+        return f"[{low:+.2f}, {high:+.2f}]"
+    if metric in ("acc", "acc_norm"):
+        return f"[{low * 100:+.1f}, {high * 100:+.1f}] pt"
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
+def fmt_delta(metric: str, interval: dict[str, Any] | None) -> str:
+    if not interval or interval.get("delta") is None:
+        return "—"
+    d = interval["delta"]
+    if metric in ("acc", "acc_norm"):
+        return f"{d * 100:+.1f} pt"
+    return f"{d:+.2f}" if metric in ("bleu", "perplexity") else f"{d:+.4f}"
+
+
+def fmt_acc(agg: dict[str, Any] | None, metric: str = "acc") -> str:
+    if not agg or agg.get(metric) is None:
+        return "—"
+    se = agg.get(f"{metric}_stderr")
+    text = f"{agg[metric] * 100:.1f}"
+    return text + (f" ± {se * 100:.1f}" if isinstance(se, (int, float)) else "")
 
 
 def fmt_duration(seconds: Any) -> str:
@@ -108,6 +140,66 @@ class Report:
         return {"experiments": self.experiments, "details": self.details, "notes": self.notes, "charts": self.charts}
 
 
+def run_intervals(run: Run) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(intervals by metric, bootstrap settings): stored by `evaluate`, else recomputed from examples.jsonl (seeded,
+    so the same every time); ({}, None) when neither exists (results.json files from before intervals)."""
+    if not run.results:
+        return {}, None
+    stored = run.results.get("intervals")
+    if isinstance(stored, dict) and stored:
+        return stored, run.results.get("bootstrap")
+    try:
+        rows = run.examples()
+    except Exception:  # an unreadable examples file: the examples view names it
+        rows = []
+    if not rows or any(not isinstance(r.get("base"), dict) or "prediction" not in r["base"] for r in rows):
+        return {}, None
+    from metrics.bootstrap import BootstrapConfig, text_metric_intervals
+
+    config = BootstrapConfig()
+    try:
+        return text_metric_intervals(rows, config), {**config.as_dict(), "computed_by": "report, from examples.jsonl"}
+    except (KeyError, TypeError, ValueError):
+        return {}, None
+
+
+def mcq_rows(results_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per multiple-choice result: accuracies with standard errors, baselines, interval and verdict."""
+    rows = []
+    for r in results_list:
+        few = r.get("fewshot") or {}
+        lines = r.get("baselines") or {}
+        interval = (r.get("intervals") or {}).get("acc")
+        rows.append({
+            "task": r.get("task"), "n": r.get("n_examples"), "shots": few.get("k", 0),
+            "base": r.get("base") or {}, "finetuned": r.get("finetuned") or {},
+            "interval": interval, "interval_norm": (r.get("intervals") or {}).get("acc_norm"),
+            "verdict": (interval or {}).get("verdict") or "no interval",
+            "chance": lines.get("chance"), "majority": lines.get("majority"), "majority_label": lines.get("majority_label"),
+            "bootstrap": r.get("bootstrap"), "path": r.get("_path"),
+        })
+    return rows
+
+
+def fmt_mcq_model(agg: dict[str, Any]) -> str:
+    text = fmt_acc(agg)
+    return text + (" ≈ chance" if agg.get("near_chance") else "")
+
+
+def fmt_pct(value: Any) -> str:
+    return f"{value * 100:.1f}" if isinstance(value, (int, float)) else "—"
+
+
+def mcq_cell(run: Run) -> str:
+    """The experiment table's MCQ column: each task's fine-tuned accuracy and its change against the base."""
+    parts = []
+    for row in mcq_rows(run.mcq()):
+        d = (row["interval"] or {}).get("delta")
+        change = f" ({d * 100:+.1f} pt {fmt_interval('acc', row['interval'])})" if d is not None else ""
+        parts.append(f"{row['task']} {fmt_pct(row['finetuned'].get('acc'))}{change}")
+    return "; ".join(parts)
+
+
 def experiment_row(run: Run) -> dict[str, Any]:
     h = run.hyper
     eff = h.get("effective_batch")
@@ -125,17 +217,25 @@ def experiment_row(run: Run) -> dict[str, Any]:
         "notes": run.meta.get("notes") or "",
         "evaluated": run.evaluated,
     }
+    intervals, _ = run_intervals(run)
     for name in ("rougeL", "bleu", "token_f1", "perplexity"):
         row[name] = run.metric("finetuned", name)
         row[f"{name}_base"] = run.metric("base", name)
         row[f"{name}_change"] = relative_change(row[f"{name}_base"], row[name])
+        row[f"{name}_interval"] = intervals.get(name)
+    row["mcq"] = [{"task": m["task"], "n": m["n"], "shots": m["shots"], "acc": m["finetuned"].get("acc"),
+                   "acc_base": m["base"].get("acc"), "interval": m["interval"], "verdict": m["verdict"]}
+                  for m in mcq_rows(run.mcq())]
+    row["mcq_text"] = mcq_cell(run)
     return row
 
 
 def comparison_rows(run: Run) -> list[dict[str, Any]]:
     rows = []
+    intervals, _ = run_intervals(run)
     for name in ALL_METRICS:
         base, tuned = run.metric("base", name), run.metric("finetuned", name)
+        interval = intervals.get(name)
         rows.append(
             {
                 "metric": name,
@@ -145,6 +245,9 @@ def comparison_rows(run: Run) -> list[dict[str, Any]]:
                 "change": relative_change(base, tuned),
                 "better": is_improvement(name, base, tuned),
                 "lower_is_better": name in LOWER_IS_BETTER,
+                "interval": interval,
+                # better / worse only when the 95% interval excludes zero
+                "verdict": interval["verdict"] if interval else "no interval",
             }
         )
     return rows
@@ -157,6 +260,7 @@ def detail(run: Run) -> dict[str, Any]:
         "status": run.status,
         "notice": run.notice(),
         "evaluated": run.evaluated,
+        "mcq": mcq_rows(run.mcq()),
     }
     if run.results:
         r = run.results
@@ -170,6 +274,7 @@ def detail(run: Run) -> dict[str, Any]:
                 "settings_text": describe_settings(r),
                 "data_text": describe_data(r),
                 "comparison": comparison_rows(run),
+                "bootstrap": run_intervals(run)[1],
                 "probes": list(r.get("probes") or []),
                 "perplexity_note": "perplexity of the reference answers (answer tokens only, training mask)",
             }
@@ -222,7 +327,19 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def verdict(row: dict[str, Any]) -> str:
-    return {True: "better", False: "worse", None: "same" if row["change"] == 0 else "—"}[row["better"]]
+    """From the interval only: a change whose 95% interval includes zero is no clear change."""
+    return row.get("verdict") or "no interval"
+
+
+VERDICT_STYLE = {"better": "green", "worse": "red"}
+
+
+def describe_bootstrap(boot: dict[str, Any] | None) -> str:
+    if not boot:
+        return "no per-example data stored with these results, so no intervals (re-run evaluate to get them)"
+    how = f"; {boot['computed_by']}" if boot.get("computed_by") else ""
+    return (f"95% paired bootstrap interval of fine-tuned minus base ({boot.get('resamples')} resamples over "
+            f"examples, seed {boot.get('seed')}{how}); better / worse only when it excludes zero")
 
 
 def fmt_lr(value: Any) -> str:
@@ -234,9 +351,15 @@ def experiment_cells(row: dict[str, Any], changes: bool = True) -> list[str]:
     for key, _ in EXPERIMENT_COLUMNS:
         if key in ("rougeL", "bleu", "token_f1", "perplexity"):
             text = fmt_metric(key, row[key])
+            interval = row.get(f"{key}_interval")
             if changes and row[key] is not None and row.get(f"{key}_change") is not None:
-                text += f" ({fmt_change(row[f'{key}_change'])})"
+                ci = f", Δ {fmt_interval(key, interval)}" if interval else ""
+                text += f" ({fmt_change(row[f'{key}_change'])}{ci})"
+            elif interval and interval.get("verdict") in VERDICT_STYLE:
+                text += " ▲" if interval["verdict"] == "better" else " ▼"
             cells.append(text)
+        elif key == "mcq":
+            cells.append(row.get("mcq_text") or "—")
         elif key == "elapsed_s":
             cells.append(fmt_duration(row[key]))
         elif key == "status":
@@ -248,6 +371,51 @@ def experiment_cells(row: dict[str, Any], changes: bool = True) -> list[str]:
     return cells
 
 
+MCQ_HEADERS = ["task", "n", "shots", "base acc", "fine-tuned acc", "Δ", "95% CI of Δ", "verdict", "base acc_norm",
+               "fine-tuned acc_norm", "chance", "majority"]
+
+
+def mcq_cells(m: dict[str, Any]) -> list[str]:
+    return [str(m["task"]), fmt_value(m["n"]), fmt_value(m["shots"]), fmt_mcq_model(m["base"]),
+            fmt_mcq_model(m["finetuned"]), fmt_delta("acc", m["interval"]), fmt_interval("acc", m["interval"]),
+            m["verdict"], fmt_acc(m["base"], "acc_norm"), fmt_acc(m["finetuned"], "acc_norm"), fmt_pct(m["chance"]),
+            fmt_pct(m["majority"]) + (f" ({m['majority_label']})" if m.get("majority_label") else "")]
+
+
+MCQ_NOTE = ("Accuracy in % ± standard error; log-likelihood of each option after lm-eval's prompt (no chat template); "
+            "acc_norm divides by the option's length in characters. ≈ chance: within two standard errors of chance. "
+            "Majority: always answering this data's most frequent answer.")
+
+
+def mcq_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["### Multiple choice", ""]
+    out += _md_table(MCQ_HEADERS, [mcq_cells(m) for m in rows]) + [""]
+    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
+    out += [MCQ_NOTE + " " + describe_bootstrap(boot).capitalize() + ".", ""]
+    return out
+
+
+def render_mcq_rich(results_list: list[dict[str, Any]], console, title: str = "Multiple choice") -> None:
+    _render_mcq_rows(mcq_rows(results_list), console, title)
+
+
+def _render_mcq_rows(rows: list[dict[str, Any]], console, title: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    if not rows:
+        return
+    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
+    table = Table(title=title, caption=MCQ_NOTE + "\n" + describe_bootstrap(boot))
+    for i, h in enumerate(MCQ_HEADERS):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for m in rows:
+        cells = mcq_cells(m)
+        style = VERDICT_STYLE.get(m["verdict"], "")
+        table.add_row(*cells[:7], Text(cells[7], style=style), *cells[8:])
+    console.print(table)
+
+
 def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str:
     charts = charts or {}
     out: list[str] = ["# medchat evaluation report", ""]
@@ -256,6 +424,8 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
         if d.get("notice"):
             out += [f"> **{line}**" if i == 0 else f"> {line}" for i, line in enumerate(d["notice"].splitlines())]
             out.append("")
+        if d.get("mcq"):
+            out += mcq_markdown(d["mcq"])
         if not d["evaluated"]:
             continue
         out += [
@@ -263,14 +433,16 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
             f"- data: {d['data_text']}",
             f"- decoding: {d['settings_text']}",
             f"- perplexity: {d['perplexity_note']}; lower is better",
+            f"- intervals: {describe_bootstrap(d.get('bootstrap'))}",
             "",
         ]
         rows = [
             [r["label"], fmt_metric(r["metric"], r["base"]), fmt_metric(r["metric"], r["finetuned"]),
-             fmt_change(r["change"]), verdict(r)]
+             fmt_change(r["change"]), fmt_delta(r["metric"], r["interval"]), fmt_interval(r["metric"], r["interval"]),
+             verdict(r)]
             for r in d["comparison"]
         ]
-        out += _md_table(["metric", "base", "fine-tuned", "change", "verdict"], rows) + [""]
+        out += _md_table(["metric", "base", "fine-tuned", "change", "Δ", "95% CI of Δ", "verdict"], rows) + [""]
         if d["run"] in charts:
             out += [f"![metrics: base vs fine-tuned]({charts[d['run']]})", ""]
         if d.get("probes"):
@@ -286,7 +458,9 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
     out += [
         "",
         "ROUGE-L, BLEU, token F1 and perplexity are the fine-tuned model's on the run's held-out split, with the "
-        "change against the base model in parentheses. Runs that did not complete are marked as such.",
+        "change against the base model and the 95% paired bootstrap interval of the difference in parentheses; "
+        "MCQ acc: fine-tuned accuracy (%) per task, with the change in points against the base and its interval. "
+        "Runs that did not complete are marked as such.",
         "",
     ]
     if "loss" in charts:
@@ -307,18 +481,24 @@ def render_rich(report: Report, console, experiments: bool = True) -> None:
         title = f"Base vs fine-tuned: {d['run']}"
         if d.get("notice"):
             console.print(Text(d["notice"], style="bold yellow"))
+        if d.get("mcq"):
+            _render_mcq_rows(d["mcq"], console, f"Multiple choice: {d['run']}")
         if not d["evaluated"]:
             continue
-        table = Table(title=title, caption=f"{d['data_text']}\n{d['settings_text']}")
+        table = Table(title=title, caption=f"{d['data_text']}\n{d['settings_text']}\n"
+                                           f"{describe_bootstrap(d.get('bootstrap'))}")
         table.add_column("metric")
         table.add_column("base", justify="right")
         table.add_column("fine-tuned", justify="right")
         table.add_column("change", justify="right")
+        table.add_column("95% CI of Δ", justify="right")
+        table.add_column("verdict")
         for r in d["comparison"]:
-            style = {True: "green", False: "red", None: ""}[r["better"]]
+            style = VERDICT_STYLE.get(r["verdict"], "")
             label = r["label"] + (" (lower is better)" if r["lower_is_better"] else "")
             table.add_row(label, fmt_metric(r["metric"], r["base"]), fmt_metric(r["metric"], r["finetuned"]),
-                          Text(fmt_change(r["change"]), style=style))
+                          fmt_change(r["change"]), fmt_interval(r["metric"], r["interval"]),
+                          Text(r["verdict"], style=style))
         console.print(table)
         if d.get("probes"):
             probes = Table(title="Qualitative probes", show_lines=True)

@@ -14,6 +14,7 @@ from typing import Any
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
 EVAL_DIR = "eval"
+MCQ_PREFIX = "mcq_"  # eval/mcq_<task>.json (+ .examples.jsonl), written by `medchat-metrics mcq`
 
 STATUS_LABELS = {
     "complete": "complete",
@@ -88,6 +89,7 @@ class Run:
     results: dict[str, Any] | None = None
     results_problem: str | None = None  # why `results` is None (no evaluation yet, unreadable file...)
     problems: list[str] = field(default_factory=list)  # things wrong with the run itself
+    eval_path: Path | None = None  # where results.json was read from, when not <run>/eval (evaluate --out)
 
     # ------------------------------------------------------------------ identity and status
     @property
@@ -125,7 +127,7 @@ class Run:
 
     @property
     def eval_dir(self) -> Path:
-        return self.path / EVAL_DIR
+        return self.eval_path if self.eval_path is not None else self.path / EVAL_DIR
 
     @property
     def evaluated(self) -> bool:
@@ -152,6 +154,21 @@ class Run:
         if not self.results or not path.is_file():
             return []
         return read_jsonl(path)
+
+    def mcq(self) -> list[dict[str, Any]]:
+        """Every multiple-choice result (eval/mcq_<task>.json, written by `medchat-metrics mcq`), by task name."""
+        out = []
+        if not self.eval_dir.is_dir():
+            return out
+        for path in sorted(self.eval_dir.glob(f"{MCQ_PREFIX}*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("kind") == "mcq":
+                data["_path"] = str(path)
+                out.append(data)
+        return out
 
     def notice(self) -> str | None:
         """What a reader must be told before trusting this run's numbers (None when all is well)."""

@@ -51,11 +51,14 @@ def test_markdown_output(runs_root):
     assert result.exit_code == 0
     md = result.output
     assert "## Base vs fine-tuned: 20261120-100000-qv" in md
-    assert "| ROUGE-L | 0.1500 | 0.1800 | +20.0% | better |" in md
-    assert "| perplexity | 20.00 | 15.00 | -25.0% | better |" in md
+    # the verdict comes from the paired bootstrap over the 3 fixture examples (recomputed from examples.jsonl):
+    # a +20% change on 3 examples is no clear change
+    assert "| ROUGE-L | 0.1500 | 0.1800 | +20.0% | +0.1944 | [-0.6667, +0.7500] | no clear change |" in md
+    assert "| perplexity | 20.00 | 15.00 | -25.0% |" in md
+    assert "1000 resamples over examples, seed 12345; report, from examples.jsonl" in md
     assert "3 held-out examples from splits/eval.jsonl" in md
     assert "repetition_penalty 1.1, no_repeat_ngram_size 4" in md
-    assert "| 20261120-100000-qv | complete | 2e-04 | 2 | 8 | 0.1800 (+20.0%) | 3.00 (+50.0%) |" in md
+    assert "| 20261120-100000-qv | complete | 2e-04 | 2 | 8 | 0.1800 (+20.0%, Δ [-0.6667, +0.7500]) |" in md
     assert "| 20261122-080000-long | interrupted, not evaluated |" in md
     assert "**What is the capital of France?** (out-of-domain probe)" in md
 
