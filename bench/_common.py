@@ -8,6 +8,7 @@ Results go to bench/results/<name>.json (git-ignored) with the machine, versions
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -139,3 +140,56 @@ def shipped_adapter() -> tuple[str | None, str]:
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- faithfulness on held-out pairs
+# (bench/gguf_formats.py and bench/nf4_fidelity.py score candidate models against the merged model in fp32)
+
+
+def held_out_pairs(n: int) -> tuple[list[tuple[str, str]], str]:
+    """The shipped run's evaluation split, rebuilt from its config (the split itself is not shipped)."""
+    from trainer.config import load_config
+    from trainer.data import prepare
+
+    config = REPO / "assets" / "default-run" / "config.yaml"
+    cfg = load_config(config_file=config)
+    eval_rows = prepare(cfg).eval
+    return [(r.question, r.answer) for r in eval_rows[:n]], f"{len(eval_rows)} held-out rows of {config.parent.name}"
+
+
+def answer_ids(engine, question: str, answer: str, max_answer_tokens: int) -> tuple[list[int], int]:
+    """Prompt + answer + EOS token ids, and where the answer starts."""
+    from medchat.prompting import build_messages
+
+    prompt = engine.prompt_ids(build_messages(question))
+    answer_tokens = engine.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
+    return prompt + answer_tokens + [engine.tokenizer.eos_token_id], len(prompt)
+
+
+def log_softmax(rows):
+    import numpy as np
+
+    rows = rows.astype(np.float64)
+    rows -= rows.max(axis=-1, keepdims=True)
+    return rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
+
+
+def reference_logprobs(model, ids: list[int], start: int):
+    """A transformers model's log-probabilities of every next token from position start-1 on (predicting the answer)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, start - 1:-1].float().cpu().numpy()
+    return log_softmax(logits)
+
+
+def faithfulness(reference: list, candidate: list, targets: list) -> dict:
+    import numpy as np
+
+    kl, agree, nll, count = 0.0, 0, 0.0, 0
+    for ref, cand, target in zip(reference, candidate, targets):
+        kl += float((np.exp(ref) * (ref - cand)).sum())
+        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        nll -= float(cand[np.arange(len(target)), target].sum())
+        count += len(target)
+    return {"kl": kl / count, "top1": agree / count, "ppl": math.exp(nll / count)}
