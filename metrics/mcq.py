@@ -13,8 +13,10 @@ Speed: the options of one question share their prompt, so it is encoded once. Wh
 (letters, yes/no/maybe for most tokenizers) one forward pass over the prompt scores all options: prompts of many
 questions go in one right-padded batch, and only the logits of each prompt's last position are computed. When an
 option has several tokens, the prompt's KV cache is computed once and repeated for the options' tokens.
-`bench/mcq_throughput.py` measures this against scoring one option at a time; `bench/mcq_lm_eval_agreement.py`
-checks acc / acc_norm against lm-eval 0.4 itself on the same rows.
+`score_one_option_at_a_time` is the naive way, kept for comparison.
+
+The per-question file holds line numbers, log-likelihoods and predictions, not the questions: the data file
+(recorded with its SHA-256) has those, and a result shipped with the project must not copy a data set.
 """
 
 from __future__ import annotations
@@ -336,7 +338,7 @@ def run_mcq(
 
     rows = []
     for i, q in enumerate(questions):
-        row: dict[str, Any] = {"index": i, "line": q.line, "question": q.question, "gold": q.gold_label,
+        row: dict[str, Any] = {"index": i, "line": q.line, "gold": q.gold_label,
                                "labels": q.labels, "shots": [s.line for s in shots[i]]}
         if q.subject:
             row["subject"] = q.subject
@@ -366,8 +368,7 @@ def run_mcq(
         "fewshot": plan.as_dict(),
         "scoring": "lm-eval multiple_choice: summed log-likelihood of ' ' + choice after the prompt, no chat "
                    "template; acc_norm divides by the choice's length in characters",
-        "engine": "medchat (prompt encoded once per question; checked against lm-eval by bench/mcq_lm_eval_agreement.py)",
-        "example_prompt": contexts[0] if contexts else "",
+        "engine": "medchat (prompt encoded once per question)",
         "prompt_tokens": n_tokens,
         "baselines": base_lines,
         "bootstrap": bootstrap.as_dict(),
