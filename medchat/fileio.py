@@ -1,7 +1,10 @@
-"""Writing result files so that a crash never leaves half of one behind."""
+"""Result files: written so that a crash never leaves half of one behind, hashed for the records, and read
+back with errors that name the file and line."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -33,3 +36,32 @@ def json_finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [json_finite(v) for v in obj]
     return obj
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_jsonl(path: Path, error: type[Exception]) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; a bad line raises `error` naming
+    the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from exc
+        if not isinstance(row, dict):
+            raise error(f"{path}, line {lineno}: expected a JSON object.")
+        rows.append((lineno, row))
+    return rows

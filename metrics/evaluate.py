@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from medchat.fileio import json_finite, write_text_atomic
+from medchat.fileio import file_sha256, json_finite, write_text_atomic
 from metrics import scores
 from metrics.runs import EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, read_jsonl, run_ref
 
@@ -223,14 +223,6 @@ def load_examples(path: Path, limit: int | None = None) -> list[Example]:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def adapter_fingerprint(adapter: Path) -> str:
@@ -535,4 +527,3 @@ def evaluate(
     write_text_atomic(examples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example))
     write_text_atomic(results_path, json.dumps(json_finite(results), indent=2, ensure_ascii=False) + "\n")
     return EvalSummary(results_path, examples_path, results, generated, scored, loaded_labels)
-

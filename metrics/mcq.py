@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from medchat.fileio import json_finite, write_text_atomic
+from medchat.fileio import file_sha256, json_finite, write_text_atomic
 from metrics.bootstrap import BootstrapConfig, paired_mean, resample_counts
 from metrics.mcq_tasks import (
     DEFAULT_FEWSHOT_SEED,
@@ -42,7 +42,6 @@ from metrics.mcq_tasks import (
     build_context,
     choose_shots,
     continuations,
-    file_sha256,
     load_questions,
     resolve_task,
 )

@@ -19,12 +19,12 @@ Rows: {"question", "options": {"A": ..., ...} (or a list), "answer": "C"}; PubMe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from medchat.fileio import file_sha256, read_jsonl
 
 LETTERS = "ABCDEFGHIJ"
 PUBMEDQA_CHOICES = ("yes", "no", "maybe")
@@ -156,18 +156,7 @@ def _task_from_yaml(path: Path) -> TaskSpec:
 def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise TaskError(f"Data file not found: {path}.")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from exc
-            if not isinstance(row, dict):
-                raise TaskError(f"{path}, line {lineno}: expected a JSON object.")
-            rows.append((lineno, row))
+    rows = read_jsonl(path, TaskError)
     if not rows:
         raise TaskError(f"{path} holds no rows: expected one JSON object per line.")
     return rows
@@ -309,11 +298,3 @@ def choose_shots(spec: TaskSpec, questions: list[Question], pool: list[Question]
             chosen = rnd.sample(candidates, plan.k)
         out.append(chosen)
     return out
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

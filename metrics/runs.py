@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medchat.fileio import read_jsonl as read_jsonl_rows
+
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
 EVAL_DIR = "eval"
@@ -43,22 +45,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON Lines file; a bad line is an error naming the file and line."""
-    rows: list[dict[str, Any]] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RunError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path}, line {lineno}: not valid JSON ({exc.msg}).") from exc
-        if not isinstance(row, dict):
-            raise RunError(f"{path}, line {lineno}: expected a JSON object.")
-        rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl_rows(path, RunError)]
 
 
 def run_ref(path: Path) -> str:
