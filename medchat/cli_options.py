@@ -10,6 +10,24 @@ from medchat.model import BACKENDS, BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, Mod
 from medchat.paths import default_adapter_dir
 
 
+# Where and how the weights run: part of model_options, and on their own for commands that take the model
+# from a run (medchat-metrics evaluate / mcq).
+HARDWARE_OPTIONS = [
+    click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="auto", show_default=True,
+                 help="auto = 4-bit NF4 on a CUDA GPU, none on CPU."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                 help="auto = bf16 on CUDA and on CPUs with bf16 instructions, else fp32."),
+]
+
+
+def hardware_options(func):
+    """Add --quantization/--device/--dtype (passed on as they are)."""
+    for option in reversed(HARDWARE_OPTIONS):
+        func = option(func)
+    return func
+
+
 def model_options(func):
     """Add --base/--adapter/--no-adapter/--quantization/--device/--dtype/--trust-remote-code."""
     options = [
@@ -18,11 +36,7 @@ def model_options(func):
         click.option("--adapter", type=click.Path(file_okay=False), default=None,
                      help="LoRA adapter directory. Default: the shipped adapter when the base is the bundled model."),
         click.option("--no-adapter", is_flag=True, help="Use the base model alone."),
-        click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="auto", show_default=True,
-                     help="auto = 4-bit NF4 on a CUDA GPU, none on CPU."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                     help="auto = bf16 on CUDA and on CPUs with bf16 instructions, else fp32."),
+        *HARDWARE_OPTIONS,
         click.option("--trust-remote-code", is_flag=True,
                      help="Allow a Hub model to run its own Python code (off by default)."),
         click.option("--backend", type=click.Choice(BACKENDS), default="auto", envvar="MEDCHAT_BACKEND",

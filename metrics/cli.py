@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from medchat.cli_options import hardware_options
 from medchat.quiet import quiet_known_warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,9 +63,7 @@ def main() -> None:
 @click.option("--allow-incomplete", is_flag=True, help="Score a run that did not complete (marked as such).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where results go (default: RUN/eval, or ADAPTER/eval).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
-@click.option("--quantization", type=click.Choice(["auto", "nf4", "none"]), default="auto", show_default=True)
+@hardware_options
 @click.option("--report-to", default="none", show_default=True, metavar="auto|NAME[,NAME]",
               help="Also log the scores to the run's own tracker runs (tensorboard, wandb, mlflow; auto = every "
                    "tracker the run was trained with), at its last training step.")
@@ -186,9 +185,7 @@ def _quiet_libraries() -> None:
 @click.option("--allow-incomplete", is_flag=True, help="Score a run that did not complete (marked as such).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where mcq_<task>.json goes (default: RUN/eval, or ADAPTER/eval).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
-@click.option("--quantization", type=click.Choice(["auto", "nf4", "none"]), default="auto", show_default=True)
+@hardware_options
 def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed, fewshot_sampler, limit, base,
         max_batch_tokens, bootstrap_resamples, bootstrap_seed, allow_incomplete, out, device, dtype, quantization) -> None:
     """Multiple-choice accuracy of the base and the fine-tuned model, scored as lm-evaluation-harness does.
