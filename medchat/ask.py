@@ -128,12 +128,26 @@ class TextPrinter:
             self.write(f"\n\n{event.text}\n")
 
 
-class BarePrinter:
-    """The model's text only on stdout; the verdict as one JSON line on stderr before the answer starts."""
+class VerdictCollector:
+    """What the machine-readable printers share: the guard's verdict and the notices, gathered as they come."""
 
     def __init__(self):
         self.checked: Checked | None = None
         self.notices: list[Notice] = []
+
+    def collect(self, event) -> bool:
+        """Take a Checked or Notice event; False for any other event."""
+        if isinstance(event, Checked):
+            self.checked = event
+        elif isinstance(event, Notice):
+            self.notices.append(event)
+        else:
+            return False
+        return True
+
+
+class BarePrinter(VerdictCollector):
+    """The model's text only on stdout; the verdict as one JSON line on stderr before the answer starts."""
 
     def flush_verdict(self, declined: bool = False) -> None:
         if self.checked is not None:
@@ -141,11 +155,9 @@ class BarePrinter:
             self.checked = None
 
     def handle(self, event) -> None:
-        if isinstance(event, Checked):
-            self.checked = event
-        elif isinstance(event, Notice):
-            self.notices.append(event)
-        elif isinstance(event, Declined):
+        if self.collect(event):
+            return
+        if isinstance(event, Declined):
             self.flush_verdict(declined=True)
         elif isinstance(event, Token):
             self.flush_verdict()
@@ -156,22 +168,19 @@ class BarePrinter:
             sys.stdout.write("\n")
 
 
-class JsonPrinter:
+class JsonPrinter(VerdictCollector):
     """One JSON object on stdout once the turn is over."""
 
     def __init__(self):
-        self.checked: Checked | None = None
-        self.notices: list[Notice] = []
+        super().__init__()
         self.declined = False
         self.reminder = ""
         self.stats = None
 
     def handle(self, event) -> None:
-        if isinstance(event, Checked):
-            self.checked = event
-        elif isinstance(event, Notice):
-            self.notices.append(event)
-        elif isinstance(event, Declined):
+        if self.collect(event):
+            return
+        if isinstance(event, Declined):
             self.declined = True
         elif isinstance(event, Stats):
             self.stats = event.stats.as_dict()
