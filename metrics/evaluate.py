@@ -225,6 +225,19 @@ def load_examples(path: Path, limit: int | None = None) -> list[Example]:
 # --------------------------------------------------------------------------- cache
 
 
+def target_record(target, adapter_fp: str) -> dict[str, Any]:
+    """What every results file says about what was evaluated, and when."""
+    return {
+        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "run_id": target.run_id,
+        "run_dir": str(target.run_dir) if target.run_dir else None,
+        "run_status": target.run_status,
+        "base_model_name": target.base,
+        "adapter": str(target.adapter),
+        "adapter_fingerprint": adapter_fp,
+    }
+
+
 def adapter_fingerprint(adapter: Path) -> str:
     parts = []
     for name in ("adapter_config.json", "adapter_model.safetensors"):
@@ -476,13 +489,7 @@ def evaluate(
     ]
     results: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "run_id": target.run_id,
-        "run_dir": str(target.run_dir) if target.run_dir else None,
-        "run_status": target.run_status,
-        "base_model_name": target.base,
-        "adapter": str(target.adapter),
-        "adapter_fingerprint": adapter_fp,
+        **target_record(target, adapter_fp),
         "prompt_style": target.prompt_style,
         "system_prompt": target.system_prompt,
         "max_length": target.max_length,

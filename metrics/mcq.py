@@ -27,7 +27,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -287,7 +286,7 @@ def run_mcq(
     """Score the base and the fine-tuned model of `target` (metrics.evaluate.Target) on one task; write the JSON."""
     from medchat.model import ModelError, load
 
-    from metrics.evaluate import _model_spec, _resolved_runtime, _versions, adapter_fingerprint
+    from metrics.evaluate import _model_spec, _resolved_runtime, _versions, adapter_fingerprint, target_record
 
     spec = task if isinstance(task, TaskSpec) else resolve_task(task)
     data = Path(data) if data else spec.defaults.get("data")
@@ -355,13 +354,7 @@ def run_mcq(
         "kind": "mcq",
         "task": spec.name,
         "task_spec": spec.as_dict(),
-        "created": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "run_id": target.run_id,
-        "run_dir": str(target.run_dir) if target.run_dir else None,
-        "run_status": target.run_status,
-        "base_model_name": target.base,
-        "adapter": str(target.adapter),
-        "adapter_fingerprint": adapter_fingerprint(target.adapter),
+        **target_record(target, adapter_fingerprint(target.adapter)),
         "data": {"path": str(data), "sha256": file_sha256(Path(data)), "limit": limit},
         "n_examples": len(questions),
         "fewshot": plan.as_dict(),
