@@ -45,6 +45,7 @@ from metrics.mcq_tasks import (
     resolve_task,
 )
 from metrics.runs import MCQ_PREFIX
+from metrics.scores import token_budget_batches
 
 SCHEMA_VERSION = 1
 MODELS = ("base", "finetuned")
@@ -91,18 +92,8 @@ def _device(model):
 
 def _single_token_batches(reqs: list[tuple[int, Request]], max_batch_tokens: int) -> list[list[tuple[int, Request]]]:
     """Sorted by prompt length so a batch pads little; rows x width stays under the budget."""
-    order = sorted(reqs, key=lambda x: len(x[1].context))
-    batches: list[list[tuple[int, Request]]] = []
-    current: list[tuple[int, Request]] = []
-    for item in order:
-        width = len(item[1].context)
-        if current and (len(current) + 1) * width > max_batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(item)
-    if current:
-        batches.append(current)
-    return batches
+    chunks = token_budget_batches([len(req.context) for _, req in reqs], max_batch_tokens)
+    return [[reqs[i] for i in chunk] for chunk in chunks]
 
 
 def score_requests(model, requests: list[Request], *, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,

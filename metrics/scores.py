@@ -206,7 +206,7 @@ def answer_perplexity(
     model.eval()
     per: list[dict[str, Any] | None] = [None] * len(encoded)
     try:
-        for chunk in _token_budget_batches(encoded, batch_size, max_batch_tokens):
+        for chunk in token_budget_batches([len(e.input_ids) for e in encoded], max_batch_tokens, batch_size):
             items = [encoded[i] for i in chunk]
             for index, enc, (nll, n) in zip(
                 chunk, items, example_nll(model, [e.input_ids for e in items], [e.labels for e in items], pad_id)
@@ -219,15 +219,16 @@ def answer_perplexity(
     return perplexity_from_examples([p for p in per if p is not None])
 
 
-def _token_budget_batches(encoded: list, batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Indices grouped by length so that rows x padded width stays under the budget: the logits
-    (rows x width x vocabulary) are the memory peak of a perplexity pass."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+def token_budget_batches(lengths: list[int], max_batch_tokens: int, batch_size: int | None = None) -> list[list[int]]:
+    """Indices grouped by length so that rows x padded width stays under the budget (and rows under
+    batch_size): the logits (rows x width x vocabulary) are the memory peak of a scoring pass."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        width = len(encoded[i].input_ids)  # sorted ascending: the newest row is the widest
-        if current and (len(current) >= batch_size or (len(current) + 1) * width > max_batch_tokens):
+        width = lengths[i]  # sorted ascending: the newest row is the widest
+        full = batch_size is not None and len(current) >= batch_size
+        if current and (full or (len(current) + 1) * width > max_batch_tokens):
             batches.append(current)
             current = []
         current.append(i)
