@@ -130,7 +130,7 @@ def peak_rss_mb() -> float:
 
 def shipped_adapter() -> tuple[str | None, str]:
     """The adapter the chat app applies by default, and a label saying which it is."""
-    from medchat.paths import default_adapter_dir
+    from medchat.core.paths import default_adapter_dir
 
     found = default_adapter_dir()
     if found:
@@ -159,7 +159,7 @@ def held_out_pairs(n: int) -> tuple[list[tuple[str, str]], str]:
 
 def answer_ids(engine, question: str, answer: str, max_answer_tokens: int) -> tuple[list[int], int]:
     """Prompt + answer + EOS token ids, and where the answer starts."""
-    from medchat.prompting import build_messages
+    from medchat.core.prompting import build_messages
 
     prompt = engine.prompt_ids(build_messages(question))
     answer_tokens = engine.tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]

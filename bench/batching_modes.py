@@ -22,7 +22,7 @@ import click
 def main(sources, n_examples, preset, base, rounds):
     import torch
 
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     from . import data as d
     from .config import load_config

@@ -6,13 +6,13 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
   hf-generate        plain `model.generate` (bf16 on CPUs with bf16, else fp32), no penalties
   lean-static        a hand-written greedy loop over a StaticCache (same dtype), no penalties
   lean-compiled      the same loop with torch.compile (only with --compile: compiling takes minutes)
-  engine-torch       medchat.engine.Engine as the chat app used it (adapter merged, repetition penalty
+  engine-torch       medchat.core.engine.Engine as the chat app used it (adapter merged, repetition penalty
                      1.1, no repeated 4-grams)
   llama.cpp          llama-cpp-python on the very same GGUF file the bundled model ships (Q4_1), its own
                      greedy sampler: what a user of llama.cpp would get
   llama.cpp, medchat's file   the same, on the GGUF medchat's fast path runs (adapter merged, its layout)
-  engine-llamacpp    medchat's fast path (medchat.fastdecode.LlamaCppEngine): the adapter merged and
-                     exported (medchat.gguf_export), the chat app's decoding settings, streamed text:
+  engine-llamacpp    medchat's fast path (medchat.core.fastdecode.LlamaCppEngine): the adapter merged and
+                     exported (medchat.core.gguf_export), the chat app's decoding settings, streamed text:
                      cold (empty KV cache), first (the system prompt prefilled when the model loaded,
                      as the chat app does), typed (also the draft read ahead at the user's last pause,
                      before the last word) and warm (a follow-up turn: the whole prompt prefix cached)
@@ -139,7 +139,7 @@ def random_adapter(out: Path) -> str:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     base = load(ModelSpec(dtype="fp32")).model
     model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, init_lora_weights=False, target_modules=[
@@ -169,10 +169,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from medchat import fastdecode
-    from medchat.engine import Engine, GenerationSettings
-    from medchat.model import ModelSpec, load, resolve_dtype
-    from medchat.prompting import build_messages
+    from medchat.core import fastdecode
+    from medchat.core.engine import Engine, GenerationSettings
+    from medchat.core.model import ModelSpec, load, resolve_dtype
+    from medchat.core.prompting import build_messages
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,10 +215,10 @@ def main(argv=None) -> int:
     if fastdecode.llamacpp_available():
         import llama_cpp
 
-        from medchat import bundled
+        from medchat.core import bundled
 
         gguf = bundled.find_bundled_gguf()
-        from medchat.fastdecode import _threads
+        from medchat.core.fastdecode import _threads
 
         llama_threads = args.llama_threads or _threads()
         notes.append(f"llama.cpp rows: {llama_threads} thread(s); torch rows: {threads}")

@@ -56,10 +56,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _common.setup()
 
-    from medchat import fastdecode
-    from medchat.engine import Engine
-    from medchat.model import ModelSpec, load
-    from medchat.prompting import build_messages
+    from medchat.core import fastdecode
+    from medchat.core.engine import Engine
+    from medchat.core.model import ModelSpec, load
+    from medchat.core.prompting import build_messages
     from metrics.evaluate import default_settings
 
     adapter, adapter_note = (args.adapter, f"adapter {args.adapter}") if args.adapter else _common.shipped_adapter()

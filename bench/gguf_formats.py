@@ -1,11 +1,11 @@
 """Which GGUF layout the llama.cpp fast path should run: speed and faithfulness, side by side.
 
-The bundled base ships as Q4_1; medchat.gguf_export can write the layers' weight matrices (with the
+The bundled base ships as Q4_1; medchat.core.gguf_export can write the layers' weight matrices (with the
 shipped adapter merged in fp32) as Q4_1, Q4_0 or Q8_0. For each layout, on one thread:
 
   prompt s        evaluating the whole 104-token chat prompt of bench/decode.py's 63-token question
   question s      the same after the system prompt was prefilled (what the chat app's first turn pays)
-  decode tok/s    128 greedy tokens with the chat settings (medchat.fastdecode.LlamaCppEngine)
+  decode tok/s    128 greedy tokens with the chat settings (medchat.core.fastdecode.LlamaCppEngine)
   MB              file size
   and, on held-out question/answer pairs (the shipped run's own evaluation split, reproduced from its
   config; --n pairs), against the adapter-merged model in fp32 through transformers:
@@ -41,8 +41,8 @@ def llama_logprobs(llama, ids: list[int], start: int):
 
 
 def speed(engine, repeats: int, new_tokens: int) -> dict:
-    from medchat.engine import GenerationSettings
-    from medchat.prompting import build_messages
+    from medchat.core.engine import GenerationSettings
+    from medchat.core.prompting import build_messages
 
     messages = build_messages(QUESTION)
     prompt = engine.prompt_ids(messages)
@@ -72,9 +72,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _common.setup()
 
-    from medchat import fastdecode
-    from medchat.engine import Engine
-    from medchat.model import ModelSpec, load
+    from medchat.core import fastdecode
+    from medchat.core.engine import Engine
+    from medchat.core.model import ModelSpec, load
 
     if not fastdecode.llamacpp_available():
         print("llama-cpp-python is not installed (pip install 'medchat[llamacpp]'): nothing to compare.")

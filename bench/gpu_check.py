@@ -47,9 +47,9 @@ def build_model(tokenizer_dir: Path, out: Path) -> Path:
 def decode_rows(base: str, new_tokens: int = 128) -> list[dict]:
     import torch
 
-    from medchat.engine import Engine, GenerationSettings
-    from medchat.model import ModelSpec, load
-    from medchat.prompting import build_messages
+    from medchat.core.engine import Engine, GenerationSettings
+    from medchat.core.model import ModelSpec, load
+    from medchat.core.prompting import build_messages
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from decode import QUESTION, measure_hf_generate

@@ -20,7 +20,7 @@ if [[ "${1:-run}" == "prepare" ]]; then
     HF_HUB_OFFLINE=1 $PY - <<'EOF'
 from pathlib import Path
 from transformers import AutoTokenizer
-from medchat.model import resolve_base
+from medchat.core.model import resolve_base
 AutoTokenizer.from_pretrained(resolve_base("bundled")).save_pretrained(".whl/gpu/tokenizer")
 src = Path("../shared/data/train/medical_meadow_wikidoc_patient_info.jsonl")
 lines = src.read_text().splitlines()[:400]

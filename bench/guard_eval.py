@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from medchat.guard.embedder import Embedder  # noqa: E402
-from medchat.guard.index import (  # noqa: E402
+from medchat.core.guard.embedder import Embedder  # noqa: E402
+from medchat.core.guard.index import (  # noqa: E402
     LEVELS,
     ReferenceIndex,
     Thresholds,
@@ -50,8 +50,8 @@ from medchat.guard.index import (  # noqa: E402
     level_counts,
     split_general,
 )
-from medchat.guard.questions import calibration_sets, dedupe, read_questions  # noqa: E402
-from medchat.guard.rules import default_rules  # noqa: E402
+from medchat.core.guard.questions import calibration_sets, dedupe, read_questions  # noqa: E402
+from medchat.core.guard.rules import default_rules  # noqa: E402
 
 EVAL_DIR = REPO / "assets" / "guard" / "eval"
 TRAIN_FILES = ("train/medical_meadow_wikidoc_patient_info.jsonl", "train/medquad.jsonl")
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-only", action="store_true", help="only measure latency on the shipped index")
     args = ap.parse_args(argv)
     if args.cache is None:
-        from medchat.paths import cache_dir
+        from medchat.core.paths import cache_dir
 
         args.cache = cache_dir() / "guard"
     D = args.data_dir
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     emb.load()
     load_s = time.perf_counter() - t_load
     if args.latency_only:
-        from medchat.guard.guard import default_index_dir
+        from medchat.core.guard.guard import default_index_dir
 
         lay = [r["question"] for r in jl(EVAL_DIR / "lay_questions.jsonl")]
         lat = measure_latency(emb, default_rules(), ReferenceIndex.load(default_index_dir()), lay, args.latency_n,
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     lay_gen = [r["question"] for r in lay if r["label"] == "general"]
 
     shipped = None
-    from medchat.guard.guard import default_index_dir
+    from medchat.core.guard.guard import default_index_dir
 
     sd = default_index_dir()
     if sd is not None:
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
         rest_rows = np.array([row[q] for q in rest[k]])
         a, b = split_idx(len(rest_rows), [0.5, 0.5], f"{args.seed}:ood:{k}")
         cal_ood[k], ev_ood[k] = v[rest_rows[a]], v[rest_rows[b]]
-    from medchat.guard.index import shipped_general_requests
+    from medchat.core.guard.index import shipped_general_requests
 
     GR = enc(shipped_general_requests())  # part of the general reference, as in build_reference_index
     G = np.concatenate(list(gref.values()) + [GR])
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         results["shipped_index"]["score_kind"] = shipped.score_kind
 
     # ---------------- red flags: text rules alone, and rules + the semantic layer (needs the embedder)
-    from medchat.guard.guard import Guard
+    from medchat.core.guard.guard import Guard
 
     rules = default_rules()
     gsem = Guard(None, rules, emb, index=shipped if shipped is not None else con)
@@ -311,7 +311,7 @@ def measure_latency(emb, rules, index, texts, n: int, load_s: float) -> dict:
     torch thread (CPU time is what the check costs, whatever else the shared machine is doing)."""
     import torch
 
-    from medchat.guard.guard import Guard
+    from medchat.core.guard.guard import Guard
 
     texts = (texts * (n // max(1, len(texts)) + 1))[:n]
     g = Guard(None, rules, emb, index=index)  # with the semantic red-flag layer, as in the app

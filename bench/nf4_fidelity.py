@@ -35,8 +35,8 @@ def decode_speed(loaded, new_tokens: int) -> float | None:
         return None
     from decode import QUESTION
 
-    from medchat.engine import Engine, GenerationSettings
-    from medchat.prompting import build_messages
+    from medchat.core.engine import Engine, GenerationSettings
+    from medchat.core.prompting import build_messages
 
     stream = Engine(loaded).stream(build_messages(QUESTION), GenerationSettings(max_new_tokens=new_tokens))
     "".join(stream)
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _common.setup(niceness=10 if args.device == "cpu" else 0)
 
-    from medchat.engine import Engine
-    from medchat.model import ModelSpec, load
+    from medchat.core.engine import Engine
+    from medchat.core.model import ModelSpec, load
 
     adapter, adapter_note = (args.adapter, f"adapter {args.adapter}") if args.adapter else _common.shipped_adapter()
     if adapter is None:

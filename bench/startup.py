@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args(argv)
     _common.setup()
-    from medchat import fastdecode
+    from medchat.core import fastdecode
 
     tmp = tempfile.TemporaryDirectory(prefix="medchat-startup-")
     base_env = {

@@ -126,8 +126,8 @@ def heldout_loss(adapter_dir: str, rows: list[dict], style: str) -> float:
     """Mean cross-entropy over the answer (+EOS) tokens of the held-out rows, the base + adapter in fp32."""
     import torch
 
-    from medchat.model import ModelSpec, load
-    from medchat.prompting import encode_example
+    from medchat.core.model import ModelSpec, load
+    from medchat.core.prompting import encode_example
 
     on_cpu = SETUP["device"] == "cpu"
     spec = ModelSpec(base=SETUP["base"], adapter=adapter_dir or None, dtype="fp32" if on_cpu else "auto",
@@ -150,7 +150,7 @@ def heldout_loss(adapter_dir: str, rows: list[dict], style: str) -> float:
 
 
 def _load_base():
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     if SETUP["device"] == "cpu":
         loaded = load(ModelSpec(base=SETUP["base"], dtype="fp32", device="cpu", quantization="none"))
@@ -169,7 +169,7 @@ def _lora(model):
 
 
 def _precision() -> dict:
-    from medchat.model import cpu_supports_bf16
+    from medchat.core.model import cpu_supports_bf16
 
     if SETUP["device"] == "cpu":
         return {"bf16": cpu_supports_bf16(), "use_cpu": True, "optim": "adamw_torch"}
@@ -184,7 +184,7 @@ def run_seed(train_rows, out_dir: Path, seed: int):
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from medchat.prompting import DEFAULT_SYSTEM_PROMPT, build_messages, render_prompt
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT, build_messages, render_prompt
 
     transformers.set_seed(seed)
     loaded = _load_base()
@@ -212,7 +212,7 @@ def run_trl(train_rows, out_dir: Path, seed: int):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from medchat.prompting import DEFAULT_SYSTEM_PROMPT
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
 
     transformers.set_seed(seed)
     loaded = _load_base()
@@ -324,8 +324,8 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    from medchat.model import resolve_base
-    from medchat.prompting import encode_example
+    from medchat.core.model import resolve_base
+    from medchat.core.prompting import encode_example
     from trainer import data as data_mod
 
     cfg = _config(n_train, data_file)

@@ -1,7 +1,7 @@
 """Base vs fine-tuned evaluation: batched generation through the shared engine, cached and resumable.
 
-Models are loaded only with `medchat.model.load` and answers generated only with
-`medchat.engine.Engine.generate_batch` (left padding). Every prediction is appended to a cache file
+Models are loaded only with `medchat.core.model.load` and answers generated only with
+`medchat.core.engine.Engine.generate_batch` (left padding). Every prediction is appended to a cache file
 named after (base, adapter, generation settings, prompt) as soon as its batch finishes, keyed by the
 question, so a rerun generates nothing and an interrupted evaluation resumes where it stopped.
 Answer perplexities are cached the same way (they do not depend on the decoding settings).
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from medchat.fileio import file_sha256, json_finite, write_text_atomic
+from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
 from metrics import scores
 from metrics.runs import EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, read_jsonl, run_ref
 
@@ -51,7 +51,7 @@ class EvalError(Exception):
 
 def default_settings(max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, repetition_penalty: float = DEFAULT_REPETITION_PENALTY,
                      no_repeat_ngram_size: int = DEFAULT_NO_REPEAT_NGRAM):
-    from medchat.engine import GenerationSettings
+    from medchat.core.engine import GenerationSettings
 
     return GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0,
                               repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -112,7 +112,7 @@ def resolve_target(
     allow_incomplete: bool = False,
 ) -> Target:
     """A run directory (or its adapter/ folder), a run id, or a bare adapter directory."""
-    from medchat.prompting import DEFAULT_SYSTEM_PROMPT
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
 
     from metrics.runs import resolve_run
 
@@ -306,14 +306,14 @@ class EvalSummary:
 
 
 def _model_spec(target: Target, which: str, device: str, dtype: str, quantization: str):
-    from medchat.model import ModelSpec
+    from medchat.core.model import ModelSpec
 
     adapter = str(target.adapter) if which == "finetuned" else None
     return ModelSpec(base=target.base, adapter=adapter, merge=True, quantization=quantization, device=device, dtype=dtype)
 
 
 def _resolved_runtime(device: str, dtype: str, quantization: str) -> dict[str, str]:
-    from medchat import model as model_mod
+    from medchat.core import model as model_mod
 
     dev = model_mod.resolve_device(device)
     return {
@@ -360,9 +360,9 @@ def evaluate(
     bootstrap=None,
 ) -> EvalSummary:
     """Generate (or reuse) predictions for both models, score them, write results.json + examples.jsonl."""
-    from medchat.engine import Engine, EngineError
-    from medchat.model import ModelError, load
-    from medchat.prompting import PromptError, build_messages
+    from medchat.core.engine import Engine, EngineError
+    from medchat.core.model import ModelError, load
+    from medchat.core.prompting import PromptError, build_messages
 
     from metrics.scores import answer_perplexity, perplexity_from_examples
 

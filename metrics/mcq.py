@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from medchat.fileio import file_sha256, json_finite, write_text_atomic
+from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
 from metrics.bootstrap import BootstrapConfig, paired_mean, resample_counts
 from metrics.mcq_tasks import (
     DEFAULT_FEWSHOT_SEED,
@@ -275,7 +275,7 @@ def run_mcq(
     progress: ProgressFn | None = None,
 ) -> McqSummary:
     """Score the base and the fine-tuned model of `target` (metrics.evaluate.Target) on one task; write the JSON."""
-    from medchat.model import ModelError, load
+    from medchat.core.model import ModelError, load
 
     from metrics.evaluate import _model_spec, _resolved_runtime, _versions, adapter_fingerprint, target_record
 

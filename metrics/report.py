@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medchat.fileio import json_finite
+from medchat.core.fileio import json_finite
 from metrics.runs import Run, evaluate_command
 from metrics.scores import ALL_METRICS, LOWER_IS_BETTER, METRIC_LABELS, is_improvement, relative_change
 
@@ -292,7 +292,7 @@ def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Repo
         if others > 0:
             notes.append(f"{others} more evaluated run(s): medchat-metrics report RUN shows their details.")
     if not all_runs:
-        from medchat import paths
+        from medchat.core import paths
 
         notes.append(f"No runs found under {paths.runs_root()}. Train one with: medchat-train run")
     elif not any(r.evaluated for r in all_runs):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medchat.fileio import read_jsonl as read_jsonl_rows
+from medchat.core.fileio import read_jsonl as read_jsonl_rows
 
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.jsonl"
@@ -50,7 +50,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def run_ref(path: Path) -> str:
     """The shortest way to name a run on the command line: its id under the runs root, 'default', or its path."""
-    from medchat import paths
+    from medchat.core import paths
 
     path = Path(path)
     try:
@@ -215,7 +215,7 @@ def is_run_dir(path: Path) -> bool:
 
 def discover_runs(root: Path | None = None, include_default: bool = True) -> list[Path]:
     """Every run directory under the runs root (and the shipped default run), oldest first."""
-    from medchat import paths
+    from medchat.core import paths
 
     root = Path(root) if root is not None else paths.runs_root()
     found: list[Path] = []
@@ -238,7 +238,7 @@ def _run_json(path: Path) -> dict[str, Any]:
 
 def resolve_run(arg: str | Path) -> Path:
     """A run given as a path or as a run id under the runs root."""
-    from medchat import paths
+    from medchat.core import paths
 
     if str(arg) == "default":
         if not is_run_dir(paths.DEFAULT_RUN_DIR):

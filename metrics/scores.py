@@ -1,7 +1,7 @@
 """Scores for generated answers against references, and answer-only perplexity.
 
 Text scores are pure functions (no model); `answer_perplexity` runs a causal LM on encoded examples
-with exactly the training mask (`medchat.prompting.encode_example`: prompt tokens -100, answer + EOS kept).
+with exactly the training mask (`medchat.core.prompting.encode_example`: prompt tokens -100, answer + EOS kept).
 
 Conventions (all recorded in the report):
 - ROUGE-1/2/L: `rouge_score` F-measure with the Porter stemmer, averaged over examples (0-1).
@@ -195,7 +195,7 @@ def answer_perplexity(
     max_batch_tokens: int = 2048,
 ) -> PerplexityResult:
     """Perplexity of the reference answers given their questions, masked exactly as in training."""
-    from medchat.prompting import encode_example
+    from medchat.core.prompting import encode_example
 
     kwargs: dict[str, Any] = {"style": style, "max_length": max_length}
     if system is not None:

@@ -104,7 +104,7 @@ def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundled_spec():
     """The real bundled SmolLM2-135M-Instruct (converted once into the session cache)."""
-    from medchat.model import ModelSpec
+    from medchat.core.model import ModelSpec
 
     return ModelSpec(base="bundled")
 

@@ -1,4 +1,4 @@
-"""Scripted fakes that implement medchat.protocols (Engine, Stream, GuardChecker), for session and app tests.
+"""Scripted fakes that implement medchat.core.protocols (Engine, Stream, GuardChecker), for session and app tests.
 
 They return the real result types (GenerationStats, GuardResult, RedFlag), so that what a front end renders
 in a test is what it renders in use.
@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from medchat.engine import EngineError, GenerationStats
-from medchat.guard.guard import GuardResult, RedFlag
-from medchat.guard.notices import EMERGENCY_NOTICE
-from medchat.model import ModelInfo
+from medchat.core.engine import EngineError, GenerationStats
+from medchat.core.guard.guard import GuardResult, RedFlag
+from medchat.core.guard.notices import EMERGENCY_NOTICE
+from medchat.core.model import ModelInfo
 
 
 def fake_info() -> ModelInfo:
@@ -143,7 +143,7 @@ class BrokenIndexGuard(FakeGuard):
         self.message = message
 
     def warm_up(self):
-        from medchat.guard import GuardIndexError
+        from medchat.core.guard import GuardIndexError
 
         self.ood_error = self.message
         raise GuardIndexError(self.message)

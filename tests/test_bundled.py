@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medchat import bundled
-from medchat.model import ModelSpec, load
+from medchat.core import bundled
+from medchat.core.model import ModelSpec, load
 
 pytestmark = pytest.mark.bundled
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from medchat.cli import main
-from medchat.guard.notices import DECLINE_MESSAGE, EMERGENCY_NOTICE, PHYSICIAN_REMINDER
+from medchat.app.cli import main
+from medchat.core.guard.notices import DECLINE_MESSAGE, EMERGENCY_NOTICE, PHYSICIAN_REMINDER
 
 EMERGENCY = "I have crushing chest pain and my left arm is numb"
 
@@ -106,7 +106,7 @@ def test_ask_end_to_end_on_the_bundled_model():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     def ask(*args):
-        proc = subprocess.run([sys.executable, "-m", "medchat.cli", "ask", "--max-new-tokens", "8", *args],
+        proc = subprocess.run([sys.executable, "-m", "medchat.app.cli", "ask", "--max-new-tokens", "8", *args],
                               capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr
         assert "\x1b" not in proc.stdout

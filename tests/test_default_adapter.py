@@ -10,7 +10,7 @@ import math
 import pytest
 import yaml
 
-from medchat.paths import DEFAULT_RUN_DIR, default_adapter_dir
+from medchat.core.paths import DEFAULT_RUN_DIR, default_adapter_dir
 
 EVAL = DEFAULT_RUN_DIR / "eval"
 # The issue's size budget for a shipped LoRA adapter (fp32 weights, no optimizer state).
@@ -133,7 +133,7 @@ def _answer_losses(loaded, rows: list[dict], run: dict) -> list[tuple[float, int
     """(summed NLL, answer tokens) per row, with the training mask and the run's prompt."""
     import torch
 
-    from medchat.prompting import encode_example
+    from medchat.core.prompting import encode_example
 
     out = []
     for r in rows:
@@ -151,7 +151,7 @@ def _answer_losses(loaded, rows: list[dict], run: dict) -> list[tuple[float, int
 
 @pytest.mark.bundled
 def test_shipped_adapter_merges_and_lowers_the_answer_loss_on_held_out_questions():
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     run = _json("run.json")
     rows = _examples()[:LOSS_QUESTIONS]
@@ -176,7 +176,7 @@ def test_shipped_adapter_merges_and_lowers_the_answer_loss_on_held_out_questions
 async def test_example_browser_opens_on_the_shipped_run(anyio_backend, isolated_user_dirs):
     from textual.widgets import DataTable, Static
 
-    from metrics.view import ReportApp
+    from medchat.app.report import ReportApp
 
     rows = _examples()
     app = ReportApp()  # an empty runs root: the shipped default run is what there is to show

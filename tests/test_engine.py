@@ -2,9 +2,9 @@ import threading
 
 import pytest
 
-from medchat.engine import Engine, EngineError, GenerationSettings
-from medchat.model import ModelSpec, load
-from medchat.prompting import build_messages
+from medchat.core.engine import Engine, EngineError, GenerationSettings
+from medchat.core.model import ModelSpec, load
+from medchat.core.prompting import build_messages
 
 
 @pytest.fixture(scope="module")

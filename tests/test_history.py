@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from medchat.history import MIGRATIONS, SCHEMA_VERSION, HistoryError, HistoryStore, export_filename
+from medchat.core.history import MIGRATIONS, SCHEMA_VERSION, HistoryError, HistoryStore, export_filename
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_export_markdown_and_json(store, tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys
-    from medchat.history import HistoryStore
+    from medchat.core.history import HistoryStore
     store = HistoryStore(sys.argv[1])
     conv = store.create_conversation("crash test")
     i = 0
@@ -169,13 +169,13 @@ def test_killing_a_writer_mid_answer_leaves_a_readable_database(tmp_path):
 def test_history_cli_list_export_delete(isolated_user_dirs, tmp_path):
     from click.testing import CliRunner
 
-    from medchat.cli import main
+    from medchat.app.cli import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["history", "list"])
     assert result.exit_code == 0 and "No conversations yet." in result.output
     assert runner.invoke(main, ["history", "list", "--json"]).output == ""
-    from medchat.paths import history_db_path
+    from medchat.core.paths import history_db_path
 
     assert not history_db_path().exists()  # listing creates nothing
     result = runner.invoke(main, ["history", "export", "1"])

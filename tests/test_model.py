@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from medchat import model as model_mod
-from medchat.model import ModelError, ModelSpec, load, resolve_dtype
+from medchat.core import model as model_mod
+from medchat.core.model import ModelError, ModelSpec, load, resolve_dtype
 
 
 def _make_adapter(base_dir, out_dir, seed=1):
@@ -146,7 +146,7 @@ def test_adapter_records_its_base(adapter_dir, tiny_model_dir):
 
 
 def test_model_info_names_the_adapter_by_its_run():
-    from medchat.model import ModelInfo
+    from medchat.core.model import ModelInfo
 
     def info(adapter, merged=True):
         return ModelInfo(base="bundled", base_path="/b", adapter=adapter, merged=merged, quantization="none",
@@ -163,7 +163,7 @@ def test_hub_id_without_network_fails_at_once_without_retry_noise(monkeypatch, c
     read from the local cache alone, and the error says why, without a minute of retries."""
     import socket
 
-    from medchat import model as model_module
+    from medchat.core import model as model_module
 
     with socket.socket() as probe:  # a free port, closed again: connecting to it is refused
         probe.bind(("127.0.0.1", 0))

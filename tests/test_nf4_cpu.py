@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medchat.engine import Engine, GenerationSettings
-from medchat.model import CPU_NF4_NOTE, ModelError, ModelSpec, load, resolve_quantization
-from medchat.prompting import build_messages
+from medchat.core.engine import Engine, GenerationSettings
+from medchat.core.model import CPU_NF4_NOTE, ModelError, ModelSpec, load, resolve_quantization
+from medchat.core.prompting import build_messages
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU 4-bit path")
 

@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from medchat.prompting import (
+from medchat.core.prompting import (
     IGNORE_INDEX,
     PromptError,
     build_messages,

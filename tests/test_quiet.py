@@ -1,6 +1,6 @@
 import warnings
 
-from medchat.quiet import quiet_known_warnings
+from medchat.core.quiet import quiet_known_warnings
 
 
 def test_known_library_warnings_are_silenced_and_others_are_not():

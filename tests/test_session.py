@@ -8,7 +8,7 @@ import threading
 import pytest
 from session_fakes import BrokenIndexGuard, FakeEngine, FakeGuard
 
-from medchat.guard.notices import (
+from medchat.core.guard.notices import (
     DECLINE_MESSAGE,
     DOSING_NOTE,
     EMERGENCY_NOTICE,
@@ -16,8 +16,8 @@ from medchat.guard.notices import (
     PHYSICIAN_REMINDER,
     UNCERTAIN_NOTE,
 )
-from medchat.history import HistoryStore
-from medchat.session import (
+from medchat.core.history import HistoryStore
+from medchat.core.session import (
     MAX_MESSAGE_CHARS,
     ChatSession,
     Checked,
@@ -277,11 +277,11 @@ def test_the_engine_sees_the_system_prompt_and_the_context_notes():
 
 
 def test_real_classes_and_fakes_implement_the_protocols(tiny_model_dir):
-    from medchat.engine import Engine as TorchEngine, GenerationSettings
-    from medchat.fastdecode import LlamaCppEngine
-    from medchat.guard import Guard
-    from medchat.model import ModelSpec, load
-    from medchat.protocols import Engine, GuardChecker, Stream
+    from medchat.core.engine import Engine as TorchEngine, GenerationSettings
+    from medchat.core.fastdecode import LlamaCppEngine
+    from medchat.core.guard import Guard
+    from medchat.core.model import ModelSpec, load
+    from medchat.core.protocols import Engine, GuardChecker, Stream
 
     engine = TorchEngine(load(ModelSpec(base=str(tiny_model_dir), device="cpu", dtype="fp32")))
     stream = engine.stream([{"role": "user", "content": "hi"}], GenerationSettings(max_new_tokens=2))
@@ -293,9 +293,9 @@ def test_real_classes_and_fakes_implement_the_protocols(tiny_model_dir):
 
 
 def test_a_real_tiny_model_behind_the_real_rules(tiny_model_dir):
-    from medchat.engine import Engine as TorchEngine, GenerationSettings
-    from medchat.guard import Guard
-    from medchat.model import ModelSpec, load
+    from medchat.core.engine import Engine as TorchEngine, GenerationSettings
+    from medchat.core.guard import Guard
+    from medchat.core.model import ModelSpec, load
 
     engine = TorchEngine(load(ModelSpec(base=str(tiny_model_dir), device="cpu", dtype="fp32")))
     guard = Guard(None)

@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from medchat.settings import ChatSettings, SettingsError, load_config, load_defaults, save_defaults, to_toml
+from medchat.core.settings import ChatSettings, SettingsError, load_config, load_defaults, save_defaults, to_toml
 
 
 def test_defaults_without_config_file(tmp_path):
@@ -57,7 +57,7 @@ def test_from_dict_coerces_form_text_and_ignores_unknown_keys():
 
 
 def test_to_generation_matches_the_engine_settings():
-    pytest.importorskip("medchat.engine")
+    pytest.importorskip("medchat.core.engine")
     gen = ChatSettings(temperature=0.3, max_new_tokens=7).to_generation()
     assert gen.temperature == 0.3 and gen.max_new_tokens == 7
 

@@ -1,4 +1,4 @@
-from medchat.textsafe import strip_control
+from medchat.core.textsafe import strip_control
 
 
 def test_keeps_plain_text_newlines_tabs_emoji_and_rtl():

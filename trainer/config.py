@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medchat.paths import ASSETS_DIR
+from medchat.core.paths import ASSETS_DIR
 
 PRESETS_DIR = ASSETS_DIR / "presets"
 
@@ -211,7 +211,7 @@ def coerce(key: str, value: Any, origin: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"option '{key}' in {origin} must be {f.type.__name__}, got {value!r}.") from None
     if key == "report_to":
-        from medchat.tracking import TrackingError, parse_report_to
+        from medchat.core.tracking import TrackingError, parse_report_to
 
         try:
             value = parse_report_to(value)

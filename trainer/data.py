@@ -364,8 +364,8 @@ class Encoded:
 
 
 def encode_rows(tokenizer, rows: list[Row], style: str, system: str | None, max_length: int) -> list[Encoded]:
-    """Answer-only labels through the shared medchat.prompting.encode_example."""
-    from medchat.prompting import DEFAULT_SYSTEM_PROMPT, PromptError, encode_example
+    """Answer-only labels through the shared medchat.core.prompting.encode_example."""
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT, PromptError, encode_example
 
     system = DEFAULT_SYSTEM_PROMPT if system is None else system
     out = []

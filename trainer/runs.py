@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medchat import paths
-from medchat.fileio import write_text_atomic
+from medchat.core import paths
+from medchat.core.fileio import write_text_atomic
 
 STATUSES = ("running", "interrupted", "failed", "complete")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """LoRA / QLoRA fine-tuning that records a complete run directory.
 
 Why transformers' Trainer and not TRL's SFTTrainer: our examples are already tokenized with answer-only labels
-by medchat.prompting.encode_example (the same function metrics uses for perplexity), so SFTTrainer's own
+by medchat.core.prompting.encode_example (the same function metrics uses for perplexity), so SFTTrainer's own
 formatting, masking and packing layer would only be bypassed or would disagree with it. Trainer alone gives
 what we need and nothing to fight: checkpoints with optimizer/scheduler/RNG state and exact resume, eval
 during training, early stopping, gradient checkpointing, paged 8/32-bit optimizers, AMP, and DDP under
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medchat import paths
-from medchat.prompting import IGNORE_INDEX
+from medchat.core import paths
+from medchat.core.prompting import IGNORE_INDEX
 
 from . import data as data_mod
 from .config import TrainConfig, from_resolved_yaml, to_yaml
@@ -54,7 +54,7 @@ class Resolved:
 
 def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
     """Pick device, precision, 4-bit and optimizer; say clearly what this machine lacks for the preset."""
-    from medchat.model import cpu_supports_bf16
+    from medchat.core.model import cpu_supports_bf16
 
     if cuda is None:
         import torch
@@ -72,7 +72,7 @@ def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
     if quant == "nf4" and device != "cuda" and cfg.device != "cpu":
         lacks.append("4-bit NF4 quantization (QLoRA on CPU is slow: pass --device cpu to run it anyway)")
     elif quant == "nf4" and device == "cpu":
-        from medchat.model import CPU_NF4_NOTE
+        from medchat.core.model import CPU_NF4_NOTE
 
         notes.append(CPU_NF4_NOTE)
     optimizer = cfg.optimizer
@@ -286,7 +286,7 @@ def train(
 
 def _require_trackers(cfg: TrainConfig) -> None:
     """A tracker asked for but not installed fails here, in one line naming the extra, before any work."""
-    from medchat.tracking import TrackingError, require
+    from medchat.core.tracking import TrackingError, require
 
     try:
         require(cfg.report_to or [])
@@ -298,7 +298,7 @@ def _require_trackers(cfg: TrainConfig) -> None:
 def _tracking_session(cfg: TrainConfig, run: RunDir, record: dict[str, Any], progress: bool):
     """The tracker runs for this training run (main process only: the Trainer's callbacks log from rank 0);
     run.json records where each one writes, also for a run that fails or is interrupted."""
-    from medchat import tracking
+    from medchat.core import tracking
 
     trackers = list(cfg.report_to or []) if _is_main() else []
     try:
@@ -314,7 +314,7 @@ def _tracking_session(cfg: TrainConfig, run: RunDir, record: dict[str, Any], pro
 def tracker_hyperparameters(cfg: TrainConfig, hw: Resolved, manifest: dict[str, Any]) -> dict[str, Any]:
     """What the trackers get as hyperparameters: the resolved config, the hardware choices and a summary of the
     data manifest (sources, filter counts, split, token counts; the full manifest goes along as a file)."""
-    from medchat.tracking import flatten
+    from medchat.core.tracking import flatten
 
     tokens = {split: {k: v for k, v in summary.items() if not isinstance(v, dict)}  # no length histograms
               for split, summary in (manifest.get("tokens") or {}).items()}
@@ -331,7 +331,7 @@ def _note(run: RunDir, text: str) -> str:
 
 
 def _system_prompt(cfg: TrainConfig) -> str:
-    from medchat.prompting import DEFAULT_SYSTEM_PROMPT
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
 
     return DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
 
@@ -351,13 +351,13 @@ def _truncate_loss_log(run: RunDir, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue
-    from medchat.fileio import write_text_atomic
+    from medchat.core.fileio import write_text_atomic
 
     write_text_atomic(run.loss_log, "".join(f"{line}\n" for line in keep))
 
 
 def _load_model(cfg: TrainConfig, hw: Resolved):
-    from medchat.model import ModelError, ModelSpec, load
+    from medchat.core.model import ModelError, ModelSpec, load
 
     spec = ModelSpec(base=cfg.base, adapter=None, merge=False, quantization=hw.quantization, device=hw.device,
                      dtype=hw.model_dtype, trust_remote_code=cfg.trust_remote_code)
@@ -373,9 +373,9 @@ def _attach_lora(cfg: TrainConfig, model, hw: Resolved):
     if hw.quantization == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         if hw.device == "cpu":
-            from medchat.model import disable_cpu_packing
+            from medchat.core.model import disable_cpu_packing
 
-            disable_cpu_packing(model)  # its repacked kernel has no backward (see medchat.model)
+            disable_cpu_packing(model)  # its repacked kernel has no backward (see medchat.core.model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
     try:
@@ -413,7 +413,7 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
     train_enc = data_mod.encode_rows(tokenizer, train_rows, cfg.prompt_style, system, cfg.max_length)
     eval_enc = data_mod.encode_rows(tokenizer, eval_rows, cfg.prompt_style, system, cfg.max_length)
     if main and "tokens" not in manifest:
-        from medchat.prompting import effective_style
+        from medchat.core.prompting import effective_style
 
         manifest["tokens"] = {"train": data_mod.token_summary(train_enc), "eval": data_mod.token_summary(eval_enc)}
         manifest["truncated"] = manifest["tokens"]["train"]["truncated"] + manifest["tokens"]["eval"]["truncated"]
@@ -470,7 +470,7 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
         seed=cfg.seed,
-        # The Trainer's own TensorBoard / W&B / MLflow callbacks; medchat.tracking said where they write.
+        # The Trainer's own TensorBoard / W&B / MLflow callbacks; medchat.core.tracking said where they write.
         report_to=list(cfg.report_to) if cfg.report_to else "none",
         run_name=run.id,
         disable_tqdm=True,
@@ -583,9 +583,9 @@ def _save_adapter(trainer, tokenizer, run: RunDir, cfg: TrainConfig, main: bool)
 def _build_guard_index(run: RunDir, train_rows, console) -> str | None:
     """The guard's out-of-domain reference index from this run's training questions (optional module)."""
     try:
-        from medchat.guard import build_reference_index
+        from medchat.core.guard import build_reference_index
     except Exception as exc:  # the guard is another team's module; training must not depend on it
-        return f"warning: guard index not built (medchat.guard unavailable: {type(exc).__name__}: {exc})"
+        return f"warning: guard index not built (medchat.core.guard unavailable: {type(exc).__name__}: {exc})"
     try:
         if console:
             console.print("  building the guard's reference index from the training questions ...")

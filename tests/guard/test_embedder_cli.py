@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from guard_fakes import GENERAL, MEDICAL
 
-from medchat.guard.cli import guard_command
+from medchat.app.guard_cli import guard_command
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from medchat.guard.embedder import Embedder, EmbedderError
+    from medchat.core.guard.embedder import Embedder, EmbedderError
 
     try:
         return Embedder().load()
@@ -32,7 +32,7 @@ def test_vectors_are_unit_and_ordered(embedder):
 
 
 def test_medical_question_scores_above_general(embedder):
-    from medchat.guard.index import ReferenceIndex, Thresholds
+    from medchat.core.guard.index import ReferenceIndex, Thresholds
 
     index = ReferenceIndex(embedder.encode(MEDICAL), Thresholds(0.5, 0.3), general=embedder.encode(GENERAL))
     med, gen = index.scores(embedder.encode(["What are the treatments for high blood pressure?",
@@ -59,7 +59,7 @@ def test_cli_rules_only_stdin():
 
 
 def test_cli_text_with_index(tmp_path, embedder):
-    from medchat.guard.index import build_reference_index
+    from medchat.core.guard.index import build_reference_index
 
     build_reference_index(MEDICAL, tmp_path / "ix", calibration=(MEDICAL, GENERAL), general=None,
                           embedder=embedder, cache_dir=None)

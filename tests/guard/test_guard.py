@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from guard_fakes import GENERAL, MEDICAL, MEDICAL_CAL
 
-from medchat.guard import (
+from medchat.core.guard import (
     DECLINE_MESSAGE,
     DOSING_NOTE,
     EMERGENCY_NOTICE,
@@ -80,12 +80,12 @@ def test_load_missing_index_is_a_clear_error(tmp_path):
 
 
 def test_default_index_dir_prefers_default_run(tmp_path, monkeypatch):
-    import medchat.paths
+    import medchat.core.paths
 
     (tmp_path / "default-run" / "guard_index").mkdir(parents=True)
     (tmp_path / "guard" / "default_index").mkdir(parents=True)
     (tmp_path / "guard" / "default_index" / "index.json").write_text("{}")
-    monkeypatch.setattr(medchat.paths, "ASSETS_DIR", tmp_path)
+    monkeypatch.setattr(medchat.core.paths, "ASSETS_DIR", tmp_path)
     assert default_index_dir() == tmp_path / "guard" / "default_index"
     (tmp_path / "default-run" / "guard_index" / "index.json").write_text("{}")
     assert default_index_dir() == tmp_path / "default-run" / "guard_index"
@@ -143,7 +143,7 @@ def test_reminder_appended_once():
 
 
 def test_every_category_has_a_notice():
-    from medchat.guard.rules import default_rules
+    from medchat.core.guard.rules import default_rules
 
     assert {r.category for r in default_rules().rules} <= set(EMERGENCY_NOTICE)
     assert "988" in EMERGENCY_NOTICE["self_harm"] and "emergency number" in EMERGENCY_NOTICE["emergency"]
@@ -153,7 +153,7 @@ def test_every_category_has_a_notice():
 
 
 def test_semantic_layer_threshold_and_margin(hash_embedder):
-    from medchat.guard.semantic import SemanticConfig, SemanticRedFlags
+    from medchat.core.guard.semantic import SemanticConfig, SemanticRedFlags
 
     cfg = SemanticConfig(0.9, 0.05, (("zebra yak quokka", "seizure"), ("walrus narwhal", "breathing")),
                          ("zebra yak okapi",))
@@ -169,9 +169,9 @@ def test_semantic_layer_threshold_and_margin(hash_embedder):
 def test_semantic_config_from_shipped_rules():
     import json
 
-    from medchat.guard.rules import default_rules
-    from medchat.guard.semantic import SemanticConfig
-    from medchat.paths import ASSETS_DIR
+    from medchat.core.guard.rules import default_rules
+    from medchat.core.guard.semantic import SemanticConfig
+    from medchat.core.paths import ASSETS_DIR
 
     rules = default_rules()
     cfg = SemanticConfig.from_rules(rules)

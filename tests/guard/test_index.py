@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medchat.guard.index import (
+from medchat.core.guard.index import (
     GENERAL_FILE,
     INDEX_JSON,
     GuardIndexError,
@@ -182,7 +182,7 @@ def test_build_contrastive_splits_general_questions(tmp_path, hash_embedder):
         embedder=hash_embedder, cache_dir=tmp_path / "cache", k=3,
     )
     assert idx.score_kind == "contrastive_knn"
-    from medchat.guard.index import GENERAL_REQUESTS_FILE, shipped_general_requests
+    from medchat.core.guard.index import GENERAL_REQUESTS_FILE, shipped_general_requests
 
     n_req = len(shipped_general_requests())
     assert n_req > 50  # the shipped general chat requests join the general reference
@@ -218,7 +218,7 @@ def test_build_needs_questions(hash_embedder):
 
 
 def test_embedding_cache_reused(tmp_path, hash_embedder):
-    from medchat.guard.index import embed_cached
+    from medchat.core.guard.index import embed_cached
 
     a = embed_cached(hash_embedder, GENERAL, tmp_path)
     calls = hash_embedder.calls

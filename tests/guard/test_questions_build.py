@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from medchat.guard.build import main as build_main
-from medchat.guard.questions import QuestionFileError, calibration_sets, dedupe, read_questions, sample
+from medchat.app.guard_build import main as build_main
+from medchat.core.guard.questions import QuestionFileError, calibration_sets, dedupe, read_questions, sample
 
 
 def test_read_jsonl_keys_and_txt(tmp_path):

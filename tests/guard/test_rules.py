@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medchat.guard.rules import RuleSet, RulesError, TypoCorrector, default_rules, normalise
+from medchat.core.guard.rules import RuleSet, RulesError, TypoCorrector, default_rules, normalise
 
 RULES = default_rules()
 
@@ -133,7 +133,7 @@ def test_rules_load_no_model():
     import sys
 
     code = (
-        "import sys; from medchat.guard.rules import default_rules; "
+        "import sys; from medchat.core.guard.rules import default_rules; "
         "default_rules().red_flags('cheast pian'); print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -147,6 +147,6 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def no_shipped_default_run(tmp_path, monkeypatch):
     """Tests see only their own runs, whether or not this checkout ships assets/default-run."""
-    from medchat import paths
+    from medchat.core import paths
 
     monkeypatch.setattr(paths, "DEFAULT_RUN_DIR", tmp_path / "no-default-run")

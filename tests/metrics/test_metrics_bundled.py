@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from metrics.cli import main
+from medchat.app.metrics_cli import main
 from metrics_fixtures import QA, make_run, no_shipped_default_run  # noqa: F401
 
 pytestmark = pytest.mark.bundled
@@ -19,7 +19,7 @@ def bundled_adapter(tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     loaded = load(ModelSpec(base="bundled", device="cpu", dtype="fp32"))
     model = get_peft_model(loaded.model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],

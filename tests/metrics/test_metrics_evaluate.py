@@ -156,7 +156,7 @@ def test_mismatched_base_and_adapter(tmp_path, tiny_adapter, tiny_tokenizer_dir)
 def test_cli_evaluates_a_bare_adapter_with_data(tmp_path, tiny_model_dir, tiny_adapter):
     from click.testing import CliRunner
 
-    from metrics.cli import main
+    from medchat.app.metrics_cli import main
 
     data = write_jsonl(tmp_path / "held_out.jsonl", [{"question": q, "answer": a} for q, a in QA[:2]])
     out = tmp_path / "out"

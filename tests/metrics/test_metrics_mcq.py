@@ -81,7 +81,7 @@ def test_pubmedqa_row_without_context_and_unknown_task(tmp_path):
         load_questions(resolve_task("pubmedqa"), path)
     with pytest.raises(TaskError, match="Known tasks: medmcqa, medqa, mmlu-medical, pubmedqa"):
         resolve_task("medqaa")
-    result = CliRunner().invoke(__import__("metrics.cli", fromlist=["main"]).main,
+    result = CliRunner().invoke(__import__("medchat.app.metrics_cli", fromlist=["main"]).main,
                                 ["mcq", str(tmp_path), "--task", "medqaa", "--data", str(path)])
     assert result.exit_code != 0 and "Known tasks" in result.output and "Traceback" not in result.output
 
@@ -135,7 +135,7 @@ def test_stderr_and_bootstrap_against_hand_computation():
 
 
 def test_evaluate_prints_what_it_just_measured(tmp_path, tiny_model_dir, tiny_adapter):  # noqa: F811
-    from metrics.cli import main
+    from medchat.app.metrics_cli import main
 
     run = make_run(tmp_path / "runs", "20261120-100000-tiny", base=str(tiny_model_dir), adapter_from=tiny_adapter)
     stored = {"schema": 1, "n_examples": 233, "data": {"path": str(run / "splits" / "eval.jsonl")},

@@ -41,7 +41,7 @@ def _manual_nll(model, input_ids, labels):
 def test_perplexity_matches_manual_masked_loss(tiny):
     import torch
 
-    from medchat.prompting import encode_example
+    from medchat.core.prompting import encode_example
     from metrics.scores import answer_perplexity
 
     model, tok = tiny

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from metrics.cli import main
+from medchat.app.metrics_cli import main
 from metrics.report import build_report, render_markdown
 from metrics.runs import discover_runs, load_run, resolve_run
 from metrics_fixtures import BASE_SCORES, FT_SCORES, fake_results, make_run, populated_runs_root, no_shipped_default_run  # noqa: F401
@@ -172,7 +172,7 @@ def test_runs_dir_option(tmp_path):
 
 
 def test_the_shipped_default_run_is_listed(isolated_user_dirs, monkeypatch):
-    from medchat import paths
+    from medchat.core import paths
 
     populated_runs_root(isolated_user_dirs / "runs")
     shipped = make_run(isolated_user_dirs / "assets", "default-run", created="2026-11-01T00:00:00+00:00")
@@ -185,7 +185,7 @@ def test_the_shipped_default_run_is_listed(isolated_user_dirs, monkeypatch):
 def test_the_shipped_run_is_listed_once_when_its_original_is_in_the_runs_root(isolated_user_dirs, monkeypatch):
     import shutil
 
-    from medchat import paths
+    from medchat.core import paths
 
     original = make_run(isolated_user_dirs / "runs", "default-smollm2", created="2026-11-01T00:00:00+00:00")
     shipped = isolated_user_dirs / "assets" / "default-run"

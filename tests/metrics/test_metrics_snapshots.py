@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metrics.view import ReportApp
+from medchat.app.report import ReportApp
 from metrics_fixtures import populated_runs_root, no_shipped_default_run  # noqa: F401
 
 SIZE = (110, 32)

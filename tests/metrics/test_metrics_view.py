@@ -8,8 +8,8 @@ import pytest
 from textual.app import App
 from textual.widgets import DataTable, Static, TabbedContent
 
-from metrics.view import ReportApp, ReportScreen
-from metrics.view.widgets import ExampleBrowser, MetricsPanel, Notice, RunList
+from medchat.app.report import ReportApp, ReportScreen
+from medchat.app.report.widgets import ExampleBrowser, MetricsPanel, Notice, RunList
 from metrics_fixtures import populated_runs_root, no_shipped_default_run  # noqa: F401
 
 SIZE = (120, 36)

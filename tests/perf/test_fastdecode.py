@@ -9,9 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from medchat import fastdecode
-from medchat.engine import Engine, GenerationSettings
-from medchat.model import ModelError, ModelSpec
+from medchat.core import fastdecode
+from medchat.core.engine import Engine, GenerationSettings
+from medchat.core.model import ModelError, ModelSpec
 
 HAS_LLAMA_CPP = fastdecode.llamacpp_available()
 
@@ -88,7 +88,7 @@ def test_backend_choice_without_llama_cpp(monkeypatch, tiny_model_dir):
 
 
 def test_backend_flag_reads_the_environment(monkeypatch):
-    from medchat.cli_options import model_options
+    from medchat.app.cli_options import model_options
 
     seen = {}
 
@@ -105,9 +105,9 @@ def test_backend_flag_reads_the_environment(monkeypatch):
 
 def test_backend_choice_rules(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: True)
-    import medchat.model
+    import medchat.core.model
 
-    monkeypatch.setattr(medchat.model, "cuda_available", lambda: False)
+    monkeypatch.setattr(medchat.core.model, "cuda_available", lambda: False)
     assert fastdecode.choose_backend(ModelSpec())[0] == "llamacpp"
     # explicit torch-level choices keep transformers
     assert fastdecode.choose_backend(ModelSpec(dtype="fp32"))[0] == "torch"
@@ -118,7 +118,7 @@ def test_backend_choice_rules(monkeypatch, tiny_model_dir):
     assert backend == "torch" and "not a GGUF" in why
     with pytest.raises(ModelError, match="not a GGUF"):
         fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir)), "llamacpp")
-    monkeypatch.setattr(medchat.model, "cuda_available", lambda: True)
+    monkeypatch.setattr(medchat.core.model, "cuda_available", lambda: True)
     assert fastdecode.choose_backend(ModelSpec())[0] == "torch"
 
 
@@ -143,8 +143,8 @@ def llama_engine():
 
 @pytest.mark.bundled
 def test_llama_engine_streams_like_the_torch_engine(llama_engine, bundled_spec):
-    from medchat.model import load
-    from medchat.prompting import build_messages
+    from medchat.core.model import load
+    from medchat.core.prompting import build_messages
 
     messages = build_messages("What are common symptoms of iron deficiency anaemia?")
     settings = GenerationSettings(max_new_tokens=24)
@@ -166,8 +166,8 @@ def test_llama_engine_streams_like_the_torch_engine(llama_engine, bundled_spec):
 
 @pytest.mark.bundled
 def test_llama_engine_runs_the_default_layout(llama_engine, monkeypatch):
-    from medchat import gguf_export
-    from medchat.prompting import build_messages
+    from medchat.core import gguf_export
+    from medchat.core.prompting import build_messages
 
     monkeypatch.delenv("MEDCHAT_GGUF_TYPE", raising=False)
     engine = fastdecode.LlamaCppEngine.load(ModelSpec(), n_threads=1)
@@ -177,7 +177,7 @@ def test_llama_engine_runs_the_default_layout(llama_engine, monkeypatch):
 
 @pytest.mark.bundled
 def test_llama_engine_cancel_stops_the_model(llama_engine):
-    from medchat.prompting import build_messages
+    from medchat.core.prompting import build_messages
 
     cancel = threading.Event()
     stream = llama_engine.stream(build_messages("Explain how vaccines work."), GenerationSettings(max_new_tokens=200),
@@ -236,7 +236,7 @@ class TransformersLlama:
 
 @pytest.fixture
 def tiny_pair(tiny_model_dir):
-    from medchat.model import load
+    from medchat.core.model import load
 
     loaded = load(ModelSpec(base=str(tiny_model_dir), dtype="fp32"))
     torch_engine = Engine(loaded)
@@ -323,7 +323,7 @@ def test_decode_loop_cancel_and_errors(tiny_pair):
 
     stand_in.eval = broken
     stand_in.reset()
-    from medchat.engine import EngineError
+    from medchat.core.engine import EngineError
 
     stream = fast.stream([{"role": "user", "content": "hello"}], GenerationSettings(max_new_tokens=5))
     with pytest.raises(EngineError, match="llama_decode returned -1"):
@@ -336,7 +336,7 @@ def test_decode_loop_cancel_and_errors(tiny_pair):
 async def test_chat_app_reads_the_system_prompt_and_the_draft_ahead(tiny_pair, anyio_backend):
     import dataclasses
 
-    from medchat.tui.app import MedchatApp
+    from medchat.app.chat.app import MedchatApp
 
     _, fast, stand_in = tiny_pair
     stand_in.reset()

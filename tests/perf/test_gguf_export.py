@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medchat import gguf_export
+from medchat.core import gguf_export
 
 pytestmark = pytest.mark.bundled
 
@@ -16,7 +16,7 @@ def small_adapter(tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     loaded = load(ModelSpec(dtype="fp32"))
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"], layers_to_transform=[0],
@@ -73,7 +73,7 @@ def test_export_in_the_base_type_changes_only_adapted_tensors(small_adapter):
     import gguf
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from medchat import bundled
+    from medchat.core import bundled
 
     adapter, merged = small_adapter
     base = bundled.find_bundled_gguf()
@@ -112,7 +112,7 @@ def test_run_type_applies_to_every_layer_matrix(small_adapter, qtype):
     import gguf
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
-    from medchat import bundled
+    from medchat.core import bundled
 
     wanted = gguf.GGMLQuantizationType[qtype.upper()]
     adapter, merged = small_adapter
@@ -157,7 +157,7 @@ def test_run_type_choice(monkeypatch):
 def test_cache_key_follows_the_adapter(small_adapter, tmp_path):
     import shutil
 
-    from medchat import bundled
+    from medchat.core import bundled
 
     adapter, _ = small_adapter
     base = bundled.find_bundled_gguf()

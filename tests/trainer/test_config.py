@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from trainer.cli import main
+from medchat.app.train_cli import main
 from trainer.config import ConfigError, list_presets, load_config
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medchat.paths import ASSETS_DIR
+from medchat.core.paths import ASSETS_DIR
 from trainer import data as d
 from trainer.config import load_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medchat.paths import ASSETS_DIR
+from medchat.core.paths import ASSETS_DIR
 
 SAMPLE = ASSETS_DIR / "sample_data" / "medical_qa_sample.jsonl"
 
@@ -24,7 +24,7 @@ def test_two_process_ddp_run(tiny_model_dir, tmp_path):
                HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           "29617", "-m", "trainer.cli", "train", "--base", str(tiny_model_dir), "--data", str(SAMPLE),
+           "29617", "-m", "medchat.app.train_cli", "train", "--base", str(tiny_model_dir), "--data", str(SAMPLE),
            "--target-modules", "q_proj,v_proj", "--batch-size", "2", "--max-length", "256", "--system-prompt",
            "Be careful.", "--precision", "fp32", "--max-steps", "3", "--eval-steps", "3", "--logging-steps", "1",
            "--no-guard-index", "--name", "ddp", "--quiet"]

@@ -13,7 +13,7 @@ from trainer.train import answer_only_loss
 def lora_model(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     loaded = load(ModelSpec(base=str(tiny_model_dir), dtype="fp32"))
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from medchat.paths import ASSETS_DIR
-from trainer.cli import main
+from medchat.core.paths import ASSETS_DIR
+from medchat.app.train_cli import main
 
 SAMPLE = ASSETS_DIR / "sample_data" / "medical_qa_sample.jsonl"
 
@@ -31,7 +31,7 @@ def test_cpu_smollm2_preset_end_to_end(bundled_spec, tmp_path):
         out / "adapter" / "tokenizer_config.json").read_text()
 
     # the adapter loads back through the shared loader
-    from medchat.model import ModelSpec, load
+    from medchat.core.model import ModelSpec, load
 
     loaded = load(ModelSpec(base="bundled", adapter=str(out / "adapter"), device="cpu", dtype="fp32"))
     assert loaded.info.merged and loaded.info.adapter
@@ -57,6 +57,6 @@ def test_guard_hook_failure_becomes_a_note(tmp_path, monkeypatch):
     from trainer.runs import RunDir
     from trainer.train import _build_guard_index
 
-    monkeypatch.setitem(sys.modules, "medchat.guard", None)  # as if the guard module were absent
+    monkeypatch.setitem(sys.modules, "medchat.core.guard", None)  # as if the guard module were absent
     note = _build_guard_index(RunDir(tmp_path), [], None)
     assert note.startswith("warning: guard index not built")

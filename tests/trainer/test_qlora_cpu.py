@@ -10,8 +10,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from medchat.model import CPU_NF4_NOTE, ModelSpec, load
-from trainer.cli import main as train_main
+from medchat.core.model import CPU_NF4_NOTE, ModelSpec, load
+from medchat.app.train_cli import main as train_main
 from trainer.config import load_config
 from trainer.runs import RunDir
 from trainer.train import TrainError, resolve_hardware, train
@@ -99,8 +99,8 @@ def test_qlora_train_resume_merge_and_chat_in_nf4(tiny_nf4_model_dir, tmp_path):
         assert torch.allclose(full.model(**ids).logits, attached.model(**ids).logits, atol=1e-4)
 
     # the merged model in NF4 generates
-    from medchat.engine import Engine, GenerationSettings
-    from medchat.prompting import build_messages
+    from medchat.core.engine import Engine, GenerationSettings
+    from medchat.core.prompting import build_messages
 
     quantized = load(ModelSpec(base=str(target), quantization="nf4", device="cpu", dtype="bf16"))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in quantized.model.modules())
@@ -108,7 +108,7 @@ def test_qlora_train_resume_merge_and_chat_in_nf4(tiny_nf4_model_dir, tmp_path):
     assert "".join(stream) and stream.stats.tokens == 5
 
     # medchat ask on the 4-bit path: the trained adapter on the NF4 base, streamed to stdout
-    from medchat.cli import main as chat_main
+    from medchat.app.cli import main as chat_main
 
     asked = runner.invoke(chat_main, ["ask", "--base", str(tiny_nf4_model_dir), "--adapter", str(run.adapter),
                                       "--quantization", "nf4", "--device", "cpu", "--max-new-tokens", "5",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from trainer.cli import main
+from medchat.app.train_cli import main
 from trainer.config import ConfigError, load_config
 from trainer.train import train
 
@@ -74,7 +74,7 @@ def test_tensorboard_and_mlflow_record_what_the_loss_log_says(tiny_model_dir, cl
     from mlflow.tracking import MlflowClient
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from metrics.cli import main as metrics_main
+    from medchat.app.metrics_cli import main as metrics_main
 
     env_before = {k: os.environ.get(k) for k in TRACKER_ENV}
     cfg = tiny_cfg(tiny_model_dir, max_steps=6, report_to="tensorboard,mlflow")
@@ -188,7 +188,7 @@ def test_wandb_offline_sweep_keeps_runs_apart(tiny_model_dir, clean_tracker_env)
 
 
 def test_wandb_mode_follows_the_users_setup(tmp_path, monkeypatch):
-    from medchat.tracking import wandb_mode
+    from medchat.core.tracking import wandb_mode
 
     for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
         monkeypatch.delenv(key, raising=False)
@@ -208,7 +208,7 @@ BLOCKED = """
 import sys
 sys.modules["tensorboard"] = None
 sys.modules["mlflow"] = None
-from trainer.cli import main
+from medchat.app.train_cli import main
 main()
 """
 

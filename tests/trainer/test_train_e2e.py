@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from transformers import TrainerCallback
 
-from medchat.paths import ASSETS_DIR
-from trainer.cli import main
+from medchat.core.paths import ASSETS_DIR
+from medchat.app.train_cli import main
 from trainer.config import load_config
 from trainer.runs import RunDir, list_runs, summarize
 from trainer.train import TrainError, train

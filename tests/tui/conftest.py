@@ -1,4 +1,4 @@
-"""Drive the chat app with Pilot; the scripted engine and guard (they implement medchat.protocols) are
+"""Drive the chat app with Pilot; the scripted engine and guard (they implement medchat.core.protocols) are
 shared with the session tests (tests/session_fakes.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ def anyio_backend():
 
 @pytest.fixture
 def make_app():
-    from medchat.tui.app import MedchatApp
+    from medchat.app.chat.app import MedchatApp
 
     def make(engine=None, guard=None, **kwargs):
         engine = engine if engine is not None else FakeEngine()
@@ -47,7 +47,7 @@ async def wait_idle(app, pilot):
 
 
 async def send(app, pilot, text):
-    from medchat.tui.widgets import ChatInput
+    from medchat.app.chat.widgets import ChatInput
 
     prompt = app.query_one(ChatInput)
     prompt.load_text(text)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from medchat.history import HistoryStore
-from medchat.settings import ChatSettings, save_defaults
-from medchat.tui.widgets import AssistantMessage
+from medchat.core.history import HistoryStore
+from medchat.core.settings import ChatSettings, save_defaults
+from medchat.app.chat.widgets import AssistantMessage
 
 from .conftest import send, wait_idle, wait_ready
 
@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.bundled]
 
 
 async def test_bundled_model_answers_and_stops(bundled_spec):
-    from medchat.tui.app import MedchatApp
+    from medchat.app.chat.app import MedchatApp
 
     save_defaults(ChatSettings(max_new_tokens=6))
     app = MedchatApp(bundled_spec, guard_factory=lambda: None, cursor_blink=False)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from medchat.history import HistoryStore
-from medchat.guard.notices import EMERGENCY_NOTICE, PHYSICIAN_REMINDER
-from medchat.tui.widgets import AssistantMessage, ChatInput, UserMessage
+from medchat.core.history import HistoryStore
+from medchat.core.guard.notices import EMERGENCY_NOTICE, PHYSICIAN_REMINDER
+from medchat.app.chat.widgets import AssistantMessage, ChatInput, UserMessage
 
 from .conftest import FakeEngine, send, wait_idle, wait_ready
 
@@ -189,8 +189,8 @@ async def test_export_markdown_and_json(make_app, tmp_path):
 
 
 async def test_model_load_failure_is_a_readable_message(make_app):
-    from medchat.model import ModelError
-    from medchat.tui.app import MedchatApp
+    from medchat.core.model import ModelError
+    from medchat.app.chat.app import MedchatApp
 
     def broken():
         raise ModelError("Adapter directory /x has no adapter_config.json; pass --adapter DIR or --no-adapter.")
@@ -328,7 +328,7 @@ async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_ap
 async def test_message_sent_while_loading_waits_for_the_model(make_app):
     import threading
 
-    from medchat.tui.app import MedchatApp
+    from medchat.app.chat.app import MedchatApp
 
     gate = threading.Event()
     engine = FakeEngine([{"chunks": ["Loaded answer."]}])
@@ -353,7 +353,7 @@ async def test_message_sent_while_loading_waits_for_the_model(make_app):
 async def test_message_sent_while_loading_comes_back_if_the_load_fails(make_app):
     import threading
 
-    from medchat.tui.app import MedchatApp
+    from medchat.app.chat.app import MedchatApp
 
     gate = threading.Event()
 
@@ -373,7 +373,7 @@ async def test_message_sent_while_loading_comes_back_if_the_load_fails(make_app)
 
 
 async def test_settings_saved_for_the_conversation_and_as_defaults(make_app, isolated_user_dirs):
-    from medchat.settings import load_defaults
+    from medchat.core.settings import load_defaults
 
     engine = FakeEngine([{"chunks": ["ok"]}])
     app = make_app(engine)
@@ -413,7 +413,7 @@ async def test_settings_saved_for_the_conversation_and_as_defaults(make_app, iso
 
 
 async def test_command_palette_has_every_action_and_runs_them(make_app):
-    from medchat.tui.app import MedchatApp
+    from medchat.app.chat.app import MedchatApp
 
     app = make_app(FakeEngine([{"chunks": ["Palette answer."]}]))
     async with app.run_test(size=(100, 30)) as pilot:
@@ -463,7 +463,7 @@ async def test_metrics_report_key_opens_the_report_or_says_why_not(make_app):
         await pilot.press("f5")
         await pilot.pause(0.3)
         try:
-            from metrics.view import ReportScreen
+            from medchat.app.report import ReportScreen
         except Exception:
             assert any("not available" in n.message for n in app._notifications)
         else:
@@ -525,7 +525,7 @@ async def test_a_loading_guard_holds_the_answer_and_the_status_says_so(make_app)
 
 
 async def test_decline_policy_answers_politely_without_the_model(make_app):
-    from medchat.guard.notices import DECLINE_MESSAGE
+    from medchat.core.guard.notices import DECLINE_MESSAGE
 
     engine = FakeEngine([{"chunks": ["should not run"]}])
     app = make_app(engine, ood_policy="decline")
@@ -543,7 +543,7 @@ async def test_decline_policy_answers_politely_without_the_model(make_app):
 
 
 async def test_a_corrupt_index_leaves_a_usable_chat_with_the_rules_and_says_so(make_app, tmp_path):
-    from medchat.session import load_guard
+    from medchat.core.session import load_guard
 
     index = tmp_path / "guard_index"
     index.mkdir()
@@ -564,11 +564,11 @@ async def test_a_corrupt_index_leaves_a_usable_chat_with_the_rules_and_says_so(m
 def test_the_app_holds_no_safety_logic_of_its_own():
     from pathlib import Path
 
-    import medchat.tui as tui
+    import medchat.app.chat as tui
 
     root = Path(tui.__file__).parent
     assert not (root / "safety.py").exists()
     source = "\n".join(p.read_text(encoding="utf-8") for p in root.rglob("*.py"))
-    for name in ("check_rules", "red_flags", "should_decline", "medchat.guard.policy", "DECLINE_MESSAGE",
+    for name in ("check_rules", "red_flags", "should_decline", "medchat.core.guard.policy", "DECLINE_MESSAGE",
                  "hasattr("):
         assert name not in source, name

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from textual import events
 
-from medchat.history import HistoryStore
-from medchat.tui.widgets import AssistantMessage, ChatInput, UserMessage
+from medchat.core.history import HistoryStore
+from medchat.app.chat.widgets import AssistantMessage, ChatInput, UserMessage
 
 from .conftest import FakeEngine, wait_idle, wait_ready
 

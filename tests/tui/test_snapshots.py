@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medchat.history import HistoryStore
+from medchat.core.history import HistoryStore
 
 from .conftest import FakeEngine, send, wait_idle, wait_ready
 

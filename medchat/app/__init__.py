@@ -1,0 +1,3 @@
+"""The front ends: the three command lines, the Textual chat app and report view, `medchat ask`.
+
+The top layer: it may import everything below it, nothing below imports it."""

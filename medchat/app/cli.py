@@ -1,0 +1,94 @@
+"""`medchat`: the chat app (default), `medchat ask` for one-shot answers, and friends."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from medchat.core import paths
+from medchat.app.cli_options import model_options, ood_policy_option, resolve_ood_policy
+from medchat.core.quiet import quiet_known_warnings
+
+
+def _show_paths() -> None:
+    rows = {
+        "data": paths.data_dir(),
+        "history": paths.history_db_path(),
+        "config": paths.config_file(),
+        "cache": paths.cache_dir(),
+        "runs": paths.runs_root(),
+        "shipped adapter": paths.default_adapter_dir() or "(none in this install)",
+    }
+    for name, value in rows.items():
+        click.echo(f"{name:>15}: {value}")
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--paths", "show_paths", is_flag=True, help="Print where medchat keeps data, config and cache, then exit.")
+@click.option("--no-history", is_flag=True, help="Incognito: write no conversation history.")
+@ood_policy_option
+@model_options
+@click.pass_context
+def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str | None, spec) -> None:
+    """Chat with a local medical assistant model in your terminal.
+
+    Not a doctor: every answer ends with a reminder to consult a licensed physician.
+    """
+    quiet_known_warnings()
+    if show_paths:
+        _show_paths()
+        return
+    if ctx.invoked_subcommand is not None:
+        return
+    from medchat.app.chat.app import run_app
+
+    run_app(spec, no_history=no_history, ood_policy=resolve_ood_policy(ood_policy))
+
+
+@main.command()
+@click.argument("question", required=False)
+@click.option("--system", "system_prompt", default=None, help="System prompt (default: medchat's medical one).")
+@click.option("--style", type=click.Choice(["chat", "seed"]), default="chat", show_default=True,
+              help="Prompt format: the model's chat template, or the seed's ### format.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.1, show_default=True)
+@click.option("--stats", is_flag=True, help="Print timing and token counts to stderr.")
+@click.option("--bare", "output", flag_value="bare",
+              help="Only the model's text on stdout; the guard's verdict as one JSON line on stderr.")
+@click.option("--json", "output", flag_value="json",
+              help="One JSON object on stdout: answer, notices, ood_level, red_flags, declined, reminder, stats...")
+@ood_policy_option
+@model_options
+def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, output,
+        ood_policy, spec):
+    """Answer one QUESTION (or the text piped on stdin), streaming to stdout.
+
+    Emergency notices come before the answer and the physician reminder after it, as in the chat.
+    """
+    from medchat.app.ask import run_ask
+    from medchat.core.engine import GenerationSettings
+
+    if question is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("Give a QUESTION, or pipe one on stdin.")
+        question = sys.stdin.read()
+    if not question.strip():
+        raise click.UsageError("The question is empty.")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  repetition_penalty=repetition_penalty)
+    run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats,
+            output=output or "text", ood_policy=resolve_ood_policy(ood_policy))
+
+
+# Subcommands that live beside the modules they drive.
+from medchat.app.guard_cli import guard_command  # noqa: E402
+from medchat.app.history_cli import history  # noqa: E402
+
+main.add_command(guard_command)
+main.add_command(history)
+
+if __name__ == "__main__":
+    main()

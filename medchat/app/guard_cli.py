@@ -1,0 +1,61 @@
+"""`medchat guard [TEXT]`: screen messages, one JSON object per line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command(name="guard")
+@click.argument("text", required=False)
+@click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Reference index directory (default: the shipped one).")
+@click.option("--rules-only", is_flag=True, help="Only the red-flag and dosing rules (no embedder, instant).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Lines scored together from stdin.")
+def guard_command(text, index_dir, rules_only, batch_size):
+    """Check TEXT (or each line of stdin) for out-of-domain, red flags and dosing requests.
+
+    Prints one JSON object per message: text, ood_score, ood_level (in_domain, uncertain, out_of_domain,
+    or null when not scored), red_flags (rule_id, category, title, source: "rule" or "semantic") and
+    dosing_note. The semantic red-flag layer and the score need the embedder; --rules-only skips both.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from medchat.core.guard import Guard, GuardIndexError, RulesError
+    from medchat.core.guard.embedder import EmbedderError
+    from medchat.core.textsafe import strip_control
+
+    try:
+        guard = Guard.load(index_dir)
+    except (GuardIndexError, RulesError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def emit(batch: list[str]) -> None:
+        try:
+            results = guard.check_many(batch, ood=not rules_only)
+        except (GuardIndexError, EmbedderError) as exc:
+            raise click.ClickException(str(exc)) from None
+        for t, r in zip(batch, results):
+            click.echo(json.dumps({"text": t, **r.as_dict()}, ensure_ascii=False))
+        sys.stdout.flush()
+
+    if text is not None:
+        emit([strip_control(text)])
+    else:
+        batch: list[str] = []
+        for line in click.get_text_stream("stdin"):
+            line = strip_control(line.rstrip("\n"))
+            if not line.strip():
+                continue
+            batch.append(line)
+            if len(batch) >= max(1, batch_size):
+                emit(batch)
+                batch = []
+        if batch:
+            emit(batch)
+    if not rules_only and guard.ood_error:
+        click.echo(f"warning: out-of-domain score unavailable: {guard.ood_error}", err=True)

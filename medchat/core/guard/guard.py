@@ -1,0 +1,199 @@
+"""The Guard: red-flag and dosing rules (instant) plus the out-of-domain score (embedder, loaded lazily)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medchat.core.guard.index import INDEX_JSON, GuardIndexError, ReferenceIndex, read_index_json
+from medchat.core.guard.notices import EMERGENCY_NOTICE
+from medchat.core.guard.rules import RuleSet, default_rules
+
+DEFAULT_INDEX_SUBDIR = Path("guard") / "default_index"
+
+
+def default_index_dir() -> Path | None:
+    """The shipped index: assets/default-run/guard_index if present, else assets/guard/default_index."""
+    from medchat.core.paths import ASSETS_DIR
+
+    for cand in (ASSETS_DIR / "default-run" / "guard_index", ASSETS_DIR / DEFAULT_INDEX_SUBDIR):
+        if (cand / INDEX_JSON).is_file():
+            return cand
+    return None
+
+
+@dataclass(frozen=True)
+class RedFlag:
+    rule_id: str
+    category: str
+    notice: str
+    title: str = ""
+    source: str = "rule"  # "rule" (text rules, instant) or "semantic" (nearest example messages)
+
+    def as_dict(self) -> dict:
+        return {"rule_id": self.rule_id, "category": self.category, "title": self.title, "source": self.source}
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    ood_score: float | None
+    ood_level: str | None  # "in_domain" | "uncertain" | "out_of_domain" | None (not scored)
+    red_flags: list[RedFlag] = field(default_factory=list)
+    dosing_note: bool = False
+
+    @property
+    def emergency(self) -> bool:
+        return bool(self.red_flags)
+
+    def as_dict(self) -> dict:
+        return {
+            "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+            "ood_level": self.ood_level,
+            "red_flags": [f.as_dict() for f in self.red_flags],
+            "dosing_note": self.dosing_note,
+        }
+
+
+class Guard:
+    """Checks a user message. Red-flag and dosing rules need nothing heavy; the out-of-domain score loads
+    the reference index and the embedder on first use (call `warm_up()` in a worker to do it early)."""
+
+    def __init__(
+        self,
+        index_dir: Path | None,
+        rules: RuleSet | None = None,
+        embedder=None,
+        index: ReferenceIndex | None = None,
+        semantic: bool = True,
+    ):
+        self.index_dir = Path(index_dir) if index_dir else None
+        self.rules = rules or default_rules()
+        self._embedder = embedder
+        self._index = index
+        self._lock = threading.Lock()
+        self.ood_error: str | None = None  # why the out-of-domain score is unavailable, if it is
+        self.use_semantic = semantic
+        self._semantic = None
+
+    @classmethod
+    def load(
+        cls,
+        index_dir: Path | None = None,
+        *,
+        rules_path: Path | None = None,
+        embedder=None,
+        semantic: bool = True,
+    ) -> "Guard":
+        """A guard for `index_dir` (None: the shipped default index; rules only when there is none).
+
+        Only index.json is read here; raises GuardIndexError when `index_dir` holds no index."""
+        if index_dir is None:
+            index_dir = default_index_dir()
+        else:
+            read_index_json(Path(index_dir))  # fail early with a clear message
+        rules = RuleSet.load(rules_path) if rules_path else default_rules()
+        guard = cls(index_dir, rules, embedder, semantic=semantic)
+        if index_dir is None:
+            guard.ood_error = "no reference index (none shipped and none given)"
+        return guard
+
+    # ---- lazy parts
+    @property
+    def has_index(self) -> bool:
+        return self._index is not None or self.index_dir is not None
+
+    @property
+    def index(self) -> ReferenceIndex | None:
+        if self._index is None and self.index_dir is not None:
+            with self._lock:
+                if self._index is None:
+                    self._index = ReferenceIndex.load(self.index_dir)
+        return self._index
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from medchat.core.guard.embedder import shared_embedder
+
+            self._embedder = shared_embedder()
+        return self._embedder
+
+    @property
+    def ready(self) -> bool:
+        """True once the index and embedder are loaded (scoring is then fast)."""
+        return self._index is not None and getattr(self._embedder, "loaded", self._embedder is not None)
+
+    def warm_up(self) -> "Guard":
+        """Load the index and the embedder and run one encode (takes seconds; call it in a worker)."""
+        if self.index is not None:
+            self.embedder.encode(["warm up"])  # loads the model on first use
+        return self
+
+    # ---- checks
+    def check_rules(self, text: str) -> GuardResult:
+        """Red flags and the dosing note only (instant; no model)."""
+        flags = [
+            RedFlag(r.id, r.category, EMERGENCY_NOTICE.get(r.category, EMERGENCY_NOTICE["emergency"]), r.title)
+            for r in self.rules.red_flags(text)
+        ]
+        return GuardResult(None, None, flags, self.rules.dosing_request(text))
+
+    def score(self, text: str) -> tuple[float | None, str | None]:
+        scores = self.score_many([text])
+        return scores[0]
+
+    def score_many(self, texts: list[str]) -> list[tuple[float | None, str | None]]:
+        return self._embed_and_score(texts)[0]
+
+    def _embed_and_score(self, texts: list[str]):
+        from medchat.core.guard.embedder import EmbedderError
+
+        index = self.index
+        if index is None:
+            return [(None, None)] * len(texts), None
+        try:
+            vecs = self.embedder.encode(list(texts))
+        except EmbedderError as exc:
+            self.ood_error = str(exc)
+            return [(None, None)] * len(texts), None
+        return [(float(s), index.level(float(s))) for s in index.scores(vecs)], vecs
+
+    def _semantic_layer(self):
+        if self._semantic is None and self.use_semantic:
+            from medchat.core.guard.semantic import SemanticConfig, SemanticRedFlags
+            from medchat.core.paths import cache_dir
+
+            config = SemanticConfig.from_rules(self.rules)
+            if config is None:
+                self.use_semantic = False
+                return None
+            self._semantic = SemanticRedFlags(config, self.embedder, self.index.embeddings, cache_dir() / "guard")
+        return self._semantic
+
+    def check(self, text: str, ood: bool = True) -> GuardResult:
+        return self.check_many([text], ood=ood)[0]
+
+    def check_many(self, texts: list[str], ood: bool = True) -> list[GuardResult]:
+        """Check several messages (the embedder runs batched)."""
+        base = [self.check_rules(t) for t in texts]
+        if not ood:
+            return base
+        scored, vecs = self._embed_and_score(texts)
+        extra: list[list[RedFlag]] = [[] for _ in texts]
+        layer = self._semantic_layer() if vecs is not None else None
+        if layer is not None:
+            by_id = {r.id: r for r in self.rules.rules}
+            for i, matches in enumerate(layer.match(vecs)):
+                have = {f.rule_id for f in base[i].red_flags}
+                for rule_id, _sim in matches:
+                    if rule_id not in have and rule_id in by_id:
+                        r = by_id[rule_id]
+                        notice = EMERGENCY_NOTICE.get(r.category, EMERGENCY_NOTICE["emergency"])
+                        extra[i].append(RedFlag(r.id, r.category, notice, r.title, source="semantic"))
+        return [
+            GuardResult(s, lvl, b.red_flags + x, b.dosing_note) for b, (s, lvl), x in zip(base, scored, extra)
+        ]
+
+
+__all__ = ["Guard", "GuardResult", "RedFlag", "GuardIndexError", "default_index_dir"]

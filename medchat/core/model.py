@@ -1,0 +1,443 @@
+"""The one model loader shared by the chat app, the trainer and the metrics.
+
+    load(ModelSpec(base=..., adapter=...)) -> Loaded(model, tokenizer, info)
+
+Safe by default: safetensors only, trust_remote_code=False unless the spec asks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medchat.core import bundled, paths
+
+QUANTIZATIONS = ("auto", "nf4", "none")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+BACKENDS = ("auto", "torch", "llamacpp")  # generation backend; see medchat.core.fastdecode
+BUNDLED = "bundled"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class ModelError(Exception):
+    """A model could not be loaded. The message names the thing and says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    base: str = BUNDLED  # "bundled", a Hub id, a local directory or a .gguf file
+    adapter: str | None = None  # a LoRA adapter directory
+    merge: bool = True  # merge the adapter into the (bf16/fp32) base weights; see quantize_merged for NF4
+    quantization: str = "auto"  # auto = 4-bit NF4 on CUDA, none on CPU; nf4 on CPU only with device="cpu"
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    backend: str = "auto"  # auto = llama.cpp on CPU when installed and the base is a GGUF, else torch
+    # With NF4 the adapter stays unmerged on the 4-bit base (as QLoRA trains it): merging first and then
+    # quantizing rounds most of a LoRA's delta away (bench/nf4_fidelity.py). True = merge in full precision,
+    # cache that, quantize it (one model, no LoRA matmuls, at that cost). Never merged into 4-bit weights.
+    quantize_merged: bool = False
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("quantization", QUANTIZATIONS), ("device", DEVICES), ("dtype", DTYPES),
+                              ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ModelError(f"Unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}.")
+
+
+@dataclass
+class ModelInfo:
+    base: str
+    base_path: str
+    adapter: str | None
+    merged: bool
+    quantization: str
+    device: str
+    dtype: str
+    params_total: int
+    params_trainable: int
+    load_seconds: float
+    context_length: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def adapter_name(self) -> str:
+        """The adapter as people name it: its run when the folder is a run's `adapter/` (else the folder)."""
+        if not self.adapter:
+            return "no adapter"
+        path = Path(self.adapter)
+        name = path.parent.name if path.name == "adapter" and path.parent.name else path.name
+        return f"{name} ({'merged' if self.merged else 'unmerged'})"
+
+    def summary(self) -> str:
+        quantization = self.quantization + (" (slow on CPU)" if self.quantization == "nf4" and self.device == "cpu" else "")
+        return (
+            f"{self.base} + {self.adapter_name} | {quantization} | {self.device} {self.dtype} | "
+            f"{self.params_total / 1e6:.1f}M params | loaded in {self.load_seconds:.1f}s"
+        )
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+
+
+# ---------------------------------------------------------------- choices
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 is fast on CPUs with native bf16 instructions (AVX512-BF16 / AMX); elsewhere it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise ModelError("CUDA was requested (--device cuda) but no CUDA GPU is visible; use --device cpu.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+CPU_NF4_NOTE = "4-bit NF4 on CPU runs on bitsandbytes' CPU kernels, which are slow; --quantization none is faster here."
+
+
+def resolve_quantization(quantization: str, device: str, requested_device: str | None = None) -> str:
+    """auto = NF4 only on CUDA. Explicit nf4 on CPU is allowed when the CPU was asked for too (it is slow)."""
+    if quantization == "auto":
+        return "nf4" if device == "cuda" and _bitsandbytes_ok() else "none"
+    if quantization == "nf4":
+        if not _bitsandbytes_ok():
+            raise ModelError("4-bit NF4 needs bitsandbytes: `pip install bitsandbytes`, or use --quantization none.")
+        if device != "cuda" and (requested_device or device) != "cpu":
+            raise ModelError(
+                "4-bit NF4 (--quantization nf4) without a CUDA GPU runs on bitsandbytes' slow CPU kernels; "
+                "pass --device cpu as well to use it anyway, or use --quantization none."
+            )
+    return quantization
+
+
+def _bitsandbytes_ok() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+# ---------------------------------------------------------------- base resolution
+
+
+def resolve_base(base: str) -> str:
+    """Turn the spec's base into something from_pretrained accepts: a local directory or a Hub id."""
+    try:
+        if base == BUNDLED:
+            return str(bundled.ensure_converted(bundled.find_bundled_gguf()))
+        path = Path(base).expanduser()
+        if base.endswith(".gguf"):
+            if not path.is_file():
+                raise ModelError(f"GGUF file not found: {path}. Check the path passed as --base.")
+            return str(bundled.ensure_converted(path))
+    except bundled.BundledModelError as exc:
+        raise ModelError(str(exc)) from exc
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path} is neither a model directory nor a .gguf file.")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} has no config.json, so it is not a model directory.")
+        return str(path)
+    if _HUB_ID.match(base) and not base.startswith((".", "/", "~")):
+        return base
+    raise ModelError(f"Model path does not exist: {path}. Pass an existing directory, a .gguf file or a Hub id.")
+
+
+@functools.cache
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hub cannot be used (HF_HUB_OFFLINE, or its host does not answer within `timeout`), else None.
+
+    Asked once per process: without it, an offline machine retries every file for about a minute, printing
+    each retry, before it fails."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "")
+    if offline.lower() in ("1", "true", "yes", "on"):
+        return f"HF_HUB_OFFLINE={offline} is set"
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return f"{url.hostname} is not reachable"
+    return None
+
+
+def hub_kwargs(base_path: str) -> dict[str, Any]:
+    """from_pretrained arguments for `base_path`: a Hub id is read from the local cache alone when the Hub is
+    unreachable (a local directory needs nothing)."""
+    if Path(base_path).exists() or hub_unreachable() is None:
+        return {}
+    return {"local_files_only": True}
+
+
+def _hub_error(base: str, exc: Exception) -> ModelError:
+    why = hub_unreachable()
+    return ModelError(
+        f"Could not load {base!r} from the Hugging Face Hub"
+        f"{f' ({why}, and it is not in the local cache)' if why else ' (no such model, or no access)'}: "
+        f"{str(exc).splitlines()[0]} "
+        "Download it where you have internet (`hf download " + base + "`) and pass the local directory, "
+        "or use the bundled default (--base bundled)."
+    )
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def read_adapter_config(adapter: str) -> dict[str, Any]:
+    folder = Path(adapter).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"Adapter directory not found: {folder}. Pass a directory made by `medchat-train`.")
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{folder} holds no adapter_config.json, so it is not a LoRA adapter directory.")
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickled = (folder / "adapter_model.bin").is_file()
+        raise ModelError(
+            f"{folder} has no adapter_model.safetensors"
+            + (" (only a pickle .bin, which medchat refuses to load for safety; re-save it with safetensors)" if pickled else "")
+            + "."
+        )
+    try:
+        return json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise ModelError(f"{config_file} is not valid JSON ({exc}); the adapter is corrupt, re-export it.") from exc
+
+
+def _check_adapter_weights(adapter: str) -> None:
+    from safetensors import safe_open
+
+    weights = Path(adapter).expanduser() / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_slice(key)
+    except Exception as exc:
+        raise ModelError(f"{weights} is corrupt ({exc}); re-export the adapter or train it again.") from exc
+
+
+def _attach_adapter(model, adapter: str, base: str):
+    from peft import PeftModel
+
+    config = read_adapter_config(adapter)
+    _check_adapter_weights(adapter)
+    trained_on = config.get("base_model_name_or_path") or "unknown"
+    try:
+        return PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelError(
+            f"The adapter {adapter} does not fit the base {base!r} (it was trained on {trained_on!r}): "
+            f"{str(exc).splitlines()[0][:300]}. Pass the matching --base."
+        ) from exc
+
+
+# ---------------------------------------------------------------- load
+
+
+def load(spec: ModelSpec) -> Loaded:
+    """Load base (+ adapter) as the spec says. Raises ModelError with a readable message."""
+    started = time.perf_counter()
+    _quiet_transformers()
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    quantization = resolve_quantization(spec.quantization, device, spec.device)
+    if spec.adapter:
+        read_adapter_config(spec.adapter)  # fail early, before the base is loaded
+    base_path = resolve_base(spec.base)
+    extra: dict[str, Any] = {}
+    if quantization == "nf4" and device == "cpu":
+        extra["notes"] = [CPU_NF4_NOTE]
+
+    if spec.adapter and quantization == "nf4" and spec.merge and spec.quantize_merged:
+        # Never merge into 4-bit weights: merge in full precision, save once, then quantize that.
+        base_path = _merged_checkpoint(spec, base_path, dtype)
+        model, tokenizer = _from_pretrained(spec, base_path, dtype, quantization, device)
+        merged = True
+    else:
+        model, tokenizer = _from_pretrained(spec, base_path, dtype, quantization, device)
+        merged = False
+        if spec.adapter:
+            model = _attach_adapter(model, spec.adapter, spec.base)
+            if spec.merge and quantization != "nf4":
+                model = model.merge_and_unload()
+                merged = True
+            elif quantization == "nf4":
+                extra["adapter_mode"] = "LoRA kept unmerged on the NF4 base (as QLoRA trains it)"
+    model.eval()
+    info = ModelInfo(
+        base=spec.base,
+        base_path=base_path,
+        adapter=str(Path(spec.adapter).expanduser()) if spec.adapter else None,
+        merged=merged,
+        quantization=quantization,
+        device=device,
+        dtype=dtype,
+        params_total=sum(p.numel() for p in model.parameters()),
+        params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        load_seconds=round(time.perf_counter() - started, 3),
+        context_length=context_length(model, tokenizer),
+        extra=extra,
+    )
+    return Loaded(model=model, tokenizer=tokenizer, info=info)
+
+
+def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: str, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "trust_remote_code": spec.trust_remote_code,
+        "use_safetensors": True,
+    }
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(dtype),
+        )
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    try:
+        hub = hub_kwargs(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=spec.trust_remote_code, **hub)
+        model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs, **hub)
+    except OSError as exc:
+        if not Path(base_path).exists():
+            raise _hub_error(spec.base, exc) from exc
+        raise ModelError(f"Could not load the model in {base_path}: {exc}") from exc
+    except ValueError as exc:
+        raise ModelError(f"Could not load {spec.base!r}: {exc}") from exc
+    if quantization != "nf4":
+        model.to(device)
+    elif device == "cpu":
+        _guard_cpu_packing(model)
+    if tokenizer.pad_token is None:  # batched generation and training need a pad token
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _guard_cpu_packing(model) -> None:
+    """bitsandbytes repacks a 4-bit layer for its AVX512-BF16 CPU kernel on the first eval-mode forward.
+    That kernel needs out_features % 32 == 0 and in_features % blocksize == 0 (else the repack crashes),
+    and it has no backward: a layer repacked by an evaluation inside a QLoRA run trains no more (measured:
+    the loss freezes). Keep the generic kernel where the shape does not fit; the trainer turns the
+    repack off everywhere (disable_cpu_packing)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            weight = module.weight
+            state = getattr(weight, "quant_state", None)
+            blocksize = getattr(state, "blocksize", 64) or 64
+            if module.out_features % 32 or module.in_features % blocksize:
+                module.support_avx512bf16_for_cpu = False
+
+
+def disable_cpu_packing(model) -> int:
+    """Training on CPU in NF4: keep every 4-bit layer on the kernel that has a backward (see above)."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            count += 1
+    return count
+
+
+def _merged_checkpoint(spec: ModelSpec, base_path: str, dtype: str) -> str:
+    """Merge the adapter into a full-precision copy of the base and cache it as safetensors."""
+    adapter = Path(spec.adapter).expanduser()
+    key = hashlib.sha256(
+        f"{base_path}|{(adapter / 'adapter_model.safetensors').stat().st_mtime_ns}|{adapter.resolve()}".encode()
+    ).hexdigest()[:16]
+    target = paths.cache_dir() / "merged" / key
+    if (target / "config.json").is_file():
+        return str(target)
+    full = ModelSpec(
+        base=base_path, adapter=str(adapter), merge=True, quantization="none", device="cpu",
+        dtype="fp32" if dtype == "fp32" else "bf16", trust_remote_code=spec.trust_remote_code,
+    )
+    loaded = load(full)
+    write_merged(loaded, target)
+    return str(target)
+
+
+def write_merged(loaded: Loaded, target: Path) -> Path:
+    """Save a merged model + tokenizer atomically (the trainer's `merge` command uses this too)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target.parent))
+    try:
+        loaded.model.save_pretrained(staging, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _quiet_transformers() -> None:
+    """Progress bars for a sub-second load are noise in a terminal app."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def context_length(model, tokenizer) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(usable) if usable else 2048

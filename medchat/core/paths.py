@@ -1,0 +1,50 @@
+"""Where medchat keeps things: user dirs (platformdirs, overridable by env) and the shipped assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "medchat"
+# Repo checkout / editable install: assets/ sits beside the packages.
+ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+
+
+def _dir(env: str, default: str) -> Path:
+    return Path(os.environ.get(env) or default).expanduser()
+
+
+def cache_dir() -> Path:
+    return _dir("MEDCHAT_CACHE_DIR", platformdirs.user_cache_dir(APP))
+
+
+def data_dir() -> Path:
+    return _dir("MEDCHAT_DATA_DIR", platformdirs.user_data_dir(APP))
+
+
+def config_dir() -> Path:
+    return _dir("MEDCHAT_CONFIG_DIR", platformdirs.user_config_dir(APP))
+
+
+def runs_root() -> Path:
+    return _dir("MEDCHAT_RUNS_DIR", str(data_dir() / "runs"))
+
+
+def history_db_path() -> Path:
+    return data_dir() / "history.sqlite3"
+
+
+def config_file() -> Path:
+    return config_dir() / "config.toml"
+
+
+# The shipped default adapter is a complete run directory (run card, manifest, metrics, guard index).
+DEFAULT_RUN_DIR = ASSETS_DIR / "default-run"
+
+
+def default_adapter_dir() -> Path | None:
+    """The adapter shipped in assets/default-run/adapter, if this install has one."""
+    candidate = DEFAULT_RUN_DIR / "adapter"
+    return candidate if (candidate / "adapter_config.json").is_file() else None
