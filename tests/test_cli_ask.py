@@ -86,7 +86,8 @@ def test_ask_decline_policy_from_the_flag_and_from_config(tiny_model_dir, isolat
 
 
 def test_ask_with_a_corrupt_guard_index_still_flags_emergencies(tiny_model_dir, tmp_path, monkeypatch):
-    from medchat import ask, session
+    from medchat.app import ask
+    from medchat.core import session
 
     index = tmp_path / "guard_index"
     index.mkdir()
