@@ -113,10 +113,10 @@ class RemoteEngine:
                       temperature=settings.temperature, top_p=settings.top_p,
                       stream_options={"include_usage": True})
         if self.repetition_penalty_accepted and settings.repetition_penalty != 1.0:
-            try:  # not an OpenAI field: vLLM, llama.cpp and transformers serve take it, OpenAI refuses it
+            try:  # not an OpenAI field: vLLM and llama.cpp take it; OpenAI (400) and transformers serve (422) refuse it
                 return await client.chat.completions.create(
                     **kwargs, extra_body={"repetition_penalty": settings.repetition_penalty})
-            except openai.BadRequestError as exc:
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
                 if "repetition_penalty" not in str(exc):
                     raise
                 self.repetition_penalty_accepted = False
