@@ -80,7 +80,7 @@ def test_http_error_carries_the_servers_message():
 
 
 def test_a_slow_server_times_out_as_504():
-    with running(scripted_upstream("slow", delay_s=5)) as url:
+    with running(scripted_upstream("slow", delay_s=1.5)) as url:
         with pytest.raises(RemoteError, match="did not answer within 0.5 s") as caught:
             answer(RemoteEngine(url, "m", timeout_s=0.5))
     assert caught.value.status == 504

@@ -181,7 +181,7 @@ def test_upstream_down_is_502_and_slow_is_504(serve):
     assert "Cannot reach the model server" in response.json()["error"]["message"]
     assert response.json()["medchat"]["reminder"] == PHYSICIAN_REMINDER
 
-    with running(scripted_upstream("slow", delay_s=5)) as up, serve(RemoteEngine(up, "m", timeout_s=0.5)) as url:
+    with running(scripted_upstream("slow", delay_s=1.5)) as up, serve(RemoteEngine(up, "m", timeout_s=0.5)) as url:
         with pytest.raises(openai.APIStatusError) as caught:
             client(url).chat.completions.create(model="medchat", messages=ask("How much water?"))
     assert caught.value.status_code == 504

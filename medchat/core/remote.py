@@ -117,7 +117,7 @@ class RemoteEngine:
                 return await client.chat.completions.create(
                     **kwargs, extra_body={"repetition_penalty": settings.repetition_penalty})
             except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if "repetition_penalty" not in str(exc):
+                if "repetition_penalty" not in _server_message(exc):
                     raise
                 self.repetition_penalty_accepted = False
         return await client.chat.completions.create(**kwargs)
@@ -236,13 +236,12 @@ def as_remote_error(exc: BaseException, url: str, timeout_s: float, mid_answer: 
 
 
 def _server_message(exc) -> str:
+    """What the server said: OpenAI's {"error": {"message"}}, FastAPI's {"detail"}, or the body as it is."""
     body = exc.body
     if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message") if isinstance(error, dict) else error
-        if message:
-            return str(message)
-    return exc.message
+        body = body.get("error", body)
+        body = body.get("message") or body.get("detail") or body if isinstance(body, dict) else body
+    return str(body) if body else exc.message
 
 
 def _cause(exc: BaseException) -> str:
