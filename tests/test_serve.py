@@ -21,7 +21,7 @@ from medchat.core.engine import Engine, GenerationSettings
 from medchat.core.guard.notices import DECLINE_MESSAGE, PHYSICIAN_REMINDER
 from medchat.core.remote import RemoteEngine
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 EMERGENCY = "I have chest pain, what should I do?"
 
 
@@ -215,3 +215,16 @@ def test_threads_are_not_left_behind(serve):
             break
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+def test_earlier_answers_reach_the_model_without_the_safety_texts(serve):
+    from medchat.core.guard.notices import EMERGENCY_NOTICE
+
+    upstream = scripted_upstream("ok")
+    earlier = f"⚠ {EMERGENCY_NOTICE['emergency']}\n\nCall for help.\n\nThen rest.\n\n{PHYSICIAN_REMINDER}"
+    with running(upstream) as up, serve(RemoteEngine(up, "m")) as url:
+        client(url).chat.completions.create(model="medchat", messages=[
+            {"role": "user", "content": EMERGENCY}, {"role": "assistant", "content": earlier},
+            {"role": "user", "content": "How much water?"}])
+    sent = upstream.state.requests[0]["messages"]
+    assert sent[2] == {"role": "assistant", "content": "Call for help.\n\nThen rest."}

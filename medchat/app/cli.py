@@ -111,6 +111,7 @@ def serve(run, host, port, upstream, model_name, api_key_env, served_model_name,
     from medchat.app.serve import load_gateway, run_server
     from medchat.core.engine import EngineError
     from medchat.core.model import ModelError
+    from medchat.core.remote import DEFAULT_API_KEY_ENV
 
     if upstream and run:
         raise click.UsageError("Give RUN or --upstream, not both: with --upstream the model is the server's.")
@@ -120,7 +121,7 @@ def serve(run, host, port, upstream, model_name, api_key_env, served_model_name,
         click.echo(f"medchat serve: listening on {host} with no authentication; anyone who reaches it can use "
                    "the model.", err=True)
     try:
-        gateway = load_gateway(spec, upstream=upstream, model=model_name, api_key_env=api_key_env or "OPENAI_API_KEY",
+        gateway = load_gateway(spec, upstream=upstream, model=model_name, api_key_env=api_key_env or DEFAULT_API_KEY_ENV,
                                served_model=served_model_name, policy=resolve_ood_policy(ood_policy),
                                max_concurrent=max_concurrent, max_request_bytes=max_request_bytes)
     except (ModelError, EngineError) as exc:

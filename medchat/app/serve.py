@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medchat.app.cli_options import DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_REQUEST_BYTES
 from medchat.core.engine import EngineError, GenerationSettings
+from medchat.core.guard.notices import PHYSICIAN_REMINDER
 from medchat.core.protocols import Engine, GuardChecker
 from medchat.core.remote import RemoteError
 from medchat.core.session import ChatSession, Checked, Declined, Finished, Notice, Reminder, Stats, Token, Waiting
@@ -114,7 +115,20 @@ class ChatRequest(BaseModel):
             raise ApiError(400, "Only the first message may be a system message.", param="messages")
         if not messages or messages[-1]["role"] != "user":
             raise ApiError(400, "The last message must be the user's.", param="messages")
+        for message in messages[:-1]:
+            if message["role"] == "assistant":
+                message["content"] = answer_only(message["content"])
         return system, messages[:-1], messages[-1]["content"]
+
+
+def answer_only(content: str) -> str:
+    """An earlier answer as a client sends it back, without the notices and the reminder medchat added to it
+    (the model should read its own answers, not learn to repeat the safety texts)."""
+    content = content.removesuffix(f"\n\n{PHYSICIAN_REMINDER}")
+    paragraphs = content.split("\n\n")
+    while len(paragraphs) > 1 and paragraphs[0][:2] in ("⚠ ", "ⓘ "):
+        paragraphs.pop(0)
+    return "\n\n".join(paragraphs).strip()
 
 
 async def read_request(request: Request, limit: int) -> ChatRequest:
