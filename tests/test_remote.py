@@ -132,3 +132,38 @@ def test_history_records_the_model_per_answer_and_never_the_key(tmp_path, monkey
     assert answer_row.stats["model"] == "fake-upstream"
     store.close()
     assert b"sk-never-stored" not in (tmp_path / "history.db").read_bytes()
+
+
+def test_ask_takes_the_endpoint_from_config_and_flags_win(isolated_user_dirs, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from medchat.app.cli import main
+
+    monkeypatch.setenv("CONFIGURED_KEY", "sk-from-config-var")
+    config = isolated_user_dirs / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    upstream = scripted_upstream("ok")
+    with running(upstream) as url:
+        config.write_text(f'[endpoint]\nurl = "{url}"\nmodel = "configured"\napi_key_env = "CONFIGURED_KEY"\n')
+        result = CliRunner().invoke(main, ["ask", "--json", "How much water should I drink?"])
+        flagged = CliRunner().invoke(main, ["ask", "--json", "--model", "flagged", "How much water?"])
+    assert result.exit_code == 0 and flagged.exit_code == 0, result.output + flagged.output
+    record = json.loads(result.stdout)
+    assert record["answer"] == "Drink water often." and record["stats"]["model"] == "configured"
+    assert [r["model"] for r in upstream.state.requests] == ["configured", "flagged"]
+    assert upstream.state.requests[0]["authorization"] == "Bearer sk-from-config-var"
+
+
+def test_a_bad_endpoint_table_is_a_one_line_error(isolated_user_dirs):
+    from click.testing import CliRunner
+
+    from medchat.app.cli import main
+
+    config = isolated_user_dirs / "config" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('[endpoint]\nurl = "http://127.0.0.1:1/v1"\nkey = "sk-do-not-put-keys-here"\n')
+    result = CliRunner().invoke(main, ["ask", "hi"])
+    assert result.exit_code == 1
+    assert f"In {config}: [endpoint] has no setting 'key'" in result.output and "Traceback" not in result.output
