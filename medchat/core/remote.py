@@ -9,10 +9,12 @@ the turn's error while keeping what was streamed so far):
     server down / refused       -> status 502, "Cannot reach the model server at URL ..."
     no answer within the timeout -> status 504, "... did not answer within N s"
     HTTP error from the server   -> status 502, "... answered HTTP 4xx/5xx: <its message>"
-    stream dropped mid-answer    -> status 502, "... the connection dropped mid-answer"
+    stream dropped mid-answer    -> status 502, "... dropped the connection mid-answer"
+    an error event in the stream -> status 502, "... reported an error: ..."
 
-A reader thread pulls the HTTP stream, so that cancel() (Esc) returns at once even while the server is
-silent; it closes the response, which stops a server that watches for disconnects.
+A reader thread runs the request on an event loop of its own, so that cancel() (Esc) returns at once even
+while the server is silent: it cancels the request, which closes the connection (a server that watches for
+disconnects stops generating).
 """
 
 from __future__ import annotations
