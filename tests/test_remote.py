@@ -142,6 +142,7 @@ def test_ask_takes_the_endpoint_from_config_and_flags_win(isolated_user_dirs, mo
     from medchat.app.cli import main
 
     monkeypatch.setenv("CONFIGURED_KEY", "sk-from-config-var")
+    monkeypatch.setattr("medchat.app.ask.load_guard", lambda adapter: FakeGuard())  # the endpoint is under test
     config = isolated_user_dirs / "config" / "config.toml"
     config.parent.mkdir(parents=True)
     upstream = scripted_upstream("ok")
