@@ -6,17 +6,20 @@
 #         transformers, peft, accelerate), the SmolLM2 tokenizer and 400 training rows from ../shared/data
 #   2. on the device (the `run` tool), one call:
 #      run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
-#      -> prints the decode table and the QLoRA training table; logs and JSON under $OUT
+#      -> prints the decode table, the QLoRA training table and `medchat serve` under 8 concurrent streams
+#         (bench/serve_throughput.py on the TinyLlama-shaped model); logs and JSON under $OUT
 # Copy the printed tables, with the GPU's name, into the README's Performance section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS="bitsandbytes trl platformdirs click rich markdown-it-py mdurl pygments"
+SERVE_WHEELS="fastapi uvicorn openai"  # with their dependencies (pip resolves them from .whl on the device)
 
 if [[ "${1:-run}" == "prepare" ]]; then
     PY=.venv/bin/python
     mkdir -p .whl/gpu
     $PY -m pip download -q --no-deps --only-binary :all: -d .whl $WHEELS
+    $PY -m pip download -q --only-binary :all: -d .whl/serve $SERVE_WHEELS
     HF_HUB_OFFLINE=1 $PY - <<'EOF'
 from pathlib import Path
 from transformers import AutoTokenizer
@@ -36,5 +39,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -m pip install -q --no-index --find-links .whl --no-deps $WHEELS 2>&1 | tail -3 || true
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 MEDCHAT_CACHE_DIR=/tmp/medchat-cache
 $PY -c "import torch, transformers, peft, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'bnb', bitsandbytes.__version__)"
+$PY -m pip install -q --no-index --find-links .whl/serve $SERVE_WHEELS 2>&1 | tail -3 || true
 $PY bench/gpu_check.py --assets .whl/gpu --n 200 2>&1 | tee "$OUT/gpu_check.log"
+# gpu_check.py left the TinyLlama-shaped model in /tmp/tinyllama-shaped
+$PY bench/serve_throughput.py --base /tmp/tinyllama-shaped --device cuda --max-tokens 128 2>&1 | tee "$OUT/serve_throughput.log"
 cp bench/results/*.json "$OUT/" 2>/dev/null || true

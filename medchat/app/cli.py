@@ -7,7 +7,13 @@ import sys
 import click
 
 from medchat.core import paths
-from medchat.app.cli_options import model_options, ood_policy_option, resolve_ood_policy
+from medchat.app.cli_options import (
+    endpoint_options,
+    model_options,
+    ood_policy_option,
+    resolve_ood_policy,
+    serve_options,
+)
 from medchat.core.quiet import quiet_known_warnings
 
 
@@ -28,9 +34,10 @@ def _show_paths() -> None:
 @click.option("--paths", "show_paths", is_flag=True, help="Print where medchat keeps data, config and cache, then exit.")
 @click.option("--no-history", is_flag=True, help="Incognito: write no conversation history.")
 @ood_policy_option
+@endpoint_options
 @model_options
 @click.pass_context
-def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str | None, spec) -> None:
+def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str | None, endpoint, spec) -> None:
     """Chat with a local medical assistant model in your terminal.
 
     Not a doctor: every answer ends with a reminder to consult a licensed physician.
@@ -43,7 +50,12 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str
         return
     from medchat.app.chat.app import run_app
 
-    run_app(spec, no_history=no_history, ood_policy=resolve_ood_policy(ood_policy))
+    engine_factory = None
+    if endpoint is not None:
+        from medchat.core.remote import RemoteEngine
+
+        engine_factory = lambda: RemoteEngine(**endpoint)  # noqa: E731
+    run_app(spec, no_history=no_history, ood_policy=resolve_ood_policy(ood_policy), engine_factory=engine_factory)
 
 
 @main.command()
@@ -61,9 +73,10 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str
 @click.option("--json", "output", flag_value="json",
               help="One JSON object on stdout: answer, notices, ood_level, red_flags, declined, reminder, stats...")
 @ood_policy_option
+@endpoint_options
 @model_options
 def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, output,
-        ood_policy, spec):
+        ood_policy, endpoint, spec):
     """Answer one QUESTION (or the text piped on stdin), streaming to stdout.
 
     Emergency notices come before the answer and the physician reminder after it, as in the chat.
@@ -80,7 +93,56 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   repetition_penalty=repetition_penalty)
     run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats,
-            output=output or "text", ood_policy=resolve_ood_policy(ood_policy))
+            output=output or "text", ood_policy=resolve_ood_policy(ood_policy), endpoint=endpoint)
+
+
+@main.command()
+@click.argument("run", required=False)
+@serve_options
+@ood_policy_option
+@model_options
+def serve(run, host, port, upstream, model_name, api_key_env, served_model_name, max_concurrent, max_request_bytes,
+          ood_policy, spec):
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models) with medchat's guard in front.
+
+    The model: RUN's adapter (a run id or directory), the --base/--adapter flags, or --upstream URL (vLLM,
+    llama.cpp server...). Every answer carries the emergency notice first and the physician reminder last.
+    """
+    from medchat.app.serve import load_gateway, run_server
+    from medchat.core.engine import EngineError
+    from medchat.core.model import ModelError
+    from medchat.core.remote import DEFAULT_API_KEY_ENV
+
+    if upstream and run:
+        raise click.UsageError("Give RUN or --upstream, not both: with --upstream the model is the server's.")
+    if run:
+        spec = _spec_for_run(run, spec)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"medchat serve: listening on {host} with no authentication; anyone who reaches it can use "
+                   "the model.", err=True)
+    try:
+        gateway = load_gateway(spec, upstream=upstream, model=model_name, api_key_env=api_key_env or DEFAULT_API_KEY_ENV,
+                               served_model=served_model_name, policy=resolve_ood_policy(ood_policy),
+                               max_concurrent=max_concurrent, max_request_bytes=max_request_bytes)
+    except (ModelError, EngineError) as exc:
+        raise click.ClickException(str(exc)) from None
+    run_server(gateway, host, port)
+
+
+def _spec_for_run(ref: str, spec):
+    """The spec with RUN's adapter, on RUN's base unless --base was given."""
+    import dataclasses
+
+    from trainer.runs import RunError, resolve_run
+
+    try:
+        found = resolve_run(ref)
+        base = found.read().get("base") if spec.base == "bundled" else None
+    except RunError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not found.adapter.is_dir():
+        raise click.ClickException(f"{found.path} has no adapter/ folder (has the run finished?).")
+    return dataclasses.replace(spec, adapter=str(found.adapter), base=base or spec.base)
 
 
 # Subcommands that live beside the modules they drive.

@@ -91,3 +91,83 @@ def resolve_ood_policy(flag: str | None) -> str:
         return load_ood_policy() or DEFAULT_POLICY
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# ---------------------------------------------------------------- OpenAI-compatible servers
+
+MODEL_NAME_OPTION = click.option(
+    "--model", "model_name", default=None, metavar="NAME",
+    help="The model to ask the server for (default: [endpoint] model in config.toml, else the first it lists).")
+API_KEY_ENV_OPTION = click.option(
+    "--api-key-env", default=None, metavar="VAR",
+    help="Environment variable that holds the server's API key (default: [endpoint] api_key_env, else "
+         "OPENAI_API_KEY). The key itself is never stored.")
+
+
+def endpoint_options(func):
+    """Add --endpoint/--model/--api-key-env; the command gets `endpoint`: RemoteEngine's keyword arguments
+    (url, model, api_key_env), or None to run the local model. Flags win over config.toml's [endpoint]."""
+    options = [
+        click.option("--endpoint", default=None, metavar="URL",
+                     help="Generate through an OpenAI-compatible server (vLLM, llama.cpp, Ollama, transformers "
+                          "serve, medchat serve), e.g. http://127.0.0.1:8000/v1. The guard, notices and reminder "
+                          "stay local. Default: [endpoint] url in config.toml."),
+        MODEL_NAME_OPTION,
+        API_KEY_ENV_OPTION,
+    ]
+    for option in reversed(options):
+        func = option(func)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        kwargs["endpoint"] = resolve_endpoint(kwargs.pop("endpoint"), kwargs.pop("model_name"),
+                                              kwargs.pop("api_key_env"))
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def resolve_endpoint(url: str | None, model: str | None, api_key_env: str | None) -> dict | None:
+    from medchat.core.remote import DEFAULT_API_KEY_ENV
+    from medchat.core.settings import SettingsError, load_endpoint
+
+    try:
+        config = load_endpoint()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    url = url or config.get("url")
+    if not url:
+        if model or api_key_env:
+            raise click.UsageError("--model and --api-key-env need --endpoint URL (or [endpoint] url in config.toml).")
+        return None
+    return {"url": url, "model": model or config.get("model"),
+            "api_key_env": api_key_env or config.get("api_key_env") or DEFAULT_API_KEY_ENV}
+
+
+DEFAULT_MAX_CONCURRENT = 4
+DEFAULT_MAX_REQUEST_BYTES = 1_000_000
+
+
+def serve_options(func):
+    """Add what `medchat serve` takes besides the model flags: where it listens, an optional upstream server,
+    the served name and the limits."""
+    options = [
+        click.option("--host", default="127.0.0.1", show_default=True,
+                     help="Address to listen on. There is no authentication: keep it on 127.0.0.1 or put a proxy "
+                          "with authentication in front."),
+        click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),
+        click.option("--upstream", default=None, metavar="URL",
+                     help="Generate through this OpenAI-compatible server (e.g. vLLM) instead of a local model; "
+                          "medchat adds the guard, the notices and the reminder."),
+        MODEL_NAME_OPTION,
+        API_KEY_ENV_OPTION,
+        click.option("--served-model-name", default="medchat", show_default=True,
+                     help="The model id clients ask for (GET /v1/models lists it)."),
+        click.option("--max-concurrent", type=click.IntRange(1), default=DEFAULT_MAX_CONCURRENT, show_default=True,
+                     help="Generations at once; more get HTTP 429."),
+        click.option("--max-request-bytes", type=click.IntRange(1), default=DEFAULT_MAX_REQUEST_BYTES,
+                     show_default=True, help="Larger request bodies get HTTP 413."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

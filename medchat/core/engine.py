@@ -53,6 +53,7 @@ class GenerationStats:
     tokens_per_s: float
     elapsed_s: float
     stop_reason: str  # "eos" | "length" | "cancelled" | "error"
+    model: str | None = None  # the model that answered, when a server names it (medchat.core.remote)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

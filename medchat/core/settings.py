@@ -13,6 +13,11 @@ Defaults live in ``config.toml`` in the user config directory::
     system_prompt = "..."      # omit to use medchat's built-in system prompt
     ood_policy = "note"        # out-of-domain questions: "note" (answer with a note) or "decline"
 
+    [endpoint]                 # chat through an OpenAI-compatible server instead of the local model
+    url = "http://127.0.0.1:8000/v1"
+    model = "my-model"         # omit to use the first model the server lists
+    api_key_env = "OPENAI_API_KEY"   # the NAME of the variable holding the key (the key is never stored)
+
 Each conversation stores its own copy (``ChatSettings.as_dict()``) in the history database.
 Headless: no Textual import here.
 """
@@ -39,6 +44,7 @@ __all__ = [
     "default_system_prompt",
     "load_config",
     "load_defaults",
+    "load_endpoint",
     "load_ood_policy",
     "save_defaults",
     "to_toml",
@@ -199,6 +205,25 @@ def load_ood_policy(path: str | os.PathLike | None = None) -> str | None:
         raise SettingsError(f"In {file}: [chat] ood_policy must be one of {', '.join(map(repr, POLICIES))}, "
                             f"not {value!r}. Fix it or remove the line to use \"note\".")
     return value
+
+
+ENDPOINT_KEYS = ("url", "model", "api_key_env")
+
+
+def load_endpoint(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """`[endpoint]` from config.toml: the keys of ENDPOINT_KEYS that are set ({} when there is none)."""
+    file = _config_path(path)
+    table = load_config(file).get("endpoint", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"In {file}: [endpoint] must be a table (url, model, api_key_env).")
+    unknown = sorted(set(table) - set(ENDPOINT_KEYS))
+    if unknown:
+        raise SettingsError(f"In {file}: [endpoint] has no setting {unknown[0]!r}; "
+                            f"it takes {', '.join(ENDPOINT_KEYS)}.")
+    for key, value in table.items():
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"In {file}: [endpoint] {key} must be non-empty text, not {value!r}.")
+    return {key: value.strip() for key, value in table.items()}
 
 
 def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None) -> Path:

@@ -928,10 +928,11 @@ def run_app(
     history_path: Path | None = None,
     prompt_style: str = "chat",
     ood_policy: str | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> None:
-    """Run the chat app in this terminal (called by `medchat`)."""
+    """Run the chat app in this terminal (called by `medchat`); engine_factory: e.g. an endpoint's engine."""
     MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
-               ood_policy=ood_policy).run()
+               ood_policy=ood_policy, engine_factory=engine_factory).run()
 
 
 def _is_tty(stream) -> bool:
