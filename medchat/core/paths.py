@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 import platformdirs
 
 APP = "medchat"
-# Repo checkout / editable install: assets/ sits beside the packages.
-ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+# The shipped data is package data: in a checkout medchat/assets links to the top-level assets/, in an
+# installed wheel it is a plain folder inside the package; importlib.resources finds either.
+ASSETS_DIR = Path(str(resources.files("medchat") / "assets")).resolve()
 
 
 def _dir(env: str, default: str) -> Path:
