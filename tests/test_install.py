@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,8 +31,13 @@ def installed(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("install")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the checkout must not be importable
     wheels = root / "wheels"
+    source = root / "source"  # a copy, so that the build leaves no build/ or egg-info in the checkout
+    for name in ("medchat", "trainer", "metrics", "assets"):
+        shutil.copytree(REPO / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(REPO)], check=True, cwd=root, env=env, timeout=600)
+                    "-w", str(wheels), str(source)], check=True, cwd=root, env=env, timeout=600)
     env_dir = root / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     bin_dir = env_dir / "bin"

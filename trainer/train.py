@@ -29,10 +29,11 @@ from medchat.core.prompting import IGNORE_INDEX
 
 from . import data as data_mod
 from .config import TrainConfig, from_resolved_yaml, to_yaml
-from .runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso
+from medchat.core.runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso, resolve_run
+from medchat.core.errors import MedchatError
 
 
-class TrainError(Exception):
+class TrainError(MedchatError):
     """Training cannot start or continue; the message says why and what to do."""
 
 
@@ -205,10 +206,7 @@ def train(
     started = time.time()
 
     if resume:
-        from .runs import resolve_run
-
-        run = resolve_run(resume)
-        run = RunDir(_shared_run_path(run.path))
+        run = RunDir(_shared_run_path(resolve_run(resume)))
         if not run.config_yaml.is_file():
             raise TrainError(f"{run.path} has no config.yaml, so it is not a medchat-train run to resume.")
         cfg = from_resolved_yaml(run.config_yaml)
@@ -246,7 +244,7 @@ def train(
             "system_prompt": _system_prompt(cfg),
             "seed": cfg.seed,
             "git_commit": git_commit(),
-            "versions": library_versions(),
+            "versions": library_versions("accelerate", "datasets", "bitsandbytes"),
             "elapsed_s": 0.0,
             "hyperparameters": hyperparameters(cfg, _world_size()),
             "resolved": hw.as_dict(),

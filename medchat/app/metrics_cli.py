@@ -82,7 +82,7 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     from metrics.evaluate import EvalError, default_settings, resolve_target
     from metrics.evaluate import evaluate as run_evaluation
     from metrics.report import build_report, render_rich
-    from metrics.runs import RunError
+    from medchat.core.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
@@ -140,7 +140,7 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
 
 def _just_measured(target, results: dict, eval_dir: Path):
     """A Run whose results are the ones just written (its eval_dir is where they went)."""
-    from metrics.runs import Run, load_run
+    from medchat.core.runs import Run, load_run
 
     if target.run_dir is not None:
         run = load_run(target.run_dir)
@@ -202,7 +202,7 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
     from metrics.mcq import TaskError, run_mcq
     from metrics.mcq_tasks import resolve_task
     from metrics.report import render_mcq_rich
-    from metrics.runs import RunError
+    from medchat.core.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
@@ -258,7 +258,7 @@ def report(runs, fmt, output, charts, all_runs) -> None:
     RUNS are run directories or run ids (default: every run; details for the newest evaluated one).
     """
     from metrics.report import build_report, render_json, render_markdown, render_rich, write_charts
-    from metrics.runs import RunError, discover_runs, load_run, load_runs
+    from medchat.core.runs import RunError, discover_runs, load_run, load_runs
 
     try:
         selected = load_runs(list(runs)) if runs else None
@@ -306,7 +306,7 @@ def report(runs, fmt, output, charts, all_runs) -> None:
 def compare(runs, fmt) -> None:
     """Evaluated runs side by side: every metric, base and each run's fine-tuned model."""
     from metrics.report import compare_table, render_compare
-    from metrics.runs import RunError, load_runs
+    from medchat.core.runs import RunError, load_runs
 
     try:
         loaded = load_runs(list(runs))
@@ -331,7 +331,7 @@ def compare(runs, fmt) -> None:
 @click.argument("runs", nargs=-1)
 def show(runs) -> None:
     """Open the report view (runs, metrics tables, loss chart, per-example browser)."""
-    from metrics.runs import RunError, resolve_run
+    from medchat.core.runs import RunError, resolve_run
 
     try:
         paths = [resolve_run(r) for r in runs] if runs else None

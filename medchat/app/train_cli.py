@@ -26,7 +26,7 @@ def _user_errors():
     from medchat.core.model import ModelError
 
     from trainer.data import DataError
-    from trainer.runs import RunError
+    from medchat.core.runs import RunError
     from trainer.train import TrainError
 
     return (ConfigError, DataError, RunError, TrainError, ModelError)
@@ -229,10 +229,10 @@ def runs_cmd(runs_dir, as_json, wide, no_default):
 
     from medchat.core import paths
 
-    from trainer.runs import list_runs, summarize
+    from medchat.core.runs import RunDir, discover_runs, summarize
 
     root = Path(runs_dir).expanduser() if runs_dir else paths.runs_root()
-    rows = [summarize(r) for r in list_runs(root, include_default=not no_default)]
+    rows = [summarize(RunDir(p)) for p in discover_runs(root, include_default=not no_default)]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -296,11 +296,11 @@ def merge_cmd(run, output, dtype, overwrite):
     """Merge RUN's LoRA adapter into its base model (RUN: id, path, or 'default')."""
     from medchat.core.model import ModelSpec, load, write_merged
 
-    from trainer.runs import resolve_run
+    from medchat.core.runs import RunDir, resolve_run
 
     errors = _user_errors()
     try:
-        rd = resolve_run(run)
+        rd = RunDir(resolve_run(run))
         info = rd.read()
         if not (rd.adapter / "adapter_config.json").is_file():
             raise _fail(Exception(f"{rd.path} has no adapter yet (status {info.get('status', '?')}); "

@@ -54,7 +54,7 @@ def test_inspect_data_shows_mask_and_counts(tiny_model_dir):
 def test_guard_hook_failure_becomes_a_note(tmp_path, monkeypatch):
     import sys
 
-    from trainer.runs import RunDir
+    from medchat.core.runs import RunDir
     from trainer.train import _build_guard_index
 
     monkeypatch.setitem(sys.modules, "medchat.core.guard", None)  # as if the guard module were absent
