@@ -45,6 +45,7 @@ from metrics.mcq_tasks import (
     resolve_task,
 )
 from medchat.core.runs import MCQ_PREFIX
+from medchat.core.tokens import context_length
 from metrics.scores import token_budget_batches
 
 SCHEMA_VERSION = 1
@@ -83,7 +84,7 @@ def build_requests(tokenizer, contexts: list[str], conts: list[list[str]]) -> li
 
 
 def _max_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", None) or 2048)
+    return context_length(getattr(model.config, "max_position_embeddings", None))
 
 
 def _device(model):

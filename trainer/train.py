@@ -579,11 +579,10 @@ def _save_adapter(trainer, tokenizer, run: RunDir, cfg: TrainConfig, main: bool)
 
 
 def _build_guard_index(run: RunDir, train_rows, console) -> str | None:
-    """The guard's out-of-domain reference index from this run's training questions (optional module)."""
-    try:
-        from medchat.core.guard import build_reference_index
-    except Exception as exc:  # the guard is another team's module; training must not depend on it
-        return f"warning: guard index not built (medchat.core.guard unavailable: {type(exc).__name__}: {exc})"
+    """The guard's out-of-domain reference index from this run's training questions. A failure (no embedder
+    installed, say) costs the run its own index, not the run: the chat falls back to the shipped one."""
+    from medchat.core.guard import build_reference_index
+
     try:
         if console:
             console.print("  building the guard's reference index from the training questions ...")

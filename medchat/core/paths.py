@@ -38,6 +38,11 @@ def history_db_path() -> Path:
     return data_dir() / "history.sqlite3"
 
 
+def hash_memo_file() -> Path:
+    """Digests of large files already hashed (see fileio.file_sha256)."""
+    return cache_dir() / "hashes.json"
+
+
 def config_file() -> Path:
     return config_dir() / "config.toml"
 
