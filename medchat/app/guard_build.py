@@ -16,8 +16,10 @@ from pathlib import Path
 
 import click
 
+from medchat.app.cli_options import MedchatCommand
 
-@click.command(name="build-guard-index", context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.command(name="build-guard-index", cls=MedchatCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--questions", "question_files", multiple=True, required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Reference questions (.jsonl with question/input keys, or .txt); repeatable.")

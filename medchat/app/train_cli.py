@@ -15,32 +15,29 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from medchat.app.cli_options import MedchatGroup, model_flag
 from medchat.core.quiet import quiet_known_warnings
 
-from trainer.config import FIELDS, ConfigError, list_presets, load_config
+from trainer.config import FIELDS, list_presets, load_config
 
 DEFAULT_PRESET = "cpu-smollm2"
-
-
-def _user_errors():
-    from medchat.core.model import ModelError
-
-    from trainer.data import DataError
-    from medchat.core.runs import RunError
-    from trainer.train import TrainError
-
-    return (ConfigError, DataError, RunError, TrainError, ModelError)
-
-
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
 
 
 # ---------------------------------------------------------------- options generated from the schema
 
 
+# Config fields that are model flags take their declaration from cli_options; the preset gives the default.
+# --precision, the field's own name (presets and config files keep it), stays as an alias of --dtype.
+MODEL_FIELD_FLAGS = {"base": ("base",), "quantization": ("quantization",), "device": ("device",),
+                     "precision": ("dtype", "--precision", "precision"), "trust_remote_code": ("trust_remote_code",)}
+
+
 def _option_for(f, grid: bool = False):
     flag = "--" + f.name.replace("_", "-")
+    if f.name in MODEL_FIELD_FLAGS and not grid:
+        if f.type is bool:
+            return model_flag(*MODEL_FIELD_FLAGS[f.name])
+        return model_flag(*MODEL_FIELD_FLAGS[f.name], default=None, show_default=False, default_note="the preset's")
     if grid:
         return click.option(flag, f.name, type=str, default=None,
                             help=f"{f.help} Comma-separated values form the grid.")
@@ -100,16 +97,13 @@ def _overrides(ctx: click.Context, params: dict[str, Any], skip: tuple[str, ...]
 
 
 def _load(ctx, params, skip=()):
-    try:
-        return load_config(params.get("preset"), params.get("config_file"), _overrides(ctx, params, skip))
-    except ConfigError as exc:
-        raise _fail(exc) from None
+    return load_config(params.get("preset"), params.get("config_file"), _overrides(ctx, params, skip))
 
 
 # ---------------------------------------------------------------- commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=MedchatGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="medchat", prog_name="medchat-train")
 def main() -> None:
     """Fine-tune a chat LLM on medical Q&A with LoRA / QLoRA, and record every run."""
@@ -148,15 +142,12 @@ def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_c
 
         click.echo(to_yaml(_load(ctx, params)), nl=False)
         return
-    errors = _user_errors()
     try:
         if resume:
             result = train(resume=resume, progress=not quiet)
         else:
             cfg = _load(ctx, params)
             result = train(cfg, output_dir=output_dir, name=name, overwrite=overwrite, progress=not quiet)
-    except errors as exc:
-        raise _fail(exc) from None
     except KeyboardInterrupt:
         click.echo("Aborted; the run is marked interrupted.", err=True)
         sys.exit(130)
@@ -179,19 +170,15 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
     from trainer.inspect import render_examples, render_counts
 
     cfg = _load(ctx, params)
-    errors = _user_errors()
     console = Console()
-    try:
-        prepared = data_mod.prepare(cfg)
-        from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
+    prepared = data_mod.prepare(cfg)
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
 
-        tokenizer = _tokenizer_for(cfg)
-        system = DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
-        rows = prepared.train if split == "train" else prepared.eval
-        encoded = {name: data_mod.encode_rows(tokenizer, part, cfg.prompt_style, system, cfg.max_length)
-                   for name, part in (("train", prepared.train), ("eval", prepared.eval))}
-    except errors as exc:
-        raise _fail(exc) from None
+    tokenizer = _tokenizer_for(cfg)
+    system = DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
+    rows = prepared.train if split == "train" else prepared.eval
+    encoded = {name: data_mod.encode_rows(tokenizer, part, cfg.prompt_style, system, cfg.max_length)
+               for name, part in (("train", prepared.train), ("eval", prepared.eval))}
     manifest = dict(prepared.manifest)
     manifest["tokens"] = {k: data_mod.token_summary(v) for k, v in encoded.items()}
     if as_json:
@@ -204,6 +191,7 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
 def _tokenizer_for(cfg):
     """Only the tokenizer (inspect-data needs no weights): the base is resolved by the shared loader's rules."""
     from medchat.core.model import ModelError, hub_kwargs, resolve_base
+    from medchat.core.tokens import ensure_pad_token
     from transformers import AutoTokenizer
 
     path = resolve_base(cfg.base)
@@ -211,8 +199,7 @@ def _tokenizer_for(cfg):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **hub_kwargs(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load the tokenizer of {cfg.base!r}: {str(exc).splitlines()[0][:300]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    ensure_pad_token(tok)
     return tok
 
 
@@ -298,25 +285,21 @@ def merge_cmd(run, output, dtype, overwrite):
 
     from medchat.core.runs import RunDir, resolve_run
 
-    errors = _user_errors()
-    try:
-        rd = RunDir(resolve_run(run))
-        info = rd.read()
-        if not (rd.adapter / "adapter_config.json").is_file():
-            raise _fail(Exception(f"{rd.path} has no adapter yet (status {info.get('status', '?')}); "
-                                  "finish or resume the run first."))
-        target = Path(output).expanduser() if output else rd.path / "merged"
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise _fail(Exception(f"{target} already exists; pass --overwrite to replace it."))
-        base = info.get("base") or "bundled"
-        loaded = load(ModelSpec(base=base, adapter=str(rd.adapter), merge=True, quantization="none", device="cpu",
-                                dtype=dtype))
-        write_merged(loaded, target)
-        meta = rd.adapter / "medchat.json"
-        if meta.is_file():
-            (target / "medchat.json").write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
-    except errors as exc:
-        raise _fail(exc) from None
+    rd = RunDir(resolve_run(run))
+    info = rd.read()
+    if not (rd.adapter / "adapter_config.json").is_file():
+        raise click.ClickException(f"{rd.path} has no adapter yet (status {info.get('status', '?')}); "
+                                   "finish or resume the run first.")
+    target = Path(output).expanduser() if output else rd.path / "merged"
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise click.ClickException(f"{target} already exists; pass --overwrite to replace it.")
+    base = info.get("base") or "bundled"
+    loaded = load(ModelSpec(base=base, adapter=str(rd.adapter), merge=True, quantization="none", device="cpu",
+                            dtype=dtype))
+    write_merged(loaded, target)
+    meta = rd.adapter / "medchat.json"
+    if meta.is_file():
+        (target / "medchat.json").write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
     click.echo(str(target))
 
 
@@ -345,27 +328,20 @@ def sweep_cmd(ctx, sweep_name, quiet, dry_run, **params):
         if raw is None:
             continue
         values = [v.strip() for v in str(raw).split(",") if v.strip()]
-        try:
-            grid[key] = [coerce(key, v, f"option --{key.replace('_', '-')}") for v in values]
-        except ConfigError as exc:
-            raise _fail(exc) from None
+        grid[key] = [coerce(key, v, f"option --{key.replace('_', '-')}") for v in values]
     if not grid:
         raise click.UsageError("give at least one grid option with comma-separated values, e.g. "
                                "--learning-rate 1e-4,2e-4 --epochs 1,2")
     base_cfg = _load(ctx, params, skip=GRID_FIELDS)
     sweep_id = sweep_name or f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    try:
-        cfgs = [base_cfg.replace(**combo) for combo in combos]
-    except ConfigError as exc:
-        raise _fail(exc) from None
+    cfgs = [base_cfg.replace(**combo) for combo in combos]
     console = Console(stderr=True)
     console.print(f"sweep {sweep_id}: {len(combos)} runs over " + ", ".join(f"{k}={v}" for k, v in grid.items()))
     if dry_run:
         for combo in combos:
             click.echo(json.dumps(combo))
         return
-    errors = _user_errors()
     results = []
     for i, (combo, cfg) in enumerate(zip(combos, cfgs), start=1):
         label = "-".join(f"{_abbrev(k)}{v}" for k, v in combo.items() if len(grid[k]) > 1) or "run"
@@ -373,8 +349,6 @@ def sweep_cmd(ctx, sweep_name, quiet, dry_run, **params):
         try:
             result = train(cfg, name=f"{sweep_id}-{label}", progress=not quiet,
                            extra_run_fields={"sweep": {"id": sweep_id, "params": combo}})
-        except errors as exc:
-            raise _fail(exc) from None
         except KeyboardInterrupt:
             console.print("sweep aborted")
             sys.exit(130)
