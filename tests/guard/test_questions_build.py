@@ -53,4 +53,4 @@ def test_build_command_reports_bad_file(tmp_path):
     f.write_text("{nope\n")
     res = CliRunner().invoke(build_main, ["--questions", str(f), "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
-    assert "bad.jsonl:1" in res.output and "Traceback" not in res.output
+    assert "bad.jsonl, line 1" in res.output and "Traceback" not in res.output
