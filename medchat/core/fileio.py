@@ -69,7 +69,8 @@ def read_jsonl(path: Path, error: type[Exception]) -> list[tuple[int, dict[str, 
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines would also cut at U+2028 or \x85, which JSON strings may hold.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
