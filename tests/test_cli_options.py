@@ -66,3 +66,21 @@ def test_a_user_error_is_one_line_and_exit_status_1(main, args, says):
 
 def test_a_usage_error_keeps_click_exit_status_2():
     assert CliRunner().invoke(metrics_cli.main, ["evaluate", "x", "--device", "tpu"]).exit_code == 2
+
+
+def test_runs_dir_is_one_option_on_every_command_that_finds_or_writes_runs():
+    commands = [train_cli.main.commands[n] for n in ("train", "sweep", "runs", "merge")]
+    commands += [metrics_cli.main.commands[n] for n in ("evaluate", "mcq", "report", "compare", "show")]
+    helps = {_option(c, "--runs-dir").help for c in commands}
+    assert len(helps) == 1
+
+
+def test_runs_dir_holds_for_its_command_only(tmp_path):
+    from medchat.core import paths
+
+    elsewhere = tmp_path / "elsewhere"
+    listed = CliRunner().invoke(train_cli.main, ["runs", "--runs-dir", str(elsewhere), "--json", "--no-default"])
+    assert listed.exit_code == 0 and listed.output == ""
+    assert paths.runs_root() == elsewhere
+    CliRunner().invoke(train_cli.main, ["runs", "--json", "--no-default"])
+    assert paths.runs_root() == tmp_path / "runs"  # the environment's again (conftest sets MEDCHAT_RUNS_DIR)

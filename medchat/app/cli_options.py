@@ -9,6 +9,7 @@ import click
 
 from medchat.core.errors import MedchatError
 from medchat.core.model import BACKENDS, BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
+from medchat.core import paths
 from medchat.core.paths import default_adapter_dir
 
 
@@ -75,6 +76,17 @@ def hardware_options(func):
     for name in reversed(HARDWARE_FLAGS):
         func = model_flag(name)(func)
     return func
+
+
+def runs_dir_option(func):
+    """--runs-dir: where run ids are looked up, runs are listed and new runs are written."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        paths.use_runs_root(value)
+
+    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None, expose_value=False,
+                        is_eager=True, callback=apply,
+                        help="Runs root (default: env MEDCHAT_RUNS_DIR, else <data dir>/runs).")(func)
 
 
 def model_options(func):

@@ -8,24 +8,13 @@ from pathlib import Path
 
 import click
 
-from medchat.app.cli_options import MedchatGroup, hardware_options, model_flag
+from medchat.app.cli_options import MedchatGroup, hardware_options, model_flag, runs_dir_option
 from medchat.core.quiet import quiet_known_warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FORMATS = ("rich", "markdown", "json")
-
-
-def _runs_dir_option(func):
-    """--runs-dir: where run ids are looked up and runs are listed (same as env MEDCHAT_RUNS_DIR)."""
-
-    def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-        if value:
-            os.environ["MEDCHAT_RUNS_DIR"] = value
-
-    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None, expose_value=False,
-                        is_eager=True, callback=apply, help="Runs root (default: env MEDCHAT_RUNS_DIR or the data dir).")(func)
 
 
 @click.group(cls=MedchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +33,7 @@ def main() -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("run_or_adapter")
 @model_flag("base", default=None, show_default=False, default_note="the run's recorded base")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -147,7 +136,7 @@ def _quiet_libraries() -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("run_or_adapter")
 @click.option("--task", "task_name", required=True,
               help="medqa, medmcqa, pubmedqa, mmlu-medical, or a YAML task file.")
@@ -222,7 +211,7 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("runs", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -275,7 +264,7 @@ def report(runs, fmt, output, charts, all_runs) -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
 def compare(runs, fmt) -> None:
@@ -299,7 +288,7 @@ def compare(runs, fmt) -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("runs", nargs=-1)
 def show(runs) -> None:
     """Open the report view (runs, metrics tables, loss chart, per-example browser)."""

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from medchat.app.cli_options import MedchatGroup, model_flag
+from medchat.app.cli_options import MedchatGroup, model_flag, runs_dir_option
 from medchat.core.quiet import quiet_known_warnings
 
 from trainer.config import FIELDS, list_presets, load_config
@@ -116,15 +116,14 @@ def main() -> None:
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: <runs root>/<YYYYmmdd-HHMMSS>-<preset>).")
 @click.option("--name", default=None, help="Run id under the runs root instead of the timestamped one.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, envvar="MEDCHAT_RUNS_DIR",
-              help="Runs root (env MEDCHAT_RUNS_DIR).")
+@runs_dir_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output directory.")
 @click.option("--resume", "resume", default=None, metavar="RUN",
               help="Continue an interrupted run (id or path) from its last checkpoint, with its saved config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration (YAML) and exit.")
 @click.pass_context
-def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_config, **params):
+def train_cmd(ctx, output_dir, name, overwrite, resume, quiet, print_config, **params):
     """Fine-tune with a preset; options given here override the preset and --config.
 
     \b
@@ -135,8 +134,6 @@ def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_c
     """
     from trainer.train import train
 
-    if runs_dir:
-        os.environ["MEDCHAT_RUNS_DIR"] = runs_dir
     if print_config:
         from trainer.config import to_yaml
 
@@ -204,12 +201,11 @@ def _tokenizer_for(cfg):
 
 
 @main.command("runs")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, envvar="MEDCHAT_RUNS_DIR",
-              help="Runs root (env MEDCHAT_RUNS_DIR).")
+@runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.option("--wide", is_flag=True, help="Every column, whatever the terminal width.")
 @click.option("--no-default", is_flag=True, help="Leave out the shipped default run.")
-def runs_cmd(runs_dir, as_json, wide, no_default):
+def runs_cmd(as_json, wide, no_default):
     """List runs: id, preset, base, data, examples, epochs, lr, losses, time, status."""
     from rich.console import Console
     from rich.table import Table
@@ -218,7 +214,7 @@ def runs_cmd(runs_dir, as_json, wide, no_default):
 
     from medchat.core.runs import RunDir, discover_runs, summarize
 
-    root = Path(runs_dir).expanduser() if runs_dir else paths.runs_root()
+    root = paths.runs_root()
     rows = [summarize(RunDir(p)) for p in discover_runs(root, include_default=not no_default)]
     if as_json:
         for row in rows:
@@ -274,6 +270,7 @@ def _duration(seconds):
 
 @main.command("merge")
 @click.argument("run")
+@runs_dir_option
 @click.option("--output", "output", type=click.Path(file_okay=False), default=None,
               help="Where to write the merged model (default: <run>/merged).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
@@ -305,6 +302,7 @@ def merge_cmd(run, output, dtype, overwrite):
 
 @main.command("sweep")
 @config_options(grid=True)
+@runs_dir_option
 @click.option("--name", "sweep_name", default=None, help="Sweep id (default: sweep-<timestamp>).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--dry-run", is_flag=True, help="Print the grid and exit.")

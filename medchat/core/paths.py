@@ -30,8 +30,17 @@ def config_dir() -> Path:
     return _dir("MEDCHAT_CONFIG_DIR", platformdirs.user_config_dir(APP))
 
 
+_chosen_runs_root: Path | None = None
+
+
+def use_runs_root(path: str | os.PathLike | None) -> None:
+    """--runs-dir: the runs root for this command, over MEDCHAT_RUNS_DIR (None: back to the default)."""
+    global _chosen_runs_root
+    _chosen_runs_root = Path(path).expanduser() if path else None
+
+
 def runs_root() -> Path:
-    return _dir("MEDCHAT_RUNS_DIR", str(data_dir() / "runs"))
+    return _chosen_runs_root or _dir("MEDCHAT_RUNS_DIR", str(data_dir() / "runs"))
 
 
 def history_db_path() -> Path:
