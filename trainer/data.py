@@ -502,8 +502,8 @@ class Collator:
         return rows
 
 
-# One more forward/backward pass costs about as much as this many more tokens (the bundled model on CPU:
-# ~0.17 s of per-pass overhead at ~560 tokens/s, from a one-off profile of single training steps).
+# One more forward/backward pass costs about as much as this many more tokens: a pass's fixed cost over the
+# cost of one token, profiled on the bundled model on CPU.
 PASS_OVERHEAD_TOKENS = 96
 
 

@@ -98,10 +98,10 @@ def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
         raise TrainError(
             f"{what} needs a CUDA GPU for: " + "; ".join(lacks) + f". This machine has "
             f"{'a CUDA GPU' if cuda else 'no CUDA GPU'}. Run it on a GPU, use --preset cpu-smollm2, or override "
-            "for CPU: --device cpu --quantization none --optimizer adamw_torch --precision auto."
+            "for CPU: --device cpu --quantization none --optimizer adamw_torch --dtype auto."
         )
     # The frozen base never updates, so it needs no fp32 master copy: a 4-bit or bf16 run keeps it in the compute
-    # dtype (bf16 on CPU: 9% faster, same held-out loss in bench/train_throughput.py). LoRA weights stay fp32
+    # dtype (faster on CPU at the same held-out loss: bench/train_throughput.py). LoRA weights stay fp32
     # (PEFT upcasts them). fp16 keeps fp32 weights and autocasts: fp16 activations overflow more easily.
     model_dtype = precision if quant == "nf4" or precision == "bf16" else "fp32"
     return Resolved(device, precision, model_dtype, quant, optimizer, tuple(notes))

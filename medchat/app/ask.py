@@ -22,7 +22,7 @@ import threading
 import click
 
 from medchat.core.engine import GenerationSettings
-from medchat.core.model import ModelError, ModelSpec
+from medchat.core.model import ModelSpec
 from medchat.core.session import (
     ChatSession,
     Checked,
@@ -46,10 +46,7 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
     guard = load_guard(spec.adapter)
     # The embedder is not loaded alongside the model: loading both at once in two threads broke bf16
     # generation on the bundled model (a float/bf16 matmul mismatch). The session loads it (Waiting).
-    try:
-        engine = load_engine(spec, prompt_style=style)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from exc
+    engine = load_engine(spec, prompt_style=style)
     for note in engine.info.extra.get("notes", ()):  # e.g. NF4 on CPU is slow; stdout stays the answer only
         click.echo(f"note: {note}", err=True)
     session = ChatSession(engine, guard, policy=ood_policy, settings=settings, system_prompt=system_prompt)

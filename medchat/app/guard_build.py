@@ -35,14 +35,11 @@ def main(question_files, out_dir, calibration_dir, no_calibration, max_questions
     """Build a guard reference index (embeddings + calibrated thresholds)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from medchat.core.guard.index import build_reference_index
-    from medchat.core.guard.questions import QuestionFileError, read_questions
+    from medchat.core.guard.questions import read_questions
 
     questions: list[str] = []
-    try:
-        for f in question_files:
-            questions.extend(read_questions(f))
-    except QuestionFileError as exc:
-        raise click.ClickException(str(exc)) from None
+    for f in question_files:
+        questions.extend(read_questions(f))
     source = ", ".join(str(f) for f in question_files)
     if max_questions:
         source += f" (seeded sample of {max_questions})"
