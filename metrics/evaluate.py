@@ -22,11 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from medchat.core.errors import MedchatError
 from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
-from metrics import scores
 from medchat.core.runs import (EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, library_versions, read_jsonl,
                                resolve_run, run_ref)
-from medchat.core.errors import MedchatError
+from metrics import scores
 
 CACHE_VERSION = 1
 SCHEMA_VERSION = 1

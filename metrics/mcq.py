@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
+from medchat.core.runs import MCQ_PREFIX
+from medchat.core.tokens import context_length
 from metrics.bootstrap import BootstrapConfig, paired_mean, resample_counts
 from metrics.mcq_tasks import (
     DEFAULT_FEWSHOT_SEED,
@@ -44,8 +46,6 @@ from metrics.mcq_tasks import (
     load_questions,
     resolve_task,
 )
-from medchat.core.runs import MCQ_PREFIX
-from medchat.core.tokens import context_length
 from metrics.scores import token_budget_batches
 
 SCHEMA_VERSION = 1

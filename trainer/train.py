@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from medchat.core import paths
+from medchat.core.errors import MedchatError
 from medchat.core.prompting import IGNORE_INDEX
+from medchat.core.runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso, resolve_run
 
 from . import data as data_mod
 from .config import TrainConfig, from_resolved_yaml, to_yaml
-from medchat.core.runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso, resolve_run
-from medchat.core.errors import MedchatError
 
 
 class TrainError(MedchatError):

@@ -7,9 +7,9 @@ import functools
 
 import click
 
+from medchat.core import paths
 from medchat.core.errors import MedchatError
 from medchat.core.model import BACKENDS, BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
-from medchat.core import paths
 from medchat.core.paths import default_adapter_dir
 
 

@@ -25,7 +25,6 @@ DEFAULT_PRESET = "cpu-smollm2"
 
 # ---------------------------------------------------------------- options generated from the schema
 
-
 # Config fields that are model flags take their declaration from cli_options; the preset gives the default.
 # --precision, the field's own name (presets and config files keep it), stays as an alias of --dtype.
 MODEL_FIELD_FLAGS = {"base": ("base",), "quantization": ("quantization",), "device": ("device",),

@@ -259,7 +259,8 @@ class LlamaCppEngine(Engine):
             extra={"backend": "llama.cpp", "gguf": str(gguf_path), "n_threads": threads,
                    "llama_cpp_version": getattr(llama_cpp, "__version__", None)},
         )
-        return cls(llama, tokenizer, info, eos_ids(tokenizer, _config_value(tokenizer_dir, "generation_config.json", "eos_token_id")), prompt_style)
+        eos = eos_ids(tokenizer, _config_value(tokenizer_dir, "generation_config.json", "eos_token_id"))
+        return cls(llama, tokenizer, info, eos, prompt_style)
 
     # -- generation
 
