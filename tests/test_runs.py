@@ -22,11 +22,13 @@ def test_the_record_is_held_in_memory_and_rewritten_atomically_only_when_it_chan
     assert json.loads(run.run_json.read_text()) == {"id": "r", "status": "complete", "final": {"eval_loss": 1.5}}
     assert [p.name for p in run.path.iterdir()] == ["run.json"]  # no temp file left behind
 
-    run.run_json.write_text("{not json")  # held in memory: an outside edit is not re-read
-    assert run.status() == "complete"
     copy = run.read()
     copy["status"] = "edited"
     assert run.status() == "complete"  # read() hands out a copy
+
+    other = RunDir(run.path)  # another process resumes the run: this handle sees it
+    other.update(status="running")
+    assert run.status() == "running"
 
 
 def test_a_broken_run_json_is_a_medchat_error_naming_the_file(tmp_path):

@@ -92,11 +92,13 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 @dataclass
 class RunDir:
-    """One run directory's layout and its record. run.json is read once and held in memory; `write` and
-    `update` change the record and replace the file atomically, and only when something changed."""
+    """One run directory's layout and its record. The record is held in memory and read again only when
+    run.json changed on disk (another process resumed the run, say); `write` and `update` replace the file
+    atomically, and only when the record changed."""
 
     path: Path
     _record: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _stamp: tuple[int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def run_json(self) -> Path:
@@ -136,13 +138,23 @@ class RunDir:
 
     def read(self) -> dict[str, Any]:
         """A copy of the record ({} before run.json exists)."""
-        if self._record is None:
-            self._record = _read_json(self.run_json) if self.run_json.is_file() else {}
+        stamp = self._disk_stamp()
+        if self._record is None or stamp != self._stamp:
+            self._record = _read_json(self.run_json) if stamp is not None else {}
+            self._stamp = stamp
         return dict(self._record)
 
     def write(self, data: dict[str, Any]) -> None:
         self._record = dict(data)
         atomic_write_json(self.run_json, self._record)
+        self._stamp = self._disk_stamp()
+
+    def _disk_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.run_json.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     def update(self, **changes: Any) -> dict[str, Any]:
         record = self.read()
