@@ -2,7 +2,8 @@
 
 Every bench runs its candidates in ONE process on the same machine, one after the other, and prints
 ratios against a named baseline: on shared, noisy machines only ratios measured together mean much.
-Results go to bench/results/<name>.json (git-ignored) with the machine, versions and settings.
+Results go to bench/results/<name>.json with the machine, versions and settings; the records behind the
+README's tables are committed there.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Protocol (all splits seeded):
   of mcq/, so its level table is partly in-sample; its AUROC is not, as AUROC uses no threshold).
 Red flags: assets/guard/eval/red_flag_messages*.jsonl (recall), educational_questions.jsonl (false
 positives), dosing_messages.jsonl, and the rate at which rules fire on the whole data sets.
-Writes bench/results/guard_eval.json (git-ignored) and prints a markdown summary.
+Writes bench/results/guard_eval.json (committed: the README's guard tables) and prints a markdown summary.
 """
 
 from __future__ import annotations

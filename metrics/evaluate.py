@@ -16,16 +16,17 @@ import gc
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from medchat.core.errors import MedchatError
 from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
+from medchat.core.runs import (EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, library_versions, read_jsonl,
+                               resolve_run, run_ref)
 from metrics import scores
-from metrics.runs import EVAL_DIR, EXAMPLES_FILE, RESULTS_FILE, RunError, is_run_dir, read_jsonl, run_ref
 
 CACHE_VERSION = 1
 SCHEMA_VERSION = 1
@@ -45,7 +46,7 @@ DEFAULT_REPETITION_PENALTY = 1.1
 DEFAULT_NO_REPEAT_NGRAM = 4
 
 
-class EvalError(Exception):
+class EvalError(MedchatError):
     """A user-facing evaluation problem; the message names the file and what to do."""
 
 
@@ -113,8 +114,6 @@ def resolve_target(
 ) -> Target:
     """A run directory (or its adapter/ folder), a run id, or a bare adapter directory."""
     from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
-
-    from metrics.runs import resolve_run
 
     path = Path(ref).expanduser()
     if not path.exists():
@@ -323,18 +322,6 @@ def _resolved_runtime(device: str, dtype: str, quantization: str) -> dict[str, s
     }
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("medchat", "torch", "transformers", "peft", "rouge_score", "sacrebleu"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def _free() -> None:
     gc.collect()
     try:
@@ -498,7 +485,7 @@ def evaluate(
         "settings": settings.as_dict(),
         "batch_size": batch_size,
         "runtime": runtime,
-        "versions": _versions(),
+        "versions": library_versions("rouge_score", "sacrebleu"),
         "model_info": model_infos,  # only the models loaded by this invocation (none when all was cached)
         "timing": timing,
         "elapsed_s": round(time.perf_counter() - started, 3),

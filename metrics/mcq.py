@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
+from medchat.core.runs import MCQ_PREFIX
+from medchat.core.tokens import context_length
 from metrics.bootstrap import BootstrapConfig, paired_mean, resample_counts
 from metrics.mcq_tasks import (
     DEFAULT_FEWSHOT_SEED,
@@ -44,7 +46,6 @@ from metrics.mcq_tasks import (
     load_questions,
     resolve_task,
 )
-from metrics.runs import MCQ_PREFIX
 from metrics.scores import token_budget_batches
 
 SCHEMA_VERSION = 1
@@ -83,7 +84,7 @@ def build_requests(tokenizer, contexts: list[str], conts: list[list[str]]) -> li
 
 
 def _max_length(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", None) or 2048)
+    return context_length(getattr(model.config, "max_position_embeddings", None))
 
 
 def _device(model):
@@ -277,7 +278,8 @@ def run_mcq(
     """Score the base and the fine-tuned model of `target` (metrics.evaluate.Target) on one task; write the JSON."""
     from medchat.core.model import ModelError, load
 
-    from metrics.evaluate import _model_spec, _resolved_runtime, _versions, adapter_fingerprint, target_record
+    from medchat.core.runs import library_versions
+    from metrics.evaluate import _model_spec, _resolved_runtime, adapter_fingerprint, target_record
 
     spec = task if isinstance(task, TaskSpec) else resolve_task(task)
     data = Path(data) if data else spec.defaults.get("data")
@@ -356,7 +358,7 @@ def run_mcq(
         "baselines": base_lines,
         "bootstrap": bootstrap.as_dict(),
         "runtime": runtime,
-        "versions": _versions(),
+        "versions": library_versions("rouge_score", "sacrebleu"),
         "model_info": model_infos,
         "timing": timing,
         "notes": list(target.notes),

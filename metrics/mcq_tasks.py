@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medchat.core.errors import MedchatError
 from medchat.core.fileio import file_sha256, read_jsonl
 
 LETTERS = "ABCDEFGHIJ"
@@ -32,7 +33,7 @@ DEFAULT_FEWSHOT_SEED = 1234  # lm-eval's default --fewshot_random_seed
 SAMPLERS = ("random", "first_n")
 
 
-class TaskError(Exception):
+class TaskError(MedchatError):
     """A user-facing problem with a task or a data file; the message names the file and line."""
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medchat.core.fileio import json_finite
-from metrics.runs import Run, evaluate_command
+from medchat.core.runs import Run, evaluate_command
 from metrics.scores import ALL_METRICS, LOWER_IS_BETTER, METRIC_LABELS, is_improvement, relative_change
 
 EXPERIMENT_COLUMNS = [

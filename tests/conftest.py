@@ -40,6 +40,9 @@ def isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCHAT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MEDCHAT_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("MEDCHAT_RUNS_DIR", str(tmp_path / "runs"))
+    from medchat.core import paths
+
+    paths.use_runs_root(None)  # a --runs-dir given to an earlier test's command holds for that command only
     return tmp_path
 
 

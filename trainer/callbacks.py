@@ -8,7 +8,7 @@ import threading
 
 from transformers import TrainerCallback
 
-from .runs import RunDir
+from medchat.core.runs import RunDir
 
 
 class LossLogCallback(TrainerCallback):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medchat.core.errors import MedchatError
 from medchat.core.paths import ASSETS_DIR
 
 PRESETS_DIR = ASSETS_DIR / "presets"
@@ -20,7 +21,7 @@ SEED_SPAM_MARKERS = ("http", "www.", "click here", "subscribe")
 DEFAULT_DATASET = "medalpaca/medical_meadow_medical_flashcards"
 
 
-class ConfigError(Exception):
+class ConfigError(MedchatError):
     """A user mistake in a preset, config file or option; the message says what to fix."""
 
 

@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from medchat.core import paths
+from medchat.core.errors import MedchatError
 from medchat.core.prompting import IGNORE_INDEX
+from medchat.core.runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso, resolve_run
 
 from . import data as data_mod
 from .config import TrainConfig, from_resolved_yaml, to_yaml
-from .runs import RunDir, atomic_write_json, git_commit, library_versions, new_run_id, now_iso
 
 
-class TrainError(Exception):
+class TrainError(MedchatError):
     """Training cannot start or continue; the message says why and what to do."""
 
 
@@ -97,10 +98,10 @@ def resolve_hardware(cfg: TrainConfig, cuda: bool | None = None) -> Resolved:
         raise TrainError(
             f"{what} needs a CUDA GPU for: " + "; ".join(lacks) + f". This machine has "
             f"{'a CUDA GPU' if cuda else 'no CUDA GPU'}. Run it on a GPU, use --preset cpu-smollm2, or override "
-            "for CPU: --device cpu --quantization none --optimizer adamw_torch --precision auto."
+            "for CPU: --device cpu --quantization none --optimizer adamw_torch --dtype auto."
         )
     # The frozen base never updates, so it needs no fp32 master copy: a 4-bit or bf16 run keeps it in the compute
-    # dtype (bf16 on CPU: 9% faster, same held-out loss in bench/train_throughput.py). LoRA weights stay fp32
+    # dtype (faster on CPU at the same held-out loss: bench/train_throughput.py). LoRA weights stay fp32
     # (PEFT upcasts them). fp16 keeps fp32 weights and autocasts: fp16 activations overflow more easily.
     model_dtype = precision if quant == "nf4" or precision == "bf16" else "fp32"
     return Resolved(device, precision, model_dtype, quant, optimizer, tuple(notes))
@@ -205,10 +206,7 @@ def train(
     started = time.time()
 
     if resume:
-        from .runs import resolve_run
-
-        run = resolve_run(resume)
-        run = RunDir(_shared_run_path(run.path))
+        run = RunDir(_shared_run_path(resolve_run(resume)))
         if not run.config_yaml.is_file():
             raise TrainError(f"{run.path} has no config.yaml, so it is not a medchat-train run to resume.")
         cfg = from_resolved_yaml(run.config_yaml)
@@ -246,7 +244,7 @@ def train(
             "system_prompt": _system_prompt(cfg),
             "seed": cfg.seed,
             "git_commit": git_commit(),
-            "versions": library_versions(),
+            "versions": library_versions("accelerate", "datasets", "bitsandbytes"),
             "elapsed_s": 0.0,
             "hyperparameters": hyperparameters(cfg, _world_size()),
             "resolved": hw.as_dict(),
@@ -581,11 +579,10 @@ def _save_adapter(trainer, tokenizer, run: RunDir, cfg: TrainConfig, main: bool)
 
 
 def _build_guard_index(run: RunDir, train_rows, console) -> str | None:
-    """The guard's out-of-domain reference index from this run's training questions (optional module)."""
-    try:
-        from medchat.core.guard import build_reference_index
-    except Exception as exc:  # the guard is another team's module; training must not depend on it
-        return f"warning: guard index not built (medchat.core.guard unavailable: {type(exc).__name__}: {exc})"
+    """The guard's out-of-domain reference index from this run's training questions. A failure (no embedder
+    installed, say) costs the run its own index, not the run: the chat falls back to the shipped one."""
+    from medchat.core.guard import build_reference_index
+
     try:
         if console:
             console.print("  building the guard's reference index from the training questions ...")

@@ -22,7 +22,7 @@ import threading
 import click
 
 from medchat.core.engine import GenerationSettings
-from medchat.core.model import ModelError, ModelSpec
+from medchat.core.model import ModelSpec
 from medchat.core.session import (
     ChatSession,
     Checked,
@@ -43,17 +43,13 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
             style: str = "chat", show_stats: bool = False, output: str = "text", ood_policy: str = "note",
             endpoint: dict | None = None) -> None:
     """`endpoint`: RemoteEngine's arguments to generate through an OpenAI-compatible server instead."""
-    from medchat.core.engine import EngineError
     from medchat.core.fastdecode import load_engine
     from medchat.core.remote import RemoteEngine
 
     guard = load_guard(spec.adapter)
     # The embedder is not loaded alongside the model: loading both at once in two threads broke bf16
     # generation on the bundled model (a float/bf16 matmul mismatch). The session loads it (Waiting).
-    try:
-        engine = RemoteEngine(**endpoint) if endpoint else load_engine(spec, prompt_style=style)
-    except (ModelError, EngineError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    engine = RemoteEngine(**endpoint) if endpoint else load_engine(spec, prompt_style=style)
     for note in engine.info.extra.get("notes", ()):  # e.g. NF4 on CPU is slow; stdout stays the answer only
         click.echo(f"note: {note}", err=True)
     session = ChatSession(engine, guard, policy=ood_policy, settings=settings, system_prompt=system_prompt)

@@ -8,6 +8,7 @@ import click
 
 from medchat.core import paths
 from medchat.app.cli_options import (
+    MedchatGroup,
     endpoint_options,
     model_options,
     ood_policy_option,
@@ -30,7 +31,7 @@ def _show_paths() -> None:
         click.echo(f"{name:>15}: {value}")
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MedchatGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--paths", "show_paths", is_flag=True, help="Print where medchat keeps data, config and cache, then exit.")
 @click.option("--no-history", is_flag=True, help="Incognito: write no conversation history.")
 @ood_policy_option

@@ -1,4 +1,5 @@
-"""Click options that build a ModelSpec, shared by medchat, medchat-train and medchat-metrics."""
+"""What the three commands share: the model flags (declared once here), and the one place a user-facing
+error (MedchatError) becomes one line on stderr."""
 
 from __future__ import annotations
 
@@ -6,52 +7,96 @@ import functools
 
 import click
 
+from medchat.core import paths
+from medchat.core.errors import MedchatError
 from medchat.core.model import BACKENDS, BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
 from medchat.core.paths import default_adapter_dir
 
 
-# Where and how the weights run: part of model_options, and on their own for commands that take the model
-# from a run (medchat-metrics evaluate / mcq).
-HARDWARE_OPTIONS = [
-    click.option("--quantization", type=click.Choice(QUANTIZATIONS), default="auto", show_default=True,
-                 help="auto = 4-bit NF4 on a CUDA GPU, none on CPU."),
-    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-    click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                 help="auto = bf16 on CUDA and on CPUs with bf16 instructions, else fp32."),
-]
+class _PrintsUserErrors:
+    """A MedchatError from any subcommand becomes click's one-line `Error: ...` with exit status 1 (usage
+    errors keep click's exit status 2); a bug still shows its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedchatError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+class MedchatGroup(_PrintsUserErrors, click.Group):
+    pass
+
+
+class MedchatCommand(_PrintsUserErrors, click.Command):
+    pass
+
+
+# Every model flag, declared once: (flag names, click.option settings). The commands take them by name
+# through model_flag, so the names, choices and help are the same on medchat, medchat ask, medchat-train
+# and medchat-metrics; only a default may differ where the command has its own (a run's base, a preset's).
+MODEL_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "base": (("--base",), dict(
+        default=BUNDLED, show_default=True, metavar="ID|DIR|FILE.gguf",
+        help="Base model: 'bundled' (SmolLM2-135M-Instruct), a Hub id, a local directory or a .gguf file.")),
+    "adapter": (("--adapter",), dict(
+        type=click.Path(file_okay=False), default=None,
+        help="LoRA adapter directory. Default: the shipped adapter when the base is the bundled model.")),
+    "no_adapter": (("--no-adapter",), dict(is_flag=True, help="Use the base model alone.")),
+    "quantization": (("--quantization",), dict(
+        type=click.Choice(QUANTIZATIONS), default="auto", show_default=True,
+        help="auto = 4-bit NF4 on a CUDA GPU, none on CPU; nf4 on CPU only with --device cpu (slow).")),
+    "device": (("--device",), dict(type=click.Choice(DEVICES), default="auto", show_default=True,
+                                   help="auto = CUDA when a GPU is visible, else CPU.")),
+    "dtype": (("--dtype",), dict(
+        type=click.Choice(DTYPES), default="auto", show_default=True,
+        help="auto = bf16 where the GPU or CPU has it, else fp16 on CUDA and fp32 on CPU.")),
+    "trust_remote_code": (("--trust-remote-code",), dict(
+        is_flag=True, help="Allow a Hub model to run its own Python code (off by default).")),
+    "backend": (("--backend",), dict(
+        type=click.Choice(BACKENDS), default="auto", envvar="MEDCHAT_BACKEND", show_default=True,
+        help="Generation: auto = llama.cpp on CPU when installed and the base is a GGUF, else torch.")),
+}
+# Where and how the weights run: on their own for commands that take the model from a run.
+HARDWARE_FLAGS = ("quantization", "device", "dtype")
+
+
+def model_flag(name: str, *aliases: str, default_note: str | None = None, **default):
+    """The click option for model flag `name`. `aliases` adds old flag names (and the parameter name), `default`
+    may replace the default (then `default_note` says what it is in the help)."""
+    decls, settings = MODEL_FLAGS[name]
+    settings = {**settings, **default}
+    if default_note:
+        settings["help"] = f"{settings['help']} Default: {default_note}."
+    return click.option(*decls, *aliases, **settings)
 
 
 def hardware_options(func):
     """Add --quantization/--device/--dtype (passed on as they are)."""
-    for option in reversed(HARDWARE_OPTIONS):
-        func = option(func)
+    for name in reversed(HARDWARE_FLAGS):
+        func = model_flag(name)(func)
     return func
 
 
+def runs_dir_option(func):
+    """--runs-dir: where run ids are looked up, runs are listed and new runs are written."""
+
+    def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        paths.use_runs_root(value)
+
+    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None, expose_value=False,
+                        is_eager=True, callback=apply,
+                        help="Runs root (default: env MEDCHAT_RUNS_DIR, else <data dir>/runs).")(func)
+
+
 def model_options(func):
-    """Add --base/--adapter/--no-adapter/--quantization/--device/--dtype/--trust-remote-code."""
-    options = [
-        click.option("--base", default=BUNDLED, show_default=True, metavar="ID|DIR|FILE.gguf",
-                     help="Base model: 'bundled' (SmolLM2-135M-Instruct), a Hub id, a local directory or a .gguf file."),
-        click.option("--adapter", type=click.Path(file_okay=False), default=None,
-                     help="LoRA adapter directory. Default: the shipped adapter when the base is the bundled model."),
-        click.option("--no-adapter", is_flag=True, help="Use the base model alone."),
-        *HARDWARE_OPTIONS,
-        click.option("--trust-remote-code", is_flag=True,
-                     help="Allow a Hub model to run its own Python code (off by default)."),
-        click.option("--backend", type=click.Choice(BACKENDS), default="auto", envvar="MEDCHAT_BACKEND",
-                     show_default=True,
-                     help="Generation: auto = llama.cpp on CPU when installed and the base is a GGUF, else torch."),
-    ]
-    for option in reversed(options):
-        func = option(func)
+    """Add every model flag and pass the command one `spec` (a ModelSpec) instead."""
+    for name in reversed(MODEL_FLAGS):
+        func = model_flag(name)(func)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        kwargs["spec"] = spec_from_options(
-            kwargs.pop("base"), kwargs.pop("adapter"), kwargs.pop("no_adapter"), kwargs.pop("quantization"),
-            kwargs.pop("device"), kwargs.pop("dtype"), kwargs.pop("trust_remote_code"), kwargs.pop("backend"),
-        )
+        kwargs["spec"] = spec_from_options(*(kwargs.pop(name) for name in MODEL_FLAGS))
         return func(*args, **kwargs)
 
     return wrapper
@@ -59,6 +104,7 @@ def model_options(func):
 
 def spec_from_options(base, adapter, no_adapter, quantization, device, dtype, trust_remote_code,
                       backend="auto") -> ModelSpec:
+    """A ModelSpec from the model flags, in MODEL_FLAGS order."""
     if adapter and no_adapter:
         raise click.UsageError("--adapter and --no-adapter contradict each other; pass one.")
     if adapter is None and not no_adapter and base == BUNDLED:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import click
 
+from medchat.app.cli_options import MedchatCommand
 
-@click.command(name="build-guard-index", context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.command(name="build-guard-index", cls=MedchatCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--questions", "question_files", multiple=True, required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Reference questions (.jsonl with question/input keys, or .txt); repeatable.")
@@ -33,14 +35,11 @@ def main(question_files, out_dir, calibration_dir, no_calibration, max_questions
     """Build a guard reference index (embeddings + calibrated thresholds)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from medchat.core.guard.index import build_reference_index
-    from medchat.core.guard.questions import QuestionFileError, read_questions
+    from medchat.core.guard.questions import read_questions
 
     questions: list[str] = []
-    try:
-        for f in question_files:
-            questions.extend(read_questions(f))
-    except QuestionFileError as exc:
-        raise click.ClickException(str(exc)) from None
+    for f in question_files:
+        questions.extend(read_questions(f))
     source = ", ".join(str(f) for f in question_files)
     if max_questions:
         source += f" (seeded sample of {max_questions})"

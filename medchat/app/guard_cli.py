@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
+from medchat.app.cli_options import MedchatCommand
 
-@click.command(name="guard")
+
+@click.command(name="guard", cls=MedchatCommand)
 @click.argument("text", required=False)
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Reference index directory (default: the shipped one).")
@@ -25,20 +27,13 @@ def guard_command(text, index_dir, rules_only, batch_size):
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from medchat.core.guard import Guard, GuardIndexError, RulesError
-    from medchat.core.guard.embedder import EmbedderError
+    from medchat.core.guard import Guard
     from medchat.core.textsafe import strip_control
 
-    try:
-        guard = Guard.load(index_dir)
-    except (GuardIndexError, RulesError) as exc:
-        raise click.ClickException(str(exc)) from None
+    guard = Guard.load(index_dir)
 
     def emit(batch: list[str]) -> None:
-        try:
-            results = guard.check_many(batch, ood=not rules_only)
-        except (GuardIndexError, EmbedderError) as exc:
-            raise click.ClickException(str(exc)) from None
+        results = guard.check_many(batch, ood=not rules_only)
         for t, r in zip(batch, results):
             click.echo(json.dumps({"text": t, **r.as_dict()}, ensure_ascii=False))
         sys.stdout.flush()

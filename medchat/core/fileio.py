@@ -38,11 +38,26 @@ def json_finite(obj: Any) -> Any:
     return obj
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, memo: Path | None = None) -> str:
+    """SHA-256 of a file. With `memo` (a JSON file) the digest is remembered per (path, size, mtime), so that a
+    large file hashed on every load (the bundled GGUF, a base for export) is read once."""
+    path = Path(path)
+    if memo is not None:
+        stat = path.stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        try:
+            known = json.loads(memo.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        if key in known:
+            return known[key]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    if memo is not None:
+        known[key] = digest.hexdigest()
+        write_text_atomic(memo, json.dumps(known, indent=1))
     return digest.hexdigest()
 
 
@@ -54,7 +69,8 @@ def read_jsonl(path: Path, error: type[Exception]) -> list[tuple[int, dict[str, 
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines would also cut at U+2028 or \x85, which JSON strings may hold.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from medchat.core import paths
-from medchat.core.fileio import write_text_atomic
+from medchat.core.errors import MedchatError
+from medchat.core.fileio import file_sha256, write_text_atomic
 
 EXPORTER_VERSION = 2  # bump when the output for the same inputs changes: invalidates the cache
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -56,7 +57,7 @@ _GLOBAL_MAP = {
 _BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.weight$")
 
 
-class ExportError(Exception):
+class ExportError(MedchatError):
     """The model cannot be exported to GGUF; the message says why and what to do."""
 
 
@@ -113,19 +114,13 @@ def _is_layer_matrix(tensor) -> bool:
     return tensor.name.startswith("blk.") and len(tensor.shape) == 2 and "_norm" not in tensor.name
 
 
-def _sha256(path: Path) -> str:
-    from medchat.core.bundled import file_sha256
-
-    return file_sha256(path)
-
-
 def cache_key(base_gguf: Path, adapter: str | os.PathLike | None, qtype: str) -> str:
     digest = hashlib.sha256()
     digest.update(f"v{EXPORTER_VERSION}|{qtype}|".encode())
-    digest.update(_sha256(base_gguf).encode())
+    digest.update(file_sha256(base_gguf, memo=paths.hash_memo_file()).encode())
     if adapter is not None:
         adapter = Path(adapter)
-        digest.update(_sha256(adapter / "adapter_model.safetensors").encode())
+        digest.update(file_sha256(adapter / "adapter_model.safetensors", memo=paths.hash_memo_file()).encode())
         digest.update((adapter / "adapter_config.json").read_bytes())
     return digest.hexdigest()[:16]
 
@@ -203,7 +198,8 @@ def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None,
             sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
         if adapter is not None:
-            writer.add_key_value("medchat.adapter_sha256", _sha256(Path(adapter) / "adapter_model.safetensors"),
+            adapter_sha = file_sha256(Path(adapter) / "adapter_model.safetensors", memo=paths.hash_memo_file())
+            writer.add_key_value("medchat.adapter_sha256", adapter_sha,
                                  gguf.GGUFValueType.STRING)
         writer.add_key_value("medchat.exporter_version", EXPORTER_VERSION, gguf.GGUFValueType.UINT32)
 

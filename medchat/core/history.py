@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from medchat.core.errors import MedchatError
+
 __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class HistoryError(Exception):
+class HistoryError(MedchatError):
     """A user-facing problem with the history database (the message says what to do)."""
 
 
@@ -275,12 +277,6 @@ class HistoryStore:
                 "UPDATE conversations SET settings = ? WHERE id = ?", (_dumps(settings), conversation_id)
             )
 
-    def update_model(self, conversation_id: int, model: dict) -> None:
-        with self._db:
-            self._db.execute(
-                "UPDATE conversations SET model = ? WHERE id = ?", (_dumps(model), conversation_id)
-            )
-
     def delete_conversation(self, conversation_id: int) -> None:
         self.get_conversation(conversation_id)
         with self._db:
@@ -410,7 +406,7 @@ def _serialised(method):
 
 
 for _name in ("close", "create_conversation", "get_conversation", "list_conversations", "rename_conversation",
-              "update_settings", "update_model", "delete_conversation", "add_message", "update_message_guard",
+              "update_settings", "delete_conversation", "add_message", "update_message_guard",
               "update_message_stats", "messages", "search", "export_dict"):
     setattr(HistoryStore, _name, _serialised(getattr(HistoryStore, _name)))
 

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from medchat.core import bundled, paths
+from medchat.core.errors import MedchatError
+from medchat.core.tokens import context_length, ensure_pad_token
 
 QUANTIZATIONS = ("auto", "nf4", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,7 +32,7 @@ BUNDLED = "bundled"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
-class ModelError(Exception):
+class ModelError(MedchatError):
     """A model could not be loaded. The message names the thing and says what to do."""
 
 
@@ -327,7 +329,7 @@ def load(spec: ModelSpec) -> Loaded:
         params_total=sum(p.numel() for p in model.parameters()),
         params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         load_seconds=round(time.perf_counter() - started, 3),
-        context_length=context_length(model, tokenizer),
+        context_length=context_length(getattr(model.config, "max_position_embeddings", None), tokenizer),
         extra=extra,
     )
     return Loaded(model=model, tokenizer=tokenizer, info=info)
@@ -365,9 +367,7 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
         model.to(device)
     elif device == "cpu":
         _guard_cpu_packing(model)
-    if tokenizer.pad_token is None:  # batched generation and training need a pad token
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, ensure_pad_token(tokenizer)
 
 
 def _guard_cpu_packing(model) -> None:
@@ -435,9 +435,3 @@ def _quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-def context_length(model, tokenizer) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
-    return min(usable) if usable else 2048

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medchat.core.errors import MedchatError
+
 PROMPT_STYLES = ("chat", "seed")
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful medical assistant. Answer health questions accurately, clearly and briefly, "
@@ -16,7 +18,7 @@ DEFAULT_SYSTEM_PROMPT = (
 IGNORE_INDEX = -100  # label value that the loss skips
 
 
-class PromptError(ValueError):
+class PromptError(MedchatError, ValueError):
     """An example cannot be formatted or encoded as asked."""
 
 

@@ -62,8 +62,8 @@ __all__ = [
     "title_from",
 ]
 
-# Longer messages are cut here (with a notice), so the red-flag rules stay well under a second (0.16 s of
-# CPU for a 108 KB paste, 2.7 s for 1 MB here). Below this, the whole message is checked and saved, and
+# Longer messages are cut here (with a notice): the red-flag rules' time grows with the text, and a pasted
+# megabyte would hold the answer up for seconds. Below this, the whole message is checked and saved, and
 # the engine cuts what does not fit the model's context (its own notice says how much).
 MAX_MESSAGE_CHARS = 200_000
 WAITING_TEXT = "Loading the safety checker (emergency and out-of-domain checks)… the answer starts once it is ready."

@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from medchat.core.errors import MedchatError
 from medchat.core.fileio import write_text_atomic
 
 if sys.version_info >= (3, 11):
@@ -51,15 +52,13 @@ __all__ = [
 ]
 
 
-class SettingsError(Exception):
+class SettingsError(MedchatError):
     """A user-facing settings problem: names the file or field and what to do."""
 
 
 def default_system_prompt() -> str:
-    try:
-        from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
-    except ImportError:  # the core is always installed; this only guards a half-built checkout
-        return "You are a careful medical assistant. Answer clearly and suggest seeing a physician."
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
+
     return DEFAULT_SYSTEM_PROMPT
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
+from medchat.core.errors import MedchatError
+
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 EXTRA = "pip install 'medchat[tracking]'"
 DEFAULT_PROJECT = "medchat"  # W&B project / MLflow experiment unless WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME say otherwise
@@ -38,7 +40,7 @@ MAX_PARAM_CHARS = 500  # MLflow's limit on a parameter value in older releases (
 OUTCOME_STATUS = {"complete": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}  # MLflow run statuses
 
 
-class TrackingError(Exception):
+class TrackingError(MedchatError):
     """A tracker was asked for and cannot be used; the message says what to do."""
 
 

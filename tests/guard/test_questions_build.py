@@ -26,10 +26,10 @@ def test_read_jsonl_keys_and_txt(tmp_path):
 def test_read_errors_name_file_and_line(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"question": "ok"}) + "\n{broken\n")
-    with pytest.raises(QuestionFileError, match=r"bad\.jsonl:2: not valid JSON"):
+    with pytest.raises(QuestionFileError, match=r"bad\.jsonl, line 2: not valid JSON"):
         read_questions(f)
     f.write_text(json.dumps({"answer": "no question"}) + "\n")
-    with pytest.raises(QuestionFileError, match=r"bad\.jsonl:1: no question text"):
+    with pytest.raises(QuestionFileError, match=r"bad\.jsonl, line 1: no question text"):
         read_questions(f)
 
 
@@ -53,4 +53,4 @@ def test_build_command_reports_bad_file(tmp_path):
     f.write_text("{nope\n")
     res = CliRunner().invoke(build_main, ["--questions", str(f), "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
-    assert "bad.jsonl:1" in res.output and "Traceback" not in res.output
+    assert "bad.jsonl, line 1" in res.output and "Traceback" not in res.output

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from medchat.app.metrics_cli import main
 from metrics.report import build_report, render_markdown
-from metrics.runs import discover_runs, load_run, resolve_run
+from medchat.core.runs import discover_runs, load_run, resolve_run
 from metrics_fixtures import BASE_SCORES, FT_SCORES, fake_results, make_run, populated_runs_root, no_shipped_default_run  # noqa: F401
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from medchat.core.fileio import file_sha256
 from medchat.core.paths import ASSETS_DIR
 from trainer import data as d
 from trainer.config import load_config
@@ -24,7 +25,7 @@ def test_sample_filters_count_each_drop():
     assert m["rows_read"] == 36
     assert m["dropped"] == {"empty": 0, "question_too_short": 1, "answer_too_short": 1, "spam": 1, "duplicate": 1}
     assert m["kept_after_filters"] == 32 and m["split"] == {"train": 28, "eval": 4}
-    assert m["sources"][0]["sha256"] == d.sha256_file(SAMPLE) and m["sources"][0]["question_column"] == "input"
+    assert m["sources"][0]["sha256"] == file_sha256(SAMPLE) and m["sources"][0]["question_column"] == "input"
 
 
 def test_split_is_deterministic_and_seeded():
@@ -97,7 +98,7 @@ def test_bad_input_messages(tmp_path):
         d.load_rows([str(tmp_path / "nope.jsonl")])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"input": "What is a fever exactly?", "output": "Hot."}\n{"input": broken\n')
-    with pytest.raises(d.DataError, match=r"bad.jsonl line 2: malformed JSON"):
+    with pytest.raises(d.DataError, match=r"bad.jsonl, line 2: not valid JSON"):
         d.load_rows([str(bad)])
     cols = tmp_path / "cols.jsonl"
     cols.write_text('{"prompt_text": "What is a fever exactly?", "reply": "Hot."}\n')

@@ -52,11 +52,13 @@ def test_inspect_data_shows_mask_and_counts(tiny_model_dir):
 
 
 def test_guard_hook_failure_becomes_a_note(tmp_path, monkeypatch):
-    import sys
-
-    from trainer.runs import RunDir
+    import medchat.core.guard as guard
+    from medchat.core.runs import RunDir
     from trainer.train import _build_guard_index
 
-    monkeypatch.setitem(sys.modules, "medchat.core.guard", None)  # as if the guard module were absent
+    def fail(*args, **kwargs):
+        raise RuntimeError("the embedder is not installed")
+
+    monkeypatch.setattr(guard, "build_reference_index", fail)
     note = _build_guard_index(RunDir(tmp_path), [], None)
-    assert note.startswith("warning: guard index not built")
+    assert note.startswith("warning: guard index not built") and "embedder is not installed" in note

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from medchat.core.model import CPU_NF4_NOTE, ModelSpec, load
 from medchat.app.train_cli import main as train_main
 from trainer.config import load_config
-from trainer.runs import RunDir
+from medchat.core.runs import RunDir
 from trainer.train import TrainError, resolve_hardware, train
 
 from test_train_e2e import SAMPLE, CtrlCAt, adapter_tensors, read_log

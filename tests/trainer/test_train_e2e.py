@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from medchat.core.paths import ASSETS_DIR
 from medchat.app.train_cli import main
 from trainer.config import load_config
-from trainer.runs import RunDir, list_runs, summarize
+from medchat.core.runs import RunDir, discover_runs, summarize
 from trainer.train import TrainError, train
 
 SAMPLE = ASSETS_DIR / "sample_data" / "medical_qa_sample.jsonl"
@@ -98,7 +98,7 @@ def test_train_interrupt_resume_matches_uninterrupted_run(tiny_model_dir, tmp_pa
     with pytest.raises(TrainError, match="already holds a complete run.*--overwrite"):
         train(cfg, name="full", progress=False)
 
-    rows = {r["id"]: r for r in map(summarize, list_runs())}
+    rows = {r["id"]: r for r in (summarize(RunDir(p)) for p in discover_runs())}
     assert rows["full"]["status"] == "complete" and rows["full"]["train_examples"] == 28
     assert rows["full"]["eval_loss"] == card["final"]["eval_loss"]
 
@@ -138,7 +138,7 @@ def test_sweep_records_one_run_per_grid_point(tiny_model_dir):
         "--max-length", "256", "--system-prompt", "Be careful.", "--precision", "fp32", "--max-steps", "1",
         "--no-guard-index", "--learning-rate", "1e-4,1e-3", "--name", "grid", "--quiet"])
     assert result.exit_code == 0, result.output
-    runs = sorted(list_runs(include_default=False), key=lambda r: r.id)
+    runs = sorted((RunDir(p) for p in discover_runs(include_default=False)), key=lambda r: r.id)
     assert [r.id for r in runs] == ["grid-lr0.0001", "grid-lr0.001"]
     cards = [r.read() for r in runs]
     assert [c["hyperparameters"]["learning_rate"] for c in cards] == [1e-4, 1e-3]

@@ -11,7 +11,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
-from metrics.runs import Run, RunError, discover_runs, load_run
+from medchat.core.runs import Run, RunError, discover_runs, load_run
 from medchat.app.report.widgets import (
     ExampleBrowser,
     ExperimentsTable,

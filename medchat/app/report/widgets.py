@@ -28,7 +28,7 @@ from metrics.report import (
     fmt_metric,
     loss_series,
 )
-from metrics.runs import Run, RunError, evaluate_command
+from medchat.core.runs import Run, RunError, evaluate_command
 from metrics.scores import LOWER_IS_BETTER, METRIC_LABELS
 
 STATUS_MARK = {"complete": "●", "running": "◌", "interrupted": "◐", "failed": "✕", "unknown": "?"}

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medchat.core.errors import MedchatError
+
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 MAX_SEQ_LENGTH = 256  # as in the model's sentence_bert_config.json
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(MedchatError, RuntimeError):
     """The embedder could not be found or loaded (message is user-facing)."""
 
 

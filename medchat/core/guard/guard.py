@@ -100,10 +100,6 @@ class Guard:
 
     # ---- lazy parts
     @property
-    def has_index(self) -> bool:
-        return self._index is not None or self.index_dir is not None
-
-    @property
     def index(self) -> ReferenceIndex | None:
         if self._index is None and self.index_dir is not None:
             with self._lock:

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from medchat.core.errors import MedchatError
 from medchat.core.fileio import write_text_atomic
 from medchat.core.guard.embedder import EMBEDDER_NAME
 
@@ -44,7 +45,7 @@ BUILTIN_THRESHOLDS = {
 }
 
 
-class GuardIndexError(ValueError):
+class GuardIndexError(MedchatError, ValueError):
     """A reference index is missing or unreadable (message names the directory and what to do)."""
 
 
@@ -222,12 +223,6 @@ class ReferenceIndex:
 
     def level(self, score: float) -> str:
         return self.thresholds.level(score)
-
-    def nearest(self, vector: np.ndarray, n: int = 3) -> list[tuple[float, str | None]]:
-        """The n most similar reference questions (cosine, text if stored)."""
-        sims = self.embeddings @ np.asarray(vector, dtype=np.float32).reshape(-1)
-        idx = np.argsort(-sims)[:n]
-        return [(float(sims[i]), self.questions[i] if self.questions else None) for i in idx]
 
     # ---- persistence
     def save(self, out_dir: Path) -> Path:

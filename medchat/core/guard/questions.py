@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from medchat.core.errors import MedchatError
+from medchat.core.fileio import read_jsonl
 
 QUESTION_KEYS = ("question", "input", "prompt", "text")
 
 
-class QuestionFileError(ValueError):
+class QuestionFileError(MedchatError, ValueError):
     """A questions file could not be read (message names the file and line)."""
 
 
@@ -18,27 +20,18 @@ def read_questions(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise QuestionFileError(f"{path}: no such file")
-    out: list[str] = []
+    if path.suffix in (".jsonl", ".json"):
+        out = []
+        for lineno, row in read_jsonl(path, QuestionFileError):
+            text = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
+            if text is None:
+                raise QuestionFileError(
+                    f"{path}, line {lineno}: no question text (expected one of the keys {', '.join(QUESTION_KEYS)})"
+                )
+            out.append(" ".join(text.split()))
+        return out
     with path.open(encoding="utf-8") as fh:
-        if path.suffix in (".jsonl", ".json"):
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise QuestionFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise QuestionFileError(f"{path}:{lineno}: expected a JSON object per line")
-                text = next((row[k] for k in QUESTION_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
-                if text is None:
-                    raise QuestionFileError(
-                        f"{path}:{lineno}: no question text (expected one of the keys {', '.join(QUESTION_KEYS)})"
-                    )
-                out.append(" ".join(text.split()))
-        else:
-            out.extend(" ".join(line.split()) for line in fh if line.strip())
-    return out
+        return [" ".join(line.split()) for line in fh if line.strip()]
 
 
 def dedupe(questions: list[str]) -> list[str]:

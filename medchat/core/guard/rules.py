@@ -13,10 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from medchat.core.errors import MedchatError
+
 RULES_FILE_NAME = "red_flags.yaml"
 
 
-class RulesError(ValueError):
+class RulesError(MedchatError, ValueError):
     """The rules file is missing or malformed (message names the file and the rule)."""
 
 
