@@ -1,4 +1,4 @@
-"""medchat-train: fine-tune, inspect data, list runs, merge adapters, sweep a grid.
+"""medchat-train: fine-tune, inspect data, list runs, merge and export adapters, sweep a grid.
 
 Heavy libraries (torch, transformers, peft) are imported inside the commands so `--help` stays fast.
 """
@@ -318,6 +318,33 @@ def merge_cmd(run, output, dtype, overwrite):
     except errors as exc:
         raise _fail(exc) from None
     click.echo(str(target))
+
+
+@main.command("export")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(["merged", "vllm", "gguf", "ollama"]), required=True,
+              help="merged: bf16 safetensors for transformers; vllm: a LoRA adapter for `vllm serve --enable-lora`; "
+                   "gguf: the merged model for llama.cpp; ollama: that GGUF and a Modelfile.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory to write (default: <run>/export/<format>).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--max-lora-rank", type=click.Choice(["1", "8", "16", "32", "64", "128", "256", "320", "512"]),
+              default="16", show_default=True, help="vllm: the --max-lora-rank vLLM will be started with.")
+@click.option("--gguf-type", type=click.Choice(["q8_0", "q4_0", "q4_1"]), default=None,
+              help="gguf/ollama: the layers' weight type (default q8_0, which keeps the fine-tune).")
+def export_cmd(run, fmt, out, force, max_lora_rank, gguf_type):
+    """Export RUN (id, path, 'default', or an adapter directory) in a format another engine loads."""
+    from trainer.export import ExportError, export
+
+    try:
+        result = export(run, fmt, out, force=force, max_lora_rank=int(max_lora_rank), gguf_type=gguf_type)
+    except (ExportError, *_user_errors()) as exc:
+        raise _fail(exc) from None
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{result.path}: {', '.join(result.files)}", err=True)
+    if result.command:
+        click.echo(result.command)
 
 
 @main.command("sweep")
