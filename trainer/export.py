@@ -62,6 +62,7 @@ class ExportResult:
 
 def resolve_source(ref: str | os.PathLike) -> Source:
     """RUN as the other commands take it (id, path, 'default'), or a bare adapter directory."""
+    from medchat.core import paths
     from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
 
     from .runs import RunError, resolve_run
@@ -79,6 +80,8 @@ def resolve_source(ref: str | os.PathLike) -> Source:
             raise ExportError(f"{run.path} has no adapter yet (status {card.get('status', 'unknown')}); finish it "
                               f"with `medchat-train train --resume {run.path}` first.")
         adapter, home = run.adapter, run.path
+        if run.path.resolve() == paths.DEFAULT_RUN_DIR.resolve():  # the shipped run is part of the installation
+            home = paths.runs_root() / run.id
     meta_file = adapter / "medchat.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
@@ -93,7 +96,8 @@ def resolve_source(ref: str | os.PathLike) -> Source:
 
 def export(ref: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None, *, force: bool = False,
            max_lora_rank: int = VLLM_DEFAULT_MAX_RANK, gguf_type: str | None = None) -> ExportResult:
-    """Export RUN in `fmt` to `out` (default: <run>/export/<fmt>). Raises ExportError for a user mistake."""
+    """Export RUN in `fmt` to `out` (default: <run>/export/<fmt>; for the shipped run, under the runs root).
+    Raises ExportError for a user mistake."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     if fmt == "vllm" and max_lora_rank not in VLLM_LORA_RANKS:

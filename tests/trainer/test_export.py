@@ -233,3 +233,31 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tiny_run, tmp_path):
         export(orphan, "merged", taken, force=True)
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "taken", "unfinished"]
+
+
+@pytest.mark.bundled
+def test_shipped_run_exports_for_ollama_through_the_fast_path_exporter(tmp_path):
+    """The bundled GGUF base: the GGUF comes from medchat.core.gguf_export with the shipped adapter merged."""
+    import gguf
+    import jinja2
+    from transformers import AutoTokenizer
+
+    from medchat.core.fileio import file_sha256
+    from medchat.core.model import resolve_base
+    from medchat.core.paths import DEFAULT_RUN_DIR
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
+
+    result = export("default", "ollama", tmp_path / "ollama")
+    assert result.files == ["Modelfile", "default-smollm2-q8_0.gguf"]
+    reader = gguf.GGUFReader(str(result.path / "default-smollm2-q8_0.gguf"))
+    assert reader.get_field("medchat.adapter_sha256").contents() == file_sha256(
+        DEFAULT_RUN_DIR / "adapter" / "adapter_model.safetensors")
+    assert {t.tensor_type for t in reader.tensors if t.name.startswith("blk.") and len(t.shape) == 2} == {
+        gguf.GGMLQuantizationType.Q8_0}
+    entries = _modelfile(result.path / "Modelfile")
+    assert entries["SYSTEM"] == [DEFAULT_SYSTEM_PROMPT]
+    template = jinja2.Environment(keep_trailing_newline=True).from_string(go_to_jinja(entries["TEMPLATE"][0]))
+    rendered = template.render(System=CONVERSATION[0]["content"],
+                               Messages=[{"Role": m["role"], "Content": m["content"]} for m in CONVERSATION[1:]])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base("bundled"))
+    assert rendered == tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
