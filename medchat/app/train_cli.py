@@ -15,9 +15,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from medchat.core.gguf_export import RUN_TYPES
 from medchat.core.quiet import quiet_known_warnings
 
 from trainer.config import FIELDS, ConfigError, list_presets, load_config
+from trainer.export import FORMATS, VLLM_DEFAULT_MAX_RANK, VLLM_LORA_RANKS
 
 DEFAULT_PRESET = "cpu-smollm2"
 
@@ -322,15 +324,15 @@ def merge_cmd(run, output, dtype, overwrite):
 
 @main.command("export")
 @click.argument("run")
-@click.option("--format", "fmt", type=click.Choice(["merged", "vllm", "gguf", "ollama"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
               help="merged: bf16 safetensors for transformers; vllm: a LoRA adapter for `vllm serve --enable-lora`; "
                    "gguf: the merged model for llama.cpp; ollama: that GGUF and a Modelfile.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Directory to write (default: <run>/export/<format>).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
-@click.option("--max-lora-rank", type=click.Choice(["1", "8", "16", "32", "64", "128", "256", "320", "512"]),
-              default="16", show_default=True, help="vllm: the --max-lora-rank vLLM will be started with.")
-@click.option("--gguf-type", type=click.Choice(["q8_0", "q4_0", "q4_1"]), default=None,
+@click.option("--max-lora-rank", type=click.Choice([str(r) for r in VLLM_LORA_RANKS]),
+              default=str(VLLM_DEFAULT_MAX_RANK), show_default=True, help="vllm: the --max-lora-rank vLLM will be started with.")
+@click.option("--gguf-type", type=click.Choice(RUN_TYPES), default=None,
               help="gguf/ollama: the layers' weight type (default q8_0, which keeps the fine-tune).")
 def export_cmd(run, fmt, out, force, max_lora_rank, gguf_type):
     """Export RUN (id, path, 'default', or an adapter directory) in a format another engine loads."""
