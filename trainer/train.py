@@ -20,7 +20,7 @@ import shutil
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,36 @@ def hyperparameters(cfg: TrainConfig, world: int = 1) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Job:
+    """What a new or resumed run starts from: train() gathers it, _setup and _fit work from it."""
+
+    cfg: TrainConfig
+    hw: Resolved
+    run: RunDir
+    train_rows: list
+    eval_rows: list
+    manifest: dict[str, Any]
+    record: dict[str, Any]
+    checkpoint: Path | None = None
+    prior_elapsed: float = 0.0  # seconds spent before a resume
+    started: float = field(default_factory=time.time)
+    state: dict[str, bool] = field(default_factory=lambda: {"interrupted": False})  # set by InterruptCallback
+
+    def elapsed(self) -> float:
+        return round(self.prior_elapsed + time.time() - self.started, 1)
+
+
+@dataclass
+class _Setup:
+    """What _setup produces for _fit: the LoRA-wrapped model, its tokenizer and the encoded splits."""
+
+    model: Any
+    tokenizer: Any
+    train_enc: list
+    eval_enc: list
+
+
 def train(
     cfg: TrainConfig | None = None,
     *,
@@ -204,82 +234,87 @@ def train(
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.time()
-
     if resume:
-        run = RunDir(_shared_run_path(resolve_run(resume)))
-        if not run.config_yaml.is_file():
-            raise TrainError(f"{run.path} has no config.yaml, so it is not a medchat-train run to resume.")
-        cfg = from_resolved_yaml(run.config_yaml)
-        previous = run.read()
-        if previous.get("status") == "complete":
-            raise TrainError(f"{run.path} is already complete; nothing to resume.")
-        hw = resolve_hardware(cfg)
-        _require_trackers(cfg)
-        train_rows = data_mod.read_split(run.splits / "train.jsonl")
-        eval_rows = data_mod.read_split(run.splits / "eval.jsonl")
-        manifest = json.loads(run.manifest.read_text(encoding="utf-8"))
-        checkpoint = run.latest_checkpoint()
-        prior_elapsed = float(previous.get("elapsed_s") or 0.0)
-        if _is_main():
-            _truncate_loss_log(run, _checkpoint_step(checkpoint))
-            run.update(status="running", resumed=now_iso(), resumed_from=str(checkpoint) if checkpoint else None)
-        record = previous
+        job = _resumed_job(resume)
     else:
         assert cfg is not None
-        hw = resolve_hardware(cfg)  # fail before touching data or the disk
-        _require_trackers(cfg)
-        prepared = data_mod.prepare(cfg)
-        run = prepare_run_dir(cfg, output_dir, name, overwrite)
-        train_rows, eval_rows, manifest = prepared.train, prepared.eval, prepared.manifest
-        checkpoint = None
-        prior_elapsed = 0.0
-        record = {
-            "id": run.id,
-            "status": "running",
-            "preset": cfg.preset,
-            "created": now_iso(),
-            "finished": None,
-            "base": cfg.base,
-            "prompt_style": cfg.prompt_style,
-            "system_prompt": _system_prompt(cfg),
-            "seed": cfg.seed,
-            "git_commit": git_commit(),
-            "versions": library_versions("accelerate", "datasets", "bitsandbytes"),
-            "elapsed_s": 0.0,
-            "hyperparameters": hyperparameters(cfg, _world_size()),
-            "resolved": hw.as_dict(),
-            "world_size": _world_size(),
-            "final": {},
-            "notes": "",
-        }
-        record.update(extra_run_fields or {})
-        if _is_main():
-            run.write(record)
-            run.config_yaml.write_text(to_yaml(cfg), encoding="utf-8")
-            run.splits.mkdir(exist_ok=True)
-            data_mod.write_jsonl(run.splits / "train.jsonl", train_rows)
-            data_mod.write_jsonl(run.splits / "eval.jsonl", eval_rows)
-            atomic_write_json(run.manifest, manifest)
-
-    state = {"interrupted": False}
+        job = _new_job(cfg, output_dir, name, overwrite, extra_run_fields)
+    job.started = started  # the elapsed time includes preparing the data
+    run = job.run
     try:
-        with _tracking_session(cfg, run, record, progress) as tracking:
-            final = _fit(cfg, hw, run, train_rows, eval_rows, manifest, checkpoint, console, progress,
-                         extra_callbacks, state, started, prior_elapsed, tracking)
-            if state["interrupted"]:
+        with _tracking_session(job.cfg, run, job.record, progress) as tracking:
+            setup = _setup(job, console, progress, tracking)
+            final = _fit(job, setup, console, progress, extra_callbacks)
+            if job.state["interrupted"]:
                 tracking.outcome = "interrupted"
     except KeyboardInterrupt:
         if _is_main():
-            run.update(status="interrupted", elapsed_s=round(prior_elapsed + time.time() - started, 1),
+            run.update(status="interrupted", elapsed_s=job.elapsed(),
                        notes=_note(run, "interrupted (Ctrl-C twice) before a checkpoint could be written"))
         raise
     except BaseException as exc:
         if _is_main() and run.run_json.exists():
-            run.update(status="failed", elapsed_s=round(prior_elapsed + time.time() - started, 1),
-                       error=f"{type(exc).__name__}: {exc}"[:2000])
+            run.update(status="failed", elapsed_s=job.elapsed(), error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
-    status = "interrupted" if state["interrupted"] else "complete"
+    status = "interrupted" if job.state["interrupted"] else "complete"
     return TrainResult(run, status, final)
+
+
+def _resumed_job(resume: str | Path) -> _Job:
+    """An interrupted run with its saved config, splits and manifest, from its latest checkpoint."""
+    run = RunDir(_shared_run_path(resolve_run(resume)))
+    if not run.config_yaml.is_file():
+        raise TrainError(f"{run.path} has no config.yaml, so it is not a medchat-train run to resume.")
+    cfg = from_resolved_yaml(run.config_yaml)
+    previous = run.read()
+    if previous.get("status") == "complete":
+        raise TrainError(f"{run.path} is already complete; nothing to resume.")
+    hw = resolve_hardware(cfg)
+    _require_trackers(cfg)
+    job = _Job(cfg, hw, run, data_mod.read_split(run.splits / "train.jsonl"),
+               data_mod.read_split(run.splits / "eval.jsonl"), json.loads(run.manifest.read_text(encoding="utf-8")),
+               previous, run.latest_checkpoint(), float(previous.get("elapsed_s") or 0.0))
+    if _is_main():
+        _truncate_loss_log(run, _checkpoint_step(job.checkpoint))
+        run.update(status="running", resumed=now_iso(),
+                   resumed_from=str(job.checkpoint) if job.checkpoint else None)
+    return job
+
+
+def _new_job(cfg: TrainConfig, output_dir, name, overwrite: bool, extra_run_fields) -> _Job:
+    """A new run: hardware and trackers checked, data prepared, then the run directory and its card written."""
+    hw = resolve_hardware(cfg)  # fail before touching data or the disk
+    _require_trackers(cfg)
+    prepared = data_mod.prepare(cfg)
+    run = prepare_run_dir(cfg, output_dir, name, overwrite)
+    record = {
+        "id": run.id,
+        "status": "running",
+        "preset": cfg.preset,
+        "created": now_iso(),
+        "finished": None,
+        "base": cfg.base,
+        "prompt_style": cfg.prompt_style,
+        "system_prompt": _system_prompt(cfg),
+        "seed": cfg.seed,
+        "git_commit": git_commit(),
+        "versions": library_versions("accelerate", "datasets", "bitsandbytes"),
+        "elapsed_s": 0.0,
+        "hyperparameters": hyperparameters(cfg, _world_size()),
+        "resolved": hw.as_dict(),
+        "world_size": _world_size(),
+        "final": {},
+        "notes": "",
+    }
+    record.update(extra_run_fields or {})
+    if _is_main():
+        run.write(record)
+        run.config_yaml.write_text(to_yaml(cfg), encoding="utf-8")
+        run.splits.mkdir(exist_ok=True)
+        data_mod.write_jsonl(run.splits / "train.jsonl", prepared.train)
+        data_mod.write_jsonl(run.splits / "eval.jsonl", prepared.eval)
+        atomic_write_json(run.manifest, prepared.manifest)
+    return _Job(cfg, hw, run, prepared.train, prepared.eval, prepared.manifest, record)
 
 
 def _require_trackers(cfg: TrainConfig) -> None:
@@ -387,18 +422,16 @@ def _attach_lora(cfg: TrainConfig, model, hw: Resolved):
                          f"({str(exc).splitlines()[0][:200]}). Its linear layers are: {', '.join(linear)}.") from None
 
 
-def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, console, progress, extra_callbacks,
-         state, started, prior_elapsed, tracking) -> dict[str, Any]:
+def _setup(job: _Job, console, progress: bool, tracking) -> _Setup:
+    """Load the base, encode both splits (their token counts go into the manifest), log the hyperparameters to
+    the trackers and attach the LoRA."""
     import transformers
-    from transformers import EarlyStoppingCallback, TrainingArguments
 
-    from .callbacks import InterruptCallback, LossLogCallback, RichProgressCallback
-
+    cfg, hw, run, manifest = job.cfg, job.hw, job.run, job.manifest
     main = _is_main()
-    world = _world_size()
     if main and progress:
         console.print(f"[bold]medchat-train[/] run [cyan]{run.id}[/] -> {run.path}")
-        console.print(f"  {len(train_rows)} train / {len(eval_rows)} eval examples | device {hw.device} | "
+        console.print(f"  {len(job.train_rows)} train / {len(job.eval_rows)} eval examples | device {hw.device} | "
                       f"precision {hw.precision} | 4-bit {hw.quantization} | optimizer {hw.optimizer}")
         for note in hw.notes:
             console.print(f"  [yellow]note:[/] {note}")
@@ -408,8 +441,8 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         console.print(f"  base: {loaded.info.summary()}")
 
     system = _system_prompt(cfg)
-    train_enc = data_mod.encode_rows(tokenizer, train_rows, cfg.prompt_style, system, cfg.max_length)
-    eval_enc = data_mod.encode_rows(tokenizer, eval_rows, cfg.prompt_style, system, cfg.max_length)
+    train_enc = data_mod.encode_rows(tokenizer, job.train_rows, cfg.prompt_style, system, cfg.max_length)
+    eval_enc = data_mod.encode_rows(tokenizer, job.eval_rows, cfg.prompt_style, system, cfg.max_length)
     if main and "tokens" not in manifest:
         from medchat.core.prompting import effective_style
 
@@ -428,20 +461,34 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
     # restarting position ids into a block-diagonal mask (packed examples would attend to each other).
     loaded.model.config.use_cache = False
     transformers.set_seed(cfg.seed)  # LoRA init is seeded too
-    model = _attach_lora(cfg, loaded.model, hw)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    return _Setup(_attach_lora(cfg, loaded.model, hw), tokenizer, train_enc, eval_enc)
 
-    steps_per_epoch = math.ceil(len(train_enc) / (cfg.batch_size * world)) // cfg.grad_accum or 1
+
+@dataclass
+class _Schedule:
+    total_steps: int
+    warmup: int
+    eval_steps: int
+    save_steps: int
+    early: bool  # early stopping (best-model tracking needs a checkpoint at every evaluation)
+
+
+def _schedule(cfg: TrainConfig, examples: int, world: int) -> _Schedule:
+    steps_per_epoch = math.ceil(examples / (cfg.batch_size * world)) // cfg.grad_accum or 1
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(cfg.warmup_ratio * total_steps)
     eval_steps = cfg.eval_steps or max(1, math.ceil(total_steps / 4))  # at most 4 evaluations, the last at the end
     save_steps = cfg.save_steps or eval_steps
     early = cfg.early_stopping_patience is not None
     if early and save_steps % eval_steps:
-        save_steps = eval_steps  # best-model tracking needs a checkpoint at every evaluation
+        save_steps = eval_steps
+    return _Schedule(total_steps, int(warmup), eval_steps, save_steps, early)
 
-    args = TrainingArguments(
+
+def _training_args(cfg: TrainConfig, hw: Resolved, run: RunDir, plan: _Schedule, world: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size or cfg.batch_size,
@@ -450,7 +497,7 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         max_steps=cfg.max_steps or -1,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=int(warmup),
+        warmup_steps=plan.warmup,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         optim=hw.optimizer,
@@ -460,13 +507,13 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         eval_strategy="steps",
-        eval_steps=eval_steps,
+        eval_steps=plan.eval_steps,
         save_strategy="steps",
-        save_steps=save_steps,
+        save_steps=plan.save_steps,
         save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        greater_is_better=False if early else None,
+        load_best_model_at_end=plan.early,
+        metric_for_best_model="eval_loss" if plan.early else None,
+        greater_is_better=False if plan.early else None,
         seed=cfg.seed,
         # The Trainer's own TensorBoard / W&B / MLflow callbacks; medchat.core.tracking said where they write.
         report_to=list(cfg.report_to) if cfg.report_to else "none",
@@ -478,48 +525,82 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
            if cfg.gradient_checkpointing else {}),
     )
-    callbacks = [*extra_callbacks, LossLogCallback(run), InterruptCallback(state, console if main else None)]
+
+
+def _make_trainer(job: _Job, setup: _Setup, plan: _Schedule, console, progress: bool, extra_callbacks: tuple):
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from .callbacks import InterruptCallback, LossLogCallback, RichProgressCallback
+
+    cfg, main = job.cfg, _is_main()
+    callbacks = [*extra_callbacks, LossLogCallback(job.run), InterruptCallback(job.state, console if main else None)]
     if progress and main:
         callbacks.append(RichProgressCallback(console))
-    if early:
+    if plan.early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-
     trainer = MedchatTrainer(
-        model=model,
-        args=args,
-        train_dataset=data_mod.EncodedDataset(train_enc),
+        model=setup.model,
+        args=_training_args(cfg, job.hw, job.run, plan, _world_size()),
+        train_dataset=data_mod.EncodedDataset(setup.train_enc),
         # Sorted by length: evaluation batches then carry almost no padding (the order does not matter there).
-        eval_dataset=data_mod.EncodedDataset(sorted(eval_enc, key=len)),
-        data_collator=data_mod.Collator(tokenizer.pad_token_id, packing=cfg.packing, max_length=cfg.max_length),
-        processing_class=tokenizer,
+        eval_dataset=data_mod.EncodedDataset(sorted(setup.eval_enc, key=len)),
+        data_collator=data_mod.Collator(setup.tokenizer.pad_token_id, packing=cfg.packing, max_length=cfg.max_length),
+        processing_class=setup.tokenizer,
         callbacks=callbacks,
         sampler_seed=cfg.seed,
         group_by_length=cfg.group_by_length,
         max_tokens_per_pass=cfg.max_tokens_per_pass,
         # On a GPU an extra pass costs more than padding does: split only what exceeds the budget.
-        pass_overhead=data_mod.PASS_OVERHEAD_TOKENS if hw.device == "cpu" else cfg.max_tokens_per_pass,
+        pass_overhead=data_mod.PASS_OVERHEAD_TOKENS if job.hw.device == "cpu" else cfg.max_tokens_per_pass,
     )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # the loss log and the rich bar replace its dict dumps
+    return trainer
+
+
+def _fit(job: _Job, setup: _Setup, console, progress: bool, extra_callbacks: tuple) -> dict[str, Any]:
+    """Run the Trainer to the end (or to Ctrl-C), then record the outcome: the adapter, the guard index and
+    the final figures for a complete run, the checkpoint to resume from for an interrupted one."""
+    run, main = job.run, _is_main()
+    plan = _schedule(job.cfg, len(setup.train_enc), _world_size())
+    trainer = _make_trainer(job, setup, plan, console, progress, extra_callbacks)
     if main:
-        run.update(status="running", params_trainable=trainable, params_total=total,
-                   steps_planned=total_steps, warmup_steps=int(warmup), eval_steps=eval_steps, save_steps=save_steps)
+        run.update(status="running", params_trainable=sum(p.numel() for p in setup.model.parameters() if p.requires_grad),
+                   params_total=sum(p.numel() for p in setup.model.parameters()), steps_planned=plan.total_steps,
+                   warmup_steps=plan.warmup, eval_steps=plan.eval_steps, save_steps=plan.save_steps,
+                   distributed=trainer.accelerator.distributed_type.value)  # NO, MULTI_GPU, MULTI_CPU, FSDP, ...
 
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    elapsed = round(prior_elapsed + time.time() - started, 1)
-
-    if state["interrupted"]:
+    trainer.train(resume_from_checkpoint=str(job.checkpoint) if job.checkpoint else None)
+    elapsed = job.elapsed()
+    if job.state["interrupted"]:
         if main:
-            ck = RunDir(run.path).latest_checkpoint()
-            run.update(status="interrupted", elapsed_s=elapsed,
-                       notes=_note(run, f"interrupted at step {trainer.state.global_step}; checkpoint {ck.name if ck else 'none'}"
-                                        f"; continue with `medchat-train train --resume {run.path}`"))
-            if progress:
-                console.print(f"[yellow]Interrupted[/] at step {trainer.state.global_step}. Resume with: "
-                              f"medchat-train train --resume {run.path}")
+            _record_interrupted(run, trainer.state.global_step, elapsed, console if progress else None)
         return {}
+    final = _final_figures(trainer, plan.early)
+    _save_adapter(trainer, setup.tokenizer, run, job.cfg, main)
+    if main:
+        notes = []
+        if job.cfg.guard_index:
+            note = _build_guard_index(run, job.train_rows, console if progress else None)
+            if note:
+                notes.append(note)
+        run.update(status="complete", finished=now_iso(), elapsed_s=elapsed, final=final,
+                   notes=_note(run, "\n".join(notes)) if notes else run.read().get("notes", ""))
+        if progress:
+            _print_summary(console, run, final, elapsed)
+    return final
 
+
+def _record_interrupted(run: RunDir, step: int, elapsed: float, console) -> None:
+    ck = RunDir(run.path).latest_checkpoint()
+    run.update(status="interrupted", elapsed_s=elapsed,
+               notes=_note(run, f"interrupted at step {step}; checkpoint {ck.name if ck else 'none'}"
+                                f"; continue with `medchat-train train --resume {run.path}`"))
+    if console:
+        console.print(f"[yellow]Interrupted[/] at step {step}. Resume with: medchat-train train --resume {run.path}")
+
+
+def _final_figures(trainer, early: bool) -> dict[str, Any]:
     last = trainer.state.log_history[-2:] if trainer.state.log_history else []
     done = [e for e in last if "eval_loss" in e and e.get("step") == trainer.state.global_step]
     metrics = done[-1] if done else trainer.evaluate()  # the last step may already have been evaluated
@@ -535,17 +616,6 @@ def _fit(cfg, hw, run: RunDir, train_rows, eval_rows, manifest, checkpoint, cons
     if early and trainer.state.best_model_checkpoint:
         final["best_checkpoint"] = Path(trainer.state.best_model_checkpoint).name
         final["best_eval_loss"] = trainer.state.best_metric
-    _save_adapter(trainer, tokenizer, run, cfg, main)
-    if main:
-        notes = []
-        if cfg.guard_index:
-            note = _build_guard_index(run, train_rows, console if progress else None)
-            if note:
-                notes.append(note)
-        run.update(status="complete", finished=now_iso(), elapsed_s=elapsed, final=final,
-                   notes=_note(run, "\n".join(notes)) if notes else run.read().get("notes", ""))
-        if progress:
-            _print_summary(console, run, final, elapsed)
     return final
 
 

@@ -134,13 +134,10 @@ def _spec_for_run(ref: str, spec):
     """The spec with RUN's adapter, on RUN's base unless --base was given."""
     import dataclasses
 
-    from trainer.runs import RunError, resolve_run
+    from medchat.core.runs import RunDir, resolve_run
 
-    try:
-        found = resolve_run(ref)
-        base = found.read().get("base") if spec.base == "bundled" else None
-    except RunError as exc:
-        raise click.ClickException(str(exc)) from None
+    found = RunDir(resolve_run(ref))  # a RunError is printed as one line by MedchatGroup
+    base = found.read().get("base") if spec.base == "bundled" else None
     if not found.adapter.is_dir():
         raise click.ClickException(f"{found.path} has no adapter/ folder (has the run finished?).")
     return dataclasses.replace(spec, adapter=str(found.adapter), base=base or spec.base)

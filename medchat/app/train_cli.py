@@ -1,4 +1,4 @@
-"""medchat-train: fine-tune, inspect data, list runs, merge adapters, sweep a grid.
+"""medchat-train: fine-tune, inspect data, list runs, merge and export adapters, sweep a grid.
 
 Heavy libraries (torch, transformers, peft) are imported inside the commands so `--help` stays fast.
 """
@@ -16,9 +16,11 @@ import click
 from click.core import ParameterSource
 
 from medchat.app.cli_options import MedchatGroup, model_flag, runs_dir_option
+from medchat.core.gguf_export import RUN_TYPES
 from medchat.core.quiet import quiet_known_warnings
 
 from trainer.config import FIELDS, list_presets, load_config
+from trainer.export import FORMATS, VLLM_DEFAULT_MAX_RANK, VLLM_LORA_RANKS
 
 DEFAULT_PRESET = "cpu-smollm2"
 
@@ -297,6 +299,33 @@ def merge_cmd(run, output, dtype, overwrite):
     if meta.is_file():
         (target / "medchat.json").write_text(meta.read_text(encoding="utf-8"), encoding="utf-8")
     click.echo(str(target))
+
+
+@main.command("export")
+@click.argument("run")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="merged: bf16 safetensors for transformers; vllm: a LoRA adapter for `vllm serve --enable-lora`; "
+                   "gguf: the merged model for llama.cpp; ollama: that GGUF and a Modelfile.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Directory to write (default: <run>/export/<format>).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--max-lora-rank", type=click.Choice([str(r) for r in VLLM_LORA_RANKS]),
+              default=str(VLLM_DEFAULT_MAX_RANK), show_default=True, help="vllm: the --max-lora-rank vLLM will be started with.")
+@click.option("--gguf-type", type=click.Choice(RUN_TYPES), default=None,
+              help="gguf/ollama: the layers' weight type (default q8_0, which keeps the fine-tune).")
+def export_cmd(run, fmt, out, force, max_lora_rank, gguf_type):
+    """Export RUN (id, path, 'default', or an adapter directory) in a format another engine loads."""
+    from trainer.export import ExportError, export
+
+    try:
+        result = export(run, fmt, out, force=force, max_lora_rank=int(max_lora_rank), gguf_type=gguf_type)
+    except (ExportError, *_user_errors()) as exc:
+        raise _fail(exc) from None
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"{result.path}: {', '.join(result.files)}", err=True)
+    if result.command:
+        click.echo(result.command)
 
 
 @main.command("sweep")

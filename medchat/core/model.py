@@ -351,8 +351,12 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype),
+            # FSDP shards the 4-bit weights together with the others only if they are stored in the same dtype.
+            **({"bnb_4bit_quant_storage": torch_dtype(dtype)} if os.environ.get("ACCELERATE_USE_FSDP") == "true"
+               else {}),
         )
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        # Under `accelerate launch` each process loads onto its own GPU.
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if device == "cuda" else "cpu"}
     try:
         hub = hub_kwargs(base_path)
         tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=spec.trust_remote_code, **hub)
