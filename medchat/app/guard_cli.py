@@ -12,7 +12,7 @@ import click
 @click.command(name="guard")
 @click.argument("text", required=False)
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Reference index directory (default: the shipped one).")
+              help="Guard index directory (default: the shipped one).")
 @click.option("--rules-only", is_flag=True, help="Only the red-flag and dosing rules (no embedder, instant).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Lines scored together from stdin.")
 def guard_command(text, index_dir, rules_only, batch_size):
@@ -29,6 +29,12 @@ def guard_command(text, index_dir, rules_only, batch_size):
     from medchat.core.guard.embedder import EmbedderError
     from medchat.core.textsafe import strip_control
 
+    if text is not None:
+        text = strip_control(text)
+        if not text.strip():  # an empty message has no meaning to score
+            click.echo("Error: TEXT is empty; give a message to check, or omit TEXT to read one message a line "
+                       "from stdin.", err=True)
+            sys.exit(2)
     try:
         guard = Guard.load(index_dir)
     except (GuardIndexError, RulesError) as exc:
@@ -44,7 +50,7 @@ def guard_command(text, index_dir, rules_only, batch_size):
         sys.stdout.flush()
 
     if text is not None:
-        emit([strip_control(text)])
+        emit([text])
     else:
         batch: list[str] = []
         for line in click.get_text_stream("stdin"):
