@@ -92,7 +92,10 @@ class Guard:
     def warm_up(self) -> "Guard":
         """Load the index and the embedder and run one encode (takes seconds; call it in a worker)."""
         if self.index is not None:
-            self.embedder.encode(["warm up"])  # loads the model on first use
+            vec = self.embedder.encode(["warm up"])  # loads the model on first use
+            layer = self._semantic_layer()
+            if layer is not None:
+                layer.match(vec)  # embeds (or reads from the cache) the red-flag example messages
         return self
 
     # ---- checks
