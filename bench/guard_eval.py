@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo on sys.path)
 import numpy as np
 
 from _common import REPO, SHARED_DATA, log, machine, ratio_table, setup, write_json

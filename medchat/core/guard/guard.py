@@ -90,7 +90,7 @@ class Guard:
         return self.index is not None and getattr(self._embedder, "loaded", self._embedder is not None)
 
     def warm_up(self) -> "Guard":
-        """Load the index and the embedder and run one encode (takes seconds; call it in a worker)."""
+        """Load the embedder and the semantic layer's example vectors (takes seconds; call it in a worker)."""
         if self.index is not None:
             vec = self.embedder.encode(["warm up"])  # loads the model on first use
             layer = self._semantic_layer()
@@ -106,13 +106,6 @@ class Guard:
             for r in self.rules.red_flags(text)
         ]
         return GuardResult(None, None, flags, self.rules.dosing_request(text))
-
-    def score(self, text: str) -> tuple[float | None, str | None]:
-        scores = self.score_many([text])
-        return scores[0]
-
-    def score_many(self, texts: list[str]) -> list[tuple[float | None, str | None]]:
-        return self._embed_and_score(texts)[0]
 
     def _embed_and_score(self, texts: list[str]):
         from medchat.core.guard.embedder import EmbedderError
