@@ -3,7 +3,8 @@
     python -m medchat.app.guard_build --data-dir ../shared/data --out assets/guard/default_index
 
 The data directory is laid out like ../shared/data (train/, mcq/ = medical; ood/ = general); the messages
-written for medchat in assets/guard/ are added to both sides. Embeddings are cached (--cache), so a rebuild
+written for medchat in assets/guard/ are added to both sides, and each --questions file (your own medical
+questions) is one more medical group. Embeddings are cached (--cache), so a rebuild
 only encodes new texts.
 """
 
@@ -23,22 +24,28 @@ MAX_PER_GROUP = 1500  # per source or CLINC150 domain: more costs embedding time
               help="Directory laid out like ../shared/data (train/, mcq/, ood/).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the index to (created; its files are replaced).")
+@click.option("--questions", "question_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="More medical questions (.jsonl with question/input keys, or .txt), one group per file; "
+                   "repeatable.")
 @click.option("--max-per-group", type=int, default=MAX_PER_GROUP, show_default=True,
               help="Seeded sample of at most this many texts per source / CLINC150 domain.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Embedding cache directory (default: medchat's cache dir).")
 @click.option("--seed", type=int, default=42, show_default=True)
-def main(data_dir, out_dir, max_per_group, cache, seed):
+def main(data_dir, out_dir, question_files, max_per_group, cache, seed):
     """Build the guard index: fit the score, calibrate thresholds on left-out groups, save."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from medchat.core.guard.build import build_index
     from medchat.core.guard.embedder import EmbedderError, shared_embedder
-    from medchat.core.guard.questions import QuestionFileError, asset_groups, data_groups
+    from medchat.core.guard.questions import QuestionFileError, asset_groups, data_groups, dedupe, read_questions, sample
     from medchat.core.paths import ASSETS_DIR, cache_dir
 
     try:
         medical, general = data_groups(data_dir, max_per_group, seed)
         own_medical, own_general = asset_groups(ASSETS_DIR / "guard")
+        for f in question_files:
+            own_medical[f"file_{f.stem}"] = sample(dedupe(read_questions(f)), max_per_group, seed)
         index = build_index({**medical, **own_medical}, {**general, **own_general}, shared_embedder(),
                             cache_dir=cache or cache_dir() / "guard",
                             source=f"{data_dir} (at most {max_per_group} per group, seed {seed}) and assets/guard",

@@ -80,3 +80,12 @@ def test_build_command_reports_a_bad_data_dir(tmp_path):
     assert res.exit_code == 1
     assert "expected a copy of ../shared/data" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_build_command_names_a_bad_questions_file(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text("{nope\n")
+    res = CliRunner().invoke(build_main, ["--data-dir", str(_data_dir(tmp_path / "data")), "--questions", str(f),
+                                          "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1
+    assert "mine.jsonl:1" in res.output and "Traceback" not in res.output

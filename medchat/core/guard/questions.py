@@ -100,11 +100,12 @@ def data_groups(data_dir: Path, max_per_group: int | None = None, seed: int = 42
 
 
 def asset_groups(guard_assets: Path) -> tuple[dict, dict]:
-    """The groups written for medchat (assets/guard): lay medical messages (medical_requests.txt, the lay
-    questions, educational questions and non-urgent messages; not emergencies, as the medical kNN reference doubles as the semantic
-    red-flag layer's "not an emergency" examples), general requests of kinds the public
-    sets lack (general_requests.txt plus the lay general questions) and non-medical exam questions
-    (general_exam_questions.txt: the exam shape must not mean "medical")."""
+    """The groups written for medchat (assets/guard):
+    - lay_medical: medical_requests.txt, the lay medical questions, educational questions and non-urgent
+      messages (no emergencies: the medical kNN reference doubles as the semantic red-flag layer's
+      "not an emergency" examples);
+    - own_requests: general_requests.txt and the lay general questions, kinds of request the public sets lack;
+    - own_exam_questions: general_exam_questions.txt, so that the exam shape alone does not mean "medical"."""
     ev = Path(guard_assets) / "eval"
     lay = [json.loads(line) for line in (ev / "lay_questions.jsonl").read_text(encoding="utf-8").splitlines() if line]
     medical = read_questions(Path(guard_assets) / "medical_requests.txt")
