@@ -30,9 +30,17 @@ from medchat.core.guard.calibration import (
 from medchat.core.guard.embedder import EMBEDDER_NAME, embed_cached
 from medchat.core.guard.index import REBUILD_HINT, GuardIndex, GuardIndexError, default_index_dir
 from medchat.core.guard.questions import dedupe, sample
-from medchat.core.guard.score import REFERENCE_PER_GROUP, fit_score, left_out_scores
+from medchat.core.guard.score import (
+    DEFAULT_K,
+    DEFAULT_KNN_WEIGHT,
+    DEFAULT_L2,
+    REFERENCE_PER_GROUP,
+    fit_score,
+    left_out_scores,
+)
 
 CALIBRATION_FOLDS = 5
+DEFAULT_FIT = {"l2": DEFAULT_L2, "k": DEFAULT_K, "knn_weight": DEFAULT_KNN_WEIGHT, "per_group": REFERENCE_PER_GROUP}
 
 
 def group_folds(groups: Sequence[str], medical: set[str], n_folds: int = CALIBRATION_FOLDS) -> list[list[str]]:
@@ -80,7 +88,7 @@ def build_index(medical: Mapping[str, list[str]], general: Mapping[str, list[str
         "source": source,
         "score": "logistic regression on the embeddings (class- and group-balanced) + knn_weight x (mean "
                  "cosine to the k nearest medical reference rows - the same for the general reference)",
-        "fit": {k: v for k, v in fit_args.items()},
+        "fit": {**DEFAULT_FIT, **fit_args},
         "groups_medical": {g: len(v) for g, v in medical.items()},
         "groups_general": {g: len(v) for g, v in general.items()},
         "texts_sha256": texts_sha256({**medical, **general}),
