@@ -1,11 +1,11 @@
-"""Build a guard reference index from question files.
+"""Build the guard index (out-of-domain score and thresholds) from a data directory.
 
-    python -m medchat.app.guard_build --questions FILE.jsonl [--questions MORE.jsonl] \
-        [--calibration-dir ../shared/data] [--max-questions 3000] --out DIR
+    python -m medchat.app.guard_build --data-dir ../shared/data --out assets/guard/default_index
 
-FILE: JSON Lines with a "question" (or "input", as in the Medical Meadow files) key, or plain text with one
-question a line. Without --calibration-dir, $MEDCHAT_GUARD_CALIBRATION_DIR or ../shared/data beside the repo
-is used when present; else the thresholds of the shipped default index are reused (and recorded as such).
+The data directory is laid out like ../shared/data (train/, mcq/ = medical; ood/ = general); the messages
+written for medchat in assets/guard/ are added to both sides, and each --questions file (your own medical
+questions) is one more medical group. Embeddings are cached (--cache), so a rebuild
+only encodes new texts.
 """
 
 from __future__ import annotations
@@ -18,52 +18,46 @@ import click
 
 from medchat.app.cli_options import MedchatCommand
 
+MAX_PER_GROUP = 1500  # per source or CLINC150 domain: more costs embedding time and changes little
+
 
 @click.command(name="build-guard-index", cls=MedchatCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--questions", "question_files", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Reference questions (.jsonl with question/input keys, or .txt); repeatable.")
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Directory laid out like ../shared/data (train/, mcq/, ood/).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write the index to (created).")
-@click.option("--calibration-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Data directory with mcq/*.jsonl (in domain) and ood/*.jsonl (general). Default: auto.")
-@click.option("--no-calibration", is_flag=True, help="Do not calibrate; reuse the default index's thresholds.")
-@click.option("--max-questions", type=int, default=None, help="Sample at most this many reference questions.")
-@click.option("--plain-knn", is_flag=True, help="Plain kNN score (no general-question reference).")
+              help="Directory to write the index to (created; its files are replaced).")
+@click.option("--questions", "question_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="More medical questions (.jsonl with question/input keys, or .txt), one group per file; "
+                   "repeatable.")
+@click.option("--max-per-group", type=int, default=MAX_PER_GROUP, show_default=True,
+              help="Seeded sample of at most this many texts per source / CLINC150 domain.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Embedding cache directory (default: medchat's cache dir).")
 @click.option("--seed", type=int, default=42, show_default=True)
-def main(question_files, out_dir, calibration_dir, no_calibration, max_questions, plain_knn, seed):
-    """Build a guard reference index (embeddings + calibrated thresholds)."""
+def main(data_dir, out_dir, question_files, max_per_group, cache, seed):
+    """Build the guard index: fit the score, calibrate thresholds on left-out groups, save."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from medchat.core.guard.index import build_reference_index
-    from medchat.core.guard.questions import read_questions
+    from medchat.core.guard.build import build_index
+    from medchat.core.guard.embedder import EmbedderError, shared_embedder
+    from medchat.core.guard.questions import QuestionFileError, asset_groups, data_groups, dedupe, read_questions, sample
+    from medchat.core.paths import ASSETS_DIR, cache_dir
 
-    questions: list[str] = []
-    for f in question_files:
-        questions.extend(read_questions(f))
-    source = ", ".join(str(f) for f in question_files)
-    if max_questions:
-        source += f" (seeded sample of {max_questions})"
     try:
-        index = build_reference_index(
-            questions,
-            out_dir,
-            calibration_dir=None if no_calibration else (calibration_dir or "auto"),
-            general=None if plain_knn else "auto",
-            max_questions=max_questions,
-            seed=seed,
-            source=source,
-            log=lambda m: click.echo(m, err=True),
-        )
-    except ValueError as exc:
+        medical, general = data_groups(data_dir, max_per_group, seed)
+        own_medical, own_general = asset_groups(ASSETS_DIR / "guard")
+        for f in question_files:
+            own_medical[f"file_{f.stem}"] = sample(dedupe(read_questions(f)), max_per_group, seed)
+        index = build_index({**medical, **own_medical}, {**general, **own_general}, shared_embedder(),
+                            cache_dir=cache or cache_dir() / "guard",
+                            source=f"{data_dir} (at most {max_per_group} per group, seed {seed}) and assets/guard",
+                            log=lambda m: click.echo(m, err=True))
+    except (QuestionFileError, EmbedderError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    cal = index.meta.get("calibration", {})
-    t = index.thresholds
-    click.echo(
-        f"{out_dir}: {len(index)} questions, score {index.score_kind}, thresholds in_domain >= {t.in_domain}, "
-        f"out_of_domain < {t.out_of_domain}"
-        + (f"; calibration AUROC {cal['auroc']}, FPR@95% recall {cal['fpr_at_95_recall']}" if "auroc" in cal else
-           f"; {cal.get('method')}")
-    )
+    index.save(out_dir)
+    cal, t = index.meta["calibration"], index.thresholds
+    click.echo(f"{out_dir}: thresholds in_domain >= {t.in_domain}, out_of_domain < {t.out_of_domain}; "
+               f"left-out calibration AUROC {cal['auroc']}, FPR@95% recall {cal['fpr_at_95_recall']}")
 
 
 if __name__ == "__main__":

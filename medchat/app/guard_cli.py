@@ -14,7 +14,7 @@ from medchat.app.cli_options import MedchatCommand
 @click.command(name="guard", cls=MedchatCommand)
 @click.argument("text", required=False)
 @click.option("--index", "index_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Reference index directory (default: the shipped one).")
+              help="Guard index directory (default: the shipped one).")
 @click.option("--rules-only", is_flag=True, help="Only the red-flag and dosing rules (no embedder, instant).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Lines scored together from stdin.")
 def guard_command(text, index_dir, rules_only, batch_size):
@@ -27,19 +27,32 @@ def guard_command(text, index_dir, rules_only, batch_size):
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from medchat.core.guard import Guard
+    from medchat.core.guard import Guard, GuardIndexError, RulesError
+    from medchat.core.guard.embedder import EmbedderError
     from medchat.core.textsafe import strip_control
 
-    guard = Guard.load(index_dir)
+    if text is not None:
+        text = strip_control(text)
+        if not text.strip():  # an empty message has no meaning to score
+            click.echo("Error: TEXT is empty; give a message to check, or omit TEXT to read one message a line "
+                       "from stdin.", err=True)
+            sys.exit(2)
+    try:
+        guard = Guard.load(index_dir)
+    except (GuardIndexError, RulesError) as exc:
+        raise click.ClickException(str(exc)) from None
 
     def emit(batch: list[str]) -> None:
-        results = guard.check_many(batch, ood=not rules_only)
+        try:
+            results = guard.check_many(batch, ood=not rules_only)
+        except (GuardIndexError, EmbedderError) as exc:
+            raise click.ClickException(str(exc)) from None
         for t, r in zip(batch, results):
             click.echo(json.dumps({"text": t, **r.as_dict()}, ensure_ascii=False))
         sys.stdout.flush()
 
     if text is not None:
-        emit([strip_control(text)])
+        emit([text])
     else:
         batch: list[str] = []
         for line in click.get_text_stream("stdin"):

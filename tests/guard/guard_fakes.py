@@ -75,3 +75,22 @@ GENERAL = [
 ]
 
 
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synthetic_groups(n: int = 60, dim: int = 16, seed: int = 0) -> tuple[dict[str, np.ndarray], set[str]]:
+    """{group: unit embeddings} for three medical and four general groups: each side leans along its own
+    axis, each group adds its own direction and noise, so a left-out group is new but on its side."""
+    rng = np.random.RandomState(seed)
+    med_axis, gen_axis = np.eye(dim)[0], np.eye(dim)[1]
+    groups, medical = {}, set()
+    for i, name in enumerate(["med_a", "med_b", "med_c", "gen_a", "gen_b", "gen_c", "gen_d"]):
+        axis = med_axis if name.startswith("med") else gen_axis
+        own = rng.standard_normal(dim) * 0.6
+        groups[name] = unit(2.0 * axis + own + rng.standard_normal((n, dim)) * 0.5)
+        if name.startswith("med"):
+            medical.add(name)
+    return groups, medical

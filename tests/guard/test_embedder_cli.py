@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from guard_fakes import GENERAL, MEDICAL
 
 from medchat.app.guard_cli import guard_command
 
@@ -31,17 +30,15 @@ def test_vectors_are_unit_and_ordered(embedder):
     assert v[0] @ v[2] > v[0] @ v[1]
 
 
-def test_medical_question_scores_above_general(embedder):
-    from medchat.core.guard.index import ReferenceIndex, Thresholds
+def test_the_shipped_index_puts_issue_13s_look_alikes_out_of_domain(embedder):
+    from medchat.core.guard import Guard
 
-    index = ReferenceIndex(embedder.encode(MEDICAL), Thresholds(0.5, 0.3), general=embedder.encode(GENERAL))
-    med, gen = index.scores(embedder.encode(["What are the treatments for high blood pressure?",
-                                               "Who won the Super Bowl in 2015?"]))
-    assert med > gen
-    plain = ReferenceIndex(embedder.encode(MEDICAL), Thresholds(0.5, 0.3))
-    med, gen = plain.scores(embedder.encode(["What are the treatments for high blood pressure?",
-                                               "Who won the Super Bowl in 2015?"]))
-    assert med > gen
+    guard = Guard.load(None, embedder=embedder)  # the index medchat, medchat ask and medchat guard load
+    texts = ["How do I fix a flat bicycle tire?", "My car engine is overheating, what should I do?",
+             "What does a p-value mean?", "Write a Python function that reverses a linked list",
+             "What are the symptoms of type 2 diabetes?"]
+    levels = [r.ood_level for r in guard.check_many(texts)]
+    assert levels == ["out_of_domain"] * 4 + ["in_domain"]
 
 
 def _lines(output: str) -> list[dict]:
@@ -58,20 +55,23 @@ def test_cli_rules_only_stdin():
     assert rows[1]["dosing_note"] is True and rows[1]["red_flags"] == []
 
 
-def test_cli_text_with_index(tmp_path, embedder):
-    from medchat.core.guard.index import build_reference_index
-
-    build_reference_index(MEDICAL, tmp_path / "ix", calibration=(MEDICAL, GENERAL), general=None,
-                          embedder=embedder, cache_dir=None)
-    res = CliRunner().invoke(guard_command, ["--index", str(tmp_path / "ix"), "What causes asthma?"])
+def test_cli_text_with_the_shipped_index(embedder):
+    res = CliRunner().invoke(guard_command, ["What causes asthma?"])
     assert res.exit_code == 0, res.output
     (row,) = _lines(res.stdout)
     assert row["text"] == "What causes asthma?"
-    assert isinstance(row["ood_score"], float) and row["ood_level"] in ("in_domain", "uncertain", "out_of_domain")
+    assert isinstance(row["ood_score"], float) and row["ood_level"] == "in_domain"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\x1b[2J"])
+def test_cli_empty_text_is_an_error_not_a_score(text):
+    res = CliRunner().invoke(guard_command, [text])
+    assert res.exit_code == 2
+    assert "TEXT is empty" in res.stderr and res.stdout == ""
 
 
 def test_cli_bad_index_is_a_message_not_a_traceback(tmp_path):
     res = CliRunner().invoke(guard_command, ["--index", str(tmp_path / "missing"), "hello"])
     assert res.exit_code == 1
-    assert "not a guard reference index" in res.output
+    assert str(tmp_path / "missing" / "index.json") in res.output and "guard_build" in res.output
     assert "Traceback" not in res.output

@@ -15,7 +15,7 @@ from medchat.core.guard import (
     GuardIndexError,
     GuardResult,
     RedFlag,
-    build_reference_index,
+    build_index,
     default_index_dir,
     notices_before,
     ood_note,
@@ -26,8 +26,9 @@ from medchat.core.guard import (
 
 @pytest.fixture
 def tiny_guard(tmp_path, hash_embedder):
-    build_reference_index(MEDICAL, tmp_path / "ix", calibration=(MEDICAL_CAL, GENERAL), general=None,
-                          embedder=hash_embedder, cache_dir=None, k=3)
+    half = len(GENERAL) // 2
+    build_index({"reference": MEDICAL, "phrased_otherwise": MEDICAL_CAL},
+                {"trivia": GENERAL[:half], "more_trivia": GENERAL[half:]}, hash_embedder, k=3).save(tmp_path / "ix")
     return Guard.load(tmp_path / "ix", embedder=hash_embedder, semantic=False)
 
 
@@ -63,20 +64,17 @@ def test_rules_only_needs_no_index(tmp_path):
     assert r.red_flags[0].notice == EMERGENCY_NOTICE["self_harm"]
 
 
-def test_index_loads_lazily(tmp_path, hash_embedder):
-    build_reference_index(MEDICAL, tmp_path / "ix", calibration_dir=None, general=None, embedder=hash_embedder,
-                          cache_dir=None)
-    g = Guard.load(tmp_path / "ix", embedder=hash_embedder)
-    assert g._index is None
-    g.check_rules("chest pain")
-    assert g._index is None  # rules never touch the index
-    g.check("what causes asthma")
-    assert g._index is not None and g.ready
+def test_rules_never_load_the_embedder(tiny_guard):
+    from medchat.core.guard.embedder import Embedder
+
+    guard = Guard(tiny_guard.index, embedder=Embedder())
+    assert guard.check_rules("chest pain").red_flags and not guard.ready  # nothing heavy loaded
 
 
 def test_load_missing_index_is_a_clear_error(tmp_path):
-    with pytest.raises(GuardIndexError, match="not a guard reference index"):
+    with pytest.raises(GuardIndexError, match="not a guard index") as err:
         Guard.load(tmp_path / "nope")
+    assert str(tmp_path / "nope" / "index.json") in str(err.value) and "guard_build" in str(err.value)
 
 
 def test_default_index_dir_prefers_default_run(tmp_path, monkeypatch):

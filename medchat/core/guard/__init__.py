@@ -5,7 +5,8 @@
     result = guard.check("my dad's face is drooping")   # GuardResult(ood_score, ood_level, red_flags, dosing_note)
 
 Red-flag and dosing rules are pure text rules (assets/guard/red_flags.yaml) and work without the embedder.
-The out-of-domain score loads all-MiniLM-L6-v2 and the reference index on first use (`guard.warm_up()`).
+The out-of-domain score (a logistic score on all-MiniLM-L6-v2 embeddings, assets/guard/default_index) loads
+the embedder on first use (`guard.warm_up()`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import importlib
 # Names are imported on first use (PEP 562) so that `import medchat.app.guard_cli` (and `medchat --help`)
 # stays fast: numpy and the index code load only when something here is touched.
 _EXPORTS = {
-    "medchat.core.guard.guard": ["Guard", "GuardResult", "RedFlag", "default_index_dir"],
-    "medchat.core.guard.index": ["LEVELS", "GuardIndexError", "ReferenceIndex", "Thresholds", "build_reference_index"],
+    "medchat.core.guard.build": ["build_index", "build_reference_index"],
+    "medchat.core.guard.calibration": ["LEVELS", "Thresholds"],
+    "medchat.core.guard.guard": ["Guard", "GuardResult", "RedFlag"],
+    "medchat.core.guard.index": ["GuardIndex", "GuardIndexError", "default_index_dir"],
     "medchat.core.guard.notices": [
         "DECLINE_MESSAGE",
         "DOSING_NOTE",

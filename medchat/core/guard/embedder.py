@@ -7,8 +7,10 @@ downloaded. torch and transformers are imported only when the model is first nee
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -121,3 +123,31 @@ def shared_embedder() -> Embedder:
         if _shared is None:
             _shared = Embedder()
         return _shared
+
+
+def embed_cached(embedder, texts: Sequence[str], cache_dir: Path | None = None) -> np.ndarray:
+    """Encode texts, reusing vectors stored in `<cache_dir>/<embedder>.npz` for texts seen before.
+
+    The cache is keyed by text, so growing or resampling a data set only encodes the new texts."""
+    texts = list(texts)
+    if cache_dir is None:
+        return embedder.encode(texts)
+    path = Path(cache_dir) / (getattr(embedder, "name", "embedder").replace("/", "--") + ".npz")
+    known: dict[str, np.ndarray] = {}
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                known = dict(zip(z["texts"].tolist(), z["vectors"].astype(np.float32)))
+        except (OSError, ValueError, KeyError):
+            known = {}  # a damaged cache is rebuilt, never trusted
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if missing:
+        known.update(zip(missing, embedder.encode(missing)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        keys = list(known)
+        np.savez(tmp, texts=np.array(keys), vectors=np.stack([known[k] for k in keys]).astype(np.float16))
+        os.replace(tmp, path)
+    if not texts:
+        return np.zeros((0, getattr(embedder, "dim", EMBEDDING_DIM)), dtype=np.float32)
+    return np.stack([known[t] for t in texts]).astype(np.float32)

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medchat.core.guard.index import INDEX_JSON, GuardIndexError, ReferenceIndex, read_index_json
+from medchat.core.guard.index import GuardIndex, GuardIndexError, default_index_dir
 from medchat.core.guard.notices import EMERGENCY_NOTICE
 from medchat.core.guard.rules import RuleSet, default_rules
-
-DEFAULT_INDEX_SUBDIR = Path("guard") / "default_index"
-
-
-def default_index_dir() -> Path | None:
-    """The shipped index: assets/default-run/guard_index if present, else assets/guard/default_index."""
-    from medchat.core.paths import ASSETS_DIR
-
-    for cand in (ASSETS_DIR / "default-run" / "guard_index", ASSETS_DIR / DEFAULT_INDEX_SUBDIR):
-        if (cand / INDEX_JSON).is_file():
-            return cand
-    return None
 
 
 @dataclass(frozen=True)
@@ -56,22 +43,13 @@ class GuardResult:
 
 
 class Guard:
-    """Checks a user message. Red-flag and dosing rules need nothing heavy; the out-of-domain score loads
-    the reference index and the embedder on first use (call `warm_up()` in a worker to do it early)."""
+    """Checks a user message. Red-flag and dosing rules need nothing heavy; the out-of-domain score needs
+    the index (small, read by `load`) and the embedder (loaded on first use; `warm_up()` does it early)."""
 
-    def __init__(
-        self,
-        index_dir: Path | None,
-        rules: RuleSet | None = None,
-        embedder=None,
-        index: ReferenceIndex | None = None,
-        semantic: bool = True,
-    ):
-        self.index_dir = Path(index_dir) if index_dir else None
+    def __init__(self, index: GuardIndex | None, rules: RuleSet | None = None, embedder=None, semantic: bool = True):
+        self.index = index
         self.rules = rules or default_rules()
         self._embedder = embedder
-        self._index = index
-        self._lock = threading.Lock()
         self.ood_error: str | None = None  # why the out-of-domain score is unavailable, if it is
         self.use_semantic = semantic
         self._semantic = None
@@ -87,26 +65,17 @@ class Guard:
     ) -> "Guard":
         """A guard for `index_dir` (None: the shipped default index; rules only when there is none).
 
-        Only index.json is read here; raises GuardIndexError when `index_dir` holds no index."""
+        The whole index is read and checked here (a few MB), so a missing or corrupt file raises
+        GuardIndexError now, naming the file and the rebuild command, not in the middle of a chat."""
         if index_dir is None:
             index_dir = default_index_dir()
-        else:
-            read_index_json(Path(index_dir))  # fail early with a clear message
         rules = RuleSet.load(rules_path) if rules_path else default_rules()
-        guard = cls(index_dir, rules, embedder, semantic=semantic)
+        guard = cls(GuardIndex.load(Path(index_dir)) if index_dir else None, rules, embedder, semantic=semantic)
         if index_dir is None:
-            guard.ood_error = "no reference index (none shipped and none given)"
+            guard.ood_error = "no guard index (none shipped and none given)"
         return guard
 
     # ---- lazy parts
-    @property
-    def index(self) -> ReferenceIndex | None:
-        if self._index is None and self.index_dir is not None:
-            with self._lock:
-                if self._index is None:
-                    self._index = ReferenceIndex.load(self.index_dir)
-        return self._index
-
     @property
     def embedder(self):
         if self._embedder is None:
@@ -118,12 +87,15 @@ class Guard:
     @property
     def ready(self) -> bool:
         """True once the index and embedder are loaded (scoring is then fast)."""
-        return self._index is not None and getattr(self._embedder, "loaded", self._embedder is not None)
+        return self.index is not None and getattr(self._embedder, "loaded", self._embedder is not None)
 
     def warm_up(self) -> "Guard":
-        """Load the index and the embedder and run one encode (takes seconds; call it in a worker)."""
+        """Load the embedder and the semantic layer's example vectors (takes seconds; call it in a worker)."""
         if self.index is not None:
-            self.embedder.encode(["warm up"])  # loads the model on first use
+            vec = self.embedder.encode(["warm up"])  # loads the model on first use
+            layer = self._semantic_layer()
+            if layer is not None:
+                layer.match(vec)  # embeds (or reads from the cache) the red-flag example messages
         return self
 
     # ---- checks
@@ -134,13 +106,6 @@ class Guard:
             for r in self.rules.red_flags(text)
         ]
         return GuardResult(None, None, flags, self.rules.dosing_request(text))
-
-    def score(self, text: str) -> tuple[float | None, str | None]:
-        scores = self.score_many([text])
-        return scores[0]
-
-    def score_many(self, texts: list[str]) -> list[tuple[float | None, str | None]]:
-        return self._embed_and_score(texts)[0]
 
     def _embed_and_score(self, texts: list[str]):
         from medchat.core.guard.embedder import EmbedderError
@@ -164,7 +129,7 @@ class Guard:
             if config is None:
                 self.use_semantic = False
                 return None
-            self._semantic = SemanticRedFlags(config, self.embedder, self.index.embeddings, cache_dir() / "guard")
+            self._semantic = SemanticRedFlags(config, self.embedder, self.index.reference, cache_dir() / "guard")
         return self._semantic
 
     def check(self, text: str, ood: bool = True) -> GuardResult:
@@ -192,4 +157,4 @@ class Guard:
         ]
 
 
-__all__ = ["Guard", "GuardResult", "RedFlag", "GuardIndexError", "default_index_dir"]
+__all__ = ["Guard", "GuardResult", "RedFlag", "GuardIndexError"]

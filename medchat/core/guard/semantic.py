@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medchat.core.guard.embedder import embed_cached
 from medchat.core.guard.rules import RuleSet, RulesError
 
 
@@ -78,8 +79,6 @@ class SemanticRedFlags:
         if self._pos is None:
             with self._lock:
                 if self._pos is None:
-                    from medchat.core.guard.index import embed_cached
-
                     texts = [t for t, _ in self.config.positives]
                     self._labels = [r for _, r in self.config.positives]
                     neg = embed_cached(self._embedder, list(self.config.negatives), self._cache_dir)
