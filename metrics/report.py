@@ -387,12 +387,16 @@ MCQ_NOTE = ("Accuracy in % ± standard error; log-likelihood of each option afte
             "Majority: always answering this data's most frequent answer.")
 
 
+def mcq_note(rows: list[dict[str, Any]]) -> str:
+    """What the multiple-choice numbers mean, with the bootstrap settings the intervals were made with."""
+    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
+    return MCQ_NOTE + " " + describe_bootstrap(boot).capitalize() + "."
+
+
 def mcq_markdown(rows: list[dict[str, Any]]) -> list[str]:
     out = ["### Multiple choice", ""]
     out += _md_table(MCQ_HEADERS, [mcq_cells(m) for m in rows]) + [""]
-    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
-    out += [MCQ_NOTE + " " + describe_bootstrap(boot).capitalize() + ".", ""]
-    return out
+    return out + [mcq_note(rows), ""]
 
 
 def render_mcq_rich(results_list: list[dict[str, Any]], console, title: str = "Multiple choice") -> None:
