@@ -264,7 +264,7 @@ class PredictionCache:
         self.path = path
         self.records: dict[str, dict[str, Any]] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines(): see fileio.read_jsonl
                 try:
                     rec = json.loads(line)
                 except ValueError:

@@ -54,7 +54,9 @@ def read_jsonl(path: Path, error: type[Exception]) -> list[tuple[int, dict[str, 
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}") from exc
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and other separators, which JSON
+    # strings may hold unescaped (a PubMedQA abstract does)
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
