@@ -17,6 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 FORMATS = ("rich", "markdown", "json")
 
 
+def _wide_option(func):
+    return click.option("--wide", is_flag=True,
+                        help="Every column, however wide the terminal (default: the columns that fit).")(func)
+
+
 def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(str(exc))
 
@@ -252,7 +257,8 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
 @click.option("--charts/--no-charts", default=True, show_default=True, help="PNG charts next to a markdown --output.")
 @click.option("--all-runs/--only-given", default=True, show_default=True,
               help="Experiment table over every recorded run, or only the RUNS given.")
-def report(runs, fmt, output, charts, all_runs) -> None:
+@_wide_option
+def report(runs, fmt, output, charts, all_runs, wide) -> None:
     """The base-vs-fine-tuned table, the experiment table over every run, and the qualitative probes.
 
     RUNS are run directories or run ids (default: every run; details for the newest evaluated one).
@@ -274,7 +280,7 @@ def report(runs, fmt, output, charts, all_runs) -> None:
     if fmt == "rich" and output is None:
         from rich.console import Console
 
-        render_rich(rep, Console())
+        render_rich(rep, Console(), wide=wide)
         return
     if fmt == "json":
         text = render_json(rep)
@@ -303,7 +309,8 @@ def report(runs, fmt, output, charts, all_runs) -> None:
 @_runs_dir_option
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="rich", show_default=True)
-def compare(runs, fmt) -> None:
+@_wide_option
+def compare(runs, fmt, wide) -> None:
     """Evaluated runs side by side: every metric, base and each run's fine-tuned model."""
     from metrics.report import compare_table, render_compare
     from metrics.runs import RunError, load_runs
@@ -323,7 +330,7 @@ def compare(runs, fmt) -> None:
         return
     from rich.console import Console
 
-    render_compare(table, console=Console())
+    render_compare(table, console=Console(), wide=wide)
 
 
 @main.command()
