@@ -318,10 +318,10 @@ class Column:
 def fitted_table(console, columns: list[Column], rows: list[list[Any]], priority: list[int], *, wide: bool = False,
                  row_styles: list[str] | None = None, **table_options):
     """A rich Table with the columns that fit the console, taken in `priority` order and shown in their own order;
-    returns (table, headers left out). Fitting means rich's minimum width of the table (every column at its
-    narrowest without breaking a word or going under its min_width) is within the console width, so rich wraps
-    cells at spaces and never squeezes a header into "stat us" or "ROU…". `wide` keeps every column."""
-    from rich.measure import Measurement
+    returns (table, headers left out). Fitting means the table's minimum width (every column at its narrowest
+    without breaking a word, a no_wrap column whole) is within the console width; the room left is then shared
+    out (_share_width), so cells wrap at spaces and no header is squeezed into "stat us" or "ROU…". `wide` keeps
+    every column."""
     from rich.table import Table
 
     def build(keep: list[int]):
