@@ -263,7 +263,7 @@ class PredictionCache:
         self.path = path
         self.records: dict[str, dict[str, Any]] = {}
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines(): see fileio.read_jsonl
                 try:
                     rec = json.loads(line)
                 except ValueError:
@@ -333,6 +333,197 @@ def _free() -> None:
         pass
 
 
+@dataclass
+class EvalPlan:
+    """What one evaluation needs: the examples, the questions to answer (examples + probes, each once), and per
+    model the two caches (answers, perplexities) with what is still missing from them."""
+
+    examples: list[Example]
+    probes: list[tuple[str, str]]
+    questions: list[str]
+    runtime: dict[str, str]
+    adapter_fp: str
+    gen_caches: dict[str, PredictionCache]
+    ppl_caches: dict[str, PredictionCache]
+
+    def todo(self, which: str) -> tuple[list[str], list[Example]]:
+        return ([q for q in self.questions if _sha(q)[:20] not in self.gen_caches[which]],
+                [e for e in self.examples if e.ppl_id not in self.ppl_caches[which]])
+
+    def cache_names(self) -> dict[str, dict[str, str]]:
+        return {w: {"generation": self.gen_caches[w].path.name, "perplexity": self.ppl_caches[w].path.name}
+                for w in MODELS}
+
+
+def plan_evaluation(target: Target, settings, *, limit: int | None, batch_size: int, probes: bool, device: str,
+                    dtype: str, quantization: str) -> EvalPlan:
+    """Read the examples and open each model's caches, named after everything an answer depends on."""
+    from medchat.core.model import ModelError
+
+    examples = load_examples(target.data_path, limit)
+    probe_list = PROBES if probes else []
+    try:
+        runtime = _resolved_runtime(device, dtype, quantization)
+    except ModelError as exc:
+        raise EvalError(str(exc)) from exc
+    adapter_fp = adapter_fingerprint(target.adapter)
+    base_fp = base_fingerprint(target.base)
+    cache_dir = target.out_dir / "cache"
+    gen_caches: dict[str, PredictionCache] = {}
+    ppl_caches: dict[str, PredictionCache] = {}
+    for which in MODELS:
+        key_common = {"v": CACHE_VERSION, "base": target.base, "base_fp": base_fp,
+                      "adapter": adapter_fp if which == "finetuned" else None, "runtime": runtime,
+                      "prompt_style": target.prompt_style, "system": target.system_prompt}
+        # The batch size and how batches are formed are part of an answer's identity: in bf16 the padded shapes
+        # change the rounding, and greedy decoding amplifies it (bench/eval_throughput.py).
+        gen_key = _sha(json.dumps({**key_common, "settings": settings.as_dict(), "batch_size": batch_size,
+                                   "batches": "by prompt tokens"}, sort_keys=True))[:16]
+        ppl_key = _sha(json.dumps({**key_common, "max_length": target.max_length}, sort_keys=True))[:16]
+        gen_caches[which] = PredictionCache(cache_dir / f"{which}-gen-{gen_key}.jsonl")
+        ppl_caches[which] = PredictionCache(cache_dir / f"{which}-ppl-{ppl_key}.jsonl")
+    questions = list(dict.fromkeys([e.question for e in examples] + [q for q, _ in probe_list]))
+    return EvalPlan(examples, probe_list, questions, runtime, adapter_fp, gen_caches, ppl_caches)
+
+
+def generate_missing(plan: EvalPlan, target: Target, settings, *, batch_size: int, device: str, dtype: str,
+                     quantization: str, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Load each model that has something missing, answer and score it in batches, cache every batch as it ends."""
+    from medchat.core.model import ModelError, load
+
+    done: dict[str, Any] = {"generated": {}, "scored": {}, "loaded": [], "model_info": {}, "timing": {}}
+    for which in MODELS:
+        todo_gen, todo_ppl = plan.todo(which)
+        done["generated"][which] = done["scored"][which] = 0
+        if not todo_gen and not todo_ppl:
+            continue
+        try:
+            loaded = load(_model_spec(target, which, device, dtype, quantization))
+        except ModelError as exc:
+            raise EvalError(f"Loading the {which} model failed: {exc}") from exc
+        done["loaded"].append(which)
+        done["model_info"][which] = loaded.info.as_dict()
+        t0 = time.perf_counter()
+        done["generated"][which] = _generate(loaded, which, target, settings, todo_gen, plan.gen_caches[which], batch_size,
+                                             lambda n, total, w=which: progress and progress(w, "generate", n, total))
+        t1 = time.perf_counter()
+        done["scored"][which] = _perplexities(loaded, target, todo_ppl, plan.ppl_caches[which], batch_size,
+                                              lambda n, total, w=which: progress and progress(w, "perplexity", n, total))
+        done["timing"][which] = {"generate_s": round(t1 - t0, 3), "generated": done["generated"][which],
+                                 "perplexity_s": round(time.perf_counter() - t1, 3),
+                                 "load_s": loaded.info.load_seconds}
+        loaded = None  # drop the model before the next one loads
+        _free()
+    return done
+
+
+def _generate(loaded, which: str, target: Target, settings, questions: list[str], cache: PredictionCache, batch_size: int,
+              progress: Callable[[int, int], None]) -> int:
+    """Greedy answers, batch_size prompts of similar token length per generate call (the one batching step)."""
+    from medchat.core.engine import Engine, EngineError
+    from medchat.core.prompting import build_messages
+
+    engine = Engine(loaded, prompt_style=target.prompt_style)
+    conversations = [build_messages(q, target.system_prompt) for q in questions]
+    try:
+        lengths = [len(engine.fit_prompt(c, settings.max_new_tokens)) for c in conversations]
+        count = 0
+        for chunk in scores.token_budget_batches(lengths, None, batch_size):
+            answers = engine.generate_batch([conversations[i] for i in chunk], settings, batch_size=len(chunk))
+            cache.add_many([{"id": _sha(questions[i])[:20], "question": questions[i], "prediction": a}
+                            for i, a in zip(chunk, answers)])
+            count += len(chunk)
+            progress(count, len(questions))
+    except EngineError as exc:
+        raise EvalError(f"Generation with the {which} model failed: {exc}") from exc
+    return count
+
+
+def _perplexities(loaded, target: Target, examples: list[Example], cache: PredictionCache, batch_size: int,
+                  progress: Callable[[int, int], None]) -> int:
+    from medchat.core.prompting import PromptError
+
+    from metrics.scores import answer_perplexity
+
+    count = 0
+
+    def store(indices: list[int], rows: list[dict[str, Any]]) -> None:
+        nonlocal count
+        cache.add_many([{"id": examples[i].ppl_id, **r} for i, r in zip(indices, rows)])
+        count += len(indices)
+        progress(count, len(examples))
+
+    try:
+        answer_perplexity(loaded.model, loaded.tokenizer, [(e.question, e.answer) for e in examples],
+                          style=target.prompt_style, system=target.system_prompt, max_length=target.max_length,
+                          batch_size=batch_size, on_batch=store)
+    except PromptError as exc:
+        raise EvalError(f"Cannot score perplexity in {target.data_path}: {exc}") from exc
+    return count
+
+
+def score_examples(plan: EvalPlan) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(aggregates per model, per-example rows, probe answers), from the caches alone (no model)."""
+    from metrics.scores import perplexity_from_examples
+
+    examples = plan.examples
+    aggregates: dict[str, dict[str, Any]] = {}
+    for which in MODELS:
+        preds = [plan.gen_caches[which].get(e.gen_id)["prediction"] for e in examples]
+        agg = scores.aggregate(preds, [e.answer for e in examples])
+        ppl_rows = [plan.ppl_caches[which].get(e.ppl_id) for e in examples]
+        ppl = perplexity_from_examples([{k: r[k] for k in ("nll", "tokens", "perplexity", "truncated")} for r in ppl_rows])
+        agg.update(perplexity=ppl.perplexity, answer_tokens=ppl.n_tokens,
+                   truncated=sum(1 for r in ppl_rows if r.get("truncated")),
+                   mean_prediction_words=sum(len(p.split()) for p in preds) / len(preds))
+        aggregates[which] = agg
+    per_example: list[dict[str, Any]] = []
+    for i, e in enumerate(examples):
+        row: dict[str, Any] = {"index": i, "id": e.gen_id, "question": e.question, "reference": e.answer}
+        for which in MODELS:
+            pred = plan.gen_caches[which].get(e.gen_id)["prediction"]
+            p = plan.ppl_caches[which].get(e.ppl_id)
+            row[which] = {"prediction": pred, **scores.score_pair(pred, e.answer),
+                          "perplexity": p["perplexity"], "nll": p["nll"], "answer_tokens": p["tokens"]}
+        row["delta"] = {m: row["finetuned"][m] - row["base"][m] for m in scores.ALL_METRICS}
+        per_example.append(row)
+    probe_rows = [{"question": q, "kind": kind, **{w: plan.gen_caches[w].get(_sha(q)[:20])["prediction"] for w in MODELS}}
+                  for q, kind in plan.probes]
+    return aggregates, per_example, probe_rows
+
+
+METRIC_NOTES = {
+    "rouge": "rouge_score F-measure with Porter stemming, mean over examples",
+    "bleu": "sacreBLEU corpus BLEU (13a), 0-100",
+    "token_f1": "SQuAD-style normalised bag-of-tokens F1, mean over examples",
+    "set_f1": "the seed notebook's set-of-lowercased-whitespace-tokens F1, mean over examples",
+    "perplexity": "exp(total NLL / total tokens) of the reference answers, answer tokens + EOS only",
+}
+
+
+def write_results(target: Target, plan: EvalPlan, results: dict[str, Any],
+                  per_example: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """examples.jsonl and results.json, each replaced atomically; model_info keeps what an earlier invocation
+    learnt about a model this one did not need to load (same caches)."""
+    model_infos = results["model_info"]
+    caches = plan.cache_names()
+    previous = target.out_dir / RESULTS_FILE
+    if previous.is_file():
+        try:
+            old = json.loads(previous.read_text(encoding="utf-8")).get("model_info") or {}
+            for which in MODELS:
+                if which not in model_infos and which in old and old.get("_cache", {}).get(which) == caches[which]:
+                    model_infos[which] = old[which]
+        except (OSError, ValueError, AttributeError):
+            pass
+    model_infos["_cache"] = caches
+    target.out_dir.mkdir(parents=True, exist_ok=True)
+    examples_path = target.out_dir / EXAMPLES_FILE
+    write_text_atomic(examples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example))
+    write_text_atomic(previous, json.dumps(json_finite(results), indent=2, ensure_ascii=False) + "\n")
+    return previous, examples_path
+
+
 def evaluate(
     target: Target,
     settings=None,
@@ -347,177 +538,42 @@ def evaluate(
     bootstrap=None,
 ) -> EvalSummary:
     """Generate (or reuse) predictions for both models, score them, write results.json + examples.jsonl."""
-    from medchat.core.engine import Engine, EngineError
-    from medchat.core.model import ModelError, load
-    from medchat.core.prompting import PromptError, build_messages
-
-    from metrics.scores import answer_perplexity, perplexity_from_examples
+    from metrics.bootstrap import BootstrapConfig, text_metric_intervals
 
     if batch_size < 1:
         raise EvalError("--batch-size must be at least 1.")
     settings = settings or default_settings()
-    examples = load_examples(target.data_path, limit)
-    probe_list = PROBES if probes else []
-    try:
-        runtime = _resolved_runtime(device, dtype, quantization)
-    except ModelError as exc:
-        raise EvalError(str(exc)) from exc
-    adapter_fp = adapter_fingerprint(target.adapter)
-    base_fp = base_fingerprint(target.base)
-    cache_dir = target.out_dir / "cache"
-    started = time.perf_counter()
-
-    questions: list[str] = []
-    seen: set[str] = set()
-    for q in [e.question for e in examples] + [q for q, _ in probe_list]:
-        if q not in seen:
-            seen.add(q)
-            questions.append(q)
-
-    generated: dict[str, int] = {}
-    scored: dict[str, int] = {}
-    loaded_labels: list[str] = []
-    model_infos: dict[str, Any] = {}
-    timing: dict[str, Any] = {}
-    caches: dict[str, dict[str, Any]] = {}
-    gen_caches: dict[str, PredictionCache] = {}
-    ppl_caches: dict[str, PredictionCache] = {}
-
-    for which in MODELS:
-        key_common = {"v": CACHE_VERSION, "base": target.base, "base_fp": base_fp,
-                      "adapter": adapter_fp if which == "finetuned" else None, "runtime": runtime,
-                      "prompt_style": target.prompt_style, "system": target.system_prompt}
-        # The batch size is part of an answer's identity: in bf16 the padded shapes change the rounding, and greedy
-        # decoding amplifies it (bench/eval_throughput.py: 15 of 64 answers as one at a time at batch 16).
-        gen_key = _sha(json.dumps({**key_common, "settings": settings.as_dict(), "batch_size": batch_size},
-                                  sort_keys=True))[:16]
-        ppl_key = _sha(json.dumps({**key_common, "max_length": target.max_length}, sort_keys=True))[:16]
-        gen_cache = gen_caches[which] = PredictionCache(cache_dir / f"{which}-gen-{gen_key}.jsonl")
-        ppl_cache = ppl_caches[which] = PredictionCache(cache_dir / f"{which}-ppl-{ppl_key}.jsonl")
-        caches[which] = {"generation": gen_cache.path.name, "perplexity": ppl_cache.path.name}
-        todo_gen = [q for q in questions if _sha(q)[:20] not in gen_cache]
-        todo_ppl = [e for e in examples if e.ppl_id not in ppl_cache]
-        generated[which] = 0
-        scored[which] = 0
-        if not todo_gen and not todo_ppl:
-            continue
-
-        spec = _model_spec(target, which, device, dtype, quantization)
-        try:
-            loaded = load(spec)
-        except ModelError as exc:
-            raise EvalError(f"Loading the {which} model failed: {exc}") from exc
-        loaded_labels.append(which)
-        model_infos[which] = loaded.info.as_dict()
-        engine = Engine(loaded, prompt_style=target.prompt_style)
-        t0 = time.perf_counter()
-        todo_gen.sort(key=len, reverse=True)  # similar lengths share a batch: less padding
-        for start in range(0, len(todo_gen), batch_size):
-            chunk = todo_gen[start:start + batch_size]
-            conversations = [build_messages(q, target.system_prompt) for q in chunk]
-            try:
-                answers = engine.generate_batch(conversations, settings, batch_size=batch_size)
-            except EngineError as exc:
-                raise EvalError(f"Generation with the {which} model failed: {exc}") from exc
-            gen_cache.add_many([{"id": _sha(q)[:20], "question": q, "prediction": a} for q, a in zip(chunk, answers)])
-            generated[which] += len(chunk)
-            if progress:
-                progress(which, "generate", generated[which], len(todo_gen))
-        t1 = time.perf_counter()
-        for start in range(0, len(todo_ppl), batch_size):
-            chunk = todo_ppl[start:start + batch_size]
-            try:
-                res = answer_perplexity(loaded.model, loaded.tokenizer, [(e.question, e.answer) for e in chunk],
-                                        style=target.prompt_style, system=target.system_prompt,
-                                        max_length=target.max_length, batch_size=batch_size)
-            except PromptError as exc:
-                raise EvalError(f"Cannot score perplexity in {target.data_path}: {exc}") from exc
-            ppl_cache.add_many([{"id": e.ppl_id, **p} for e, p in zip(chunk, res.per_example)])
-            scored[which] += len(chunk)
-            if progress:
-                progress(which, "perplexity", scored[which], len(todo_ppl))
-        timing[which] = {"generate_s": round(t1 - t0, 3), "generated": generated[which],
-                         "perplexity_s": round(time.perf_counter() - t1, 3), "load_s": loaded.info.load_seconds}
-        engine = loaded = None  # drop the model before the next one loads
-        _free()
-
-    # ------------------------------------------------------------------ scoring (pure, from the caches)
-    per_example: list[dict[str, Any]] = []
-    aggregates: dict[str, dict[str, Any]] = {}
-    for which in MODELS:
-        preds = [gen_caches[which].get(e.gen_id)["prediction"] for e in examples]
-        refs = [e.answer for e in examples]
-        agg = scores.aggregate(preds, refs)
-        ppl_rows = [ppl_caches[which].get(e.ppl_id) for e in examples]
-        ppl = perplexity_from_examples([{k: r[k] for k in ("nll", "tokens", "perplexity", "truncated")} for r in ppl_rows])
-        agg.update(perplexity=ppl.perplexity, answer_tokens=ppl.n_tokens,
-                   truncated=sum(1 for r in ppl_rows if r.get("truncated")),
-                   mean_prediction_words=sum(len(p.split()) for p in preds) / len(preds))
-        aggregates[which] = agg
-    for i, e in enumerate(examples):
-        row: dict[str, Any] = {"index": i, "id": e.gen_id, "question": e.question, "reference": e.answer}
-        for which in MODELS:
-            pred = gen_caches[which].get(e.gen_id)["prediction"]
-            p = ppl_caches[which].get(e.ppl_id)
-            row[which] = {"prediction": pred, **scores.score_pair(pred, e.answer),
-                          "perplexity": p["perplexity"], "nll": p["nll"], "answer_tokens": p["tokens"]}
-        row["delta"] = {m: row["finetuned"][m] - row["base"][m] for m in scores.ALL_METRICS}
-        per_example.append(row)
-
-    from metrics.bootstrap import BootstrapConfig, text_metric_intervals
-
     bootstrap = bootstrap or BootstrapConfig()
-    intervals = text_metric_intervals(per_example, bootstrap)
-    probe_rows = [
-        {"question": q, "kind": kind,
-         "base": gen_caches["base"].get(_sha(q)[:20])["prediction"],
-         "finetuned": gen_caches["finetuned"].get(_sha(q)[:20])["prediction"]}
-        for q, kind in probe_list
-    ]
+    started = time.perf_counter()
+    plan = plan_evaluation(target, settings, limit=limit, batch_size=batch_size, probes=probes, device=device,
+                           dtype=dtype, quantization=quantization)
+    done = generate_missing(plan, target, settings, batch_size=batch_size, device=device, dtype=dtype,
+                            quantization=quantization, progress=progress)
+    aggregates, per_example, probe_rows = score_examples(plan)
     results: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        **target_record(target, adapter_fp),
+        **target_record(target, plan.adapter_fp),
         "prompt_style": target.prompt_style,
         "system_prompt": target.system_prompt,
         "max_length": target.max_length,
         "data": {"path": str(target.data_path), "sha256": file_sha256(target.data_path), "limit": limit},
-        "n_examples": len(examples),
+        "n_examples": len(plan.examples),
         "settings": settings.as_dict(),
         "batch_size": batch_size,
-        "runtime": runtime,
+        "runtime": plan.runtime,
         "versions": library_versions("rouge_score", "sacrebleu"),
-        "model_info": model_infos,  # only the models loaded by this invocation (none when all was cached)
-        "timing": timing,
+        "model_info": done["model_info"],  # only the models loaded by this invocation (none when all was cached)
+        "timing": done["timing"],
         "elapsed_s": round(time.perf_counter() - started, 3),
-        "cache": caches,
+        "cache": plan.cache_names(),
         "notes": target.notes,
-        "metric_notes": {
-            "rouge": "rouge_score F-measure with Porter stemming, mean over examples",
-            "bleu": "sacreBLEU corpus BLEU (13a), 0-100",
-            "token_f1": "SQuAD-style normalised bag-of-tokens F1, mean over examples",
-            "set_f1": "the seed notebook's set-of-lowercased-whitespace-tokens F1, mean over examples",
-            "perplexity": "exp(total NLL / total tokens) of the reference answers, answer tokens + EOS only",
-        },
+        "metric_notes": METRIC_NOTES,
         "probes": probe_rows,
         "bootstrap": bootstrap.as_dict(),
-        "intervals": intervals,  # fine-tuned minus base, per metric: delta, low, high, verdict
+        "intervals": text_metric_intervals(per_example, bootstrap),  # fine-tuned minus base: delta, low, high, verdict
         # the aggregates, under the keys the team contract names
         "base": aggregates["base"],
         "finetuned": aggregates["finetuned"],
     }
-    previous = target.out_dir / RESULTS_FILE
-    if previous.is_file():  # keep what an earlier invocation learnt about models this one did not load
-        try:
-            old = json.loads(previous.read_text(encoding="utf-8")).get("model_info") or {}
-            for which in MODELS:
-                if which not in model_infos and which in old and old.get("_cache", {}).get(which) == caches[which]:
-                    model_infos[which] = old[which]
-        except (OSError, ValueError, AttributeError):
-            pass
-    model_infos["_cache"] = caches
-    target.out_dir.mkdir(parents=True, exist_ok=True)
-    examples_path = target.out_dir / EXAMPLES_FILE
-    results_path = target.out_dir / RESULTS_FILE
-    write_text_atomic(examples_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in per_example))
-    write_text_atomic(results_path, json.dumps(json_finite(results), indent=2, ensure_ascii=False) + "\n")
-    return EvalSummary(results_path, examples_path, results, generated, scored, loaded_labels)
+    results_path, examples_path = write_results(target, plan, results, per_example)
+    return EvalSummary(results_path, examples_path, results, done["generated"], done["scored"], done["loaded"])

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from medchat.core.fileio import file_sha256, json_finite, write_text_atomic
-from medchat.core.runs import MCQ_PREFIX
+from medchat.core.runs import MCQ_PREFIX, library_versions
 from medchat.core.tokens import context_length
 from metrics.bootstrap import BootstrapConfig, paired_mean, resample_counts
 from metrics.mcq_tasks import (
@@ -258,6 +258,95 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+@dataclass
+class McqPlan:
+    """The questions of one task with their prompts (shots included) and continuations, ready to score."""
+
+    spec: TaskSpec
+    data: Path
+    questions: list[Question]
+    shots: list[list[Question]]
+    contexts: list[str]
+    continuations: list[list[str]]
+    fewshot: FewshotPlan
+
+
+def plan_mcq(task: str | TaskSpec, data: Path | None, *, fewshot_data: Path | None, num_fewshot: int | None,
+             fewshot_seed: int, fewshot_sampler: str | None, limit: int | None) -> McqPlan:
+    """Read and check the rows, choose the shots (seeded), write every prompt."""
+    spec = task if isinstance(task, TaskSpec) else resolve_task(task)
+    data = Path(data) if data else spec.defaults.get("data")
+    if data is None:
+        raise TaskError(f"Task {spec.name} needs --data FILE.jsonl (no data file is named in its task file).")
+    fewshot_data = Path(fewshot_data) if fewshot_data else spec.defaults.get("fewshot_data")
+    k = num_fewshot if num_fewshot is not None else int(spec.defaults.get("num_fewshot", 5 if fewshot_data else 0))
+    if k < 0:
+        raise TaskError("--num-fewshot must be 0 or more.")
+    if k and fewshot_data is None:
+        raise TaskError(f"{k}-shot needs --fewshot-data FILE.jsonl (the shots come from a separate file).")
+    questions = load_questions(spec, data, limit)
+    same_file = bool(fewshot_data) and Path(fewshot_data).resolve() == Path(data).resolve()
+    pool = load_questions(spec, fewshot_data) if (k and fewshot_data) else []
+    fewshot = FewshotPlan(k=k, path=Path(fewshot_data) if (k and fewshot_data) else None, seed=fewshot_seed,
+                          sampler=fewshot_sampler or spec.sampler, same_file=same_file)
+    shots = choose_shots(spec, questions, pool, fewshot)
+    return McqPlan(spec, Path(data), questions, shots, [build_context(spec, q, s) for q, s in zip(questions, shots)],
+                   [continuations(spec, q) for q in questions], fewshot)
+
+
+def score_models(plan: McqPlan, target, *, max_batch_tokens: int, device: str, dtype: str, quantization: str,
+                 progress: ProgressFn | None) -> tuple[dict[str, list[list[float]]], dict[str, Any], dict[str, Any], int]:
+    """(log-likelihoods, timing, model info, prompt tokens): each model loaded in turn, scored, dropped."""
+    from medchat.core.model import ModelError, load
+
+    from metrics.evaluate import _model_spec
+
+    lls: dict[str, list[list[float]]] = {}
+    timing: dict[str, Any] = {}
+    model_infos: dict[str, Any] = {}
+    n_tokens = 0
+    for which in MODELS:
+        try:
+            loaded = load(_model_spec(target, which, device, dtype, quantization))
+        except ModelError as exc:
+            raise TaskError(f"Loading the {which} model failed: {exc}") from exc
+        model_infos[which] = loaded.info.as_dict()
+        requests = build_requests(loaded.tokenizer, plan.contexts, plan.continuations)
+        n_tokens = sum(len(r.context) for r in requests)
+        t0 = time.perf_counter()
+        lls[which] = score_requests(loaded.model, requests, max_batch_tokens=max_batch_tokens,
+                                    progress=(lambda d, t, w=which: progress(w, d, t)) if progress else None)
+        seconds = time.perf_counter() - t0
+        n = len(plan.questions)
+        timing[which] = {"score_s": round(seconds, 3), "rows_per_s": round(n / seconds, 2) if seconds else None,
+                         "load_s": loaded.info.load_seconds,
+                         "single_token_options": sum(1 for r in requests if all(len(o) == 1 for o in r.options))}
+        loaded = None
+        gc.collect()
+    return lls, timing, model_infos, n_tokens
+
+
+def question_rows(plan: McqPlan, lls: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
+    """Per question: its line, gold answer, shots' lines and each model's log-likelihoods and predictions."""
+    rows = []
+    for i, q in enumerate(plan.questions):
+        row: dict[str, Any] = {"index": i, "line": q.line, "gold": q.gold_label,
+                               "labels": q.labels, "shots": [s.line for s in plan.shots[i]]}
+        if q.subject:
+            row["subject"] = q.subject
+        for which in MODELS:
+            pred, pred_norm = predictions(lls[which][i], q.labels)
+            row[which] = {"loglikelihoods": lls[which][i], "prediction": q.labels[pred],
+                          "prediction_norm": q.labels[pred_norm],
+                          "acc": int(pred == q.gold), "acc_norm": int(pred_norm == q.gold)}
+        rows.append(row)
+    return rows
+
+
+SCORING = ("lm-eval multiple_choice: summed log-likelihood of ' ' + choice after the prompt, no chat template; "
+           "acc_norm divides by the choice's length in characters")
+
+
 def run_mcq(
     target,
     task: str | TaskSpec,
@@ -276,99 +365,35 @@ def run_mcq(
     progress: ProgressFn | None = None,
 ) -> McqSummary:
     """Score the base and the fine-tuned model of `target` (metrics.evaluate.Target) on one task; write the JSON."""
-    from medchat.core.model import ModelError, load
+    from medchat.core.model import ModelError
 
-    from medchat.core.runs import library_versions
-    from metrics.evaluate import _model_spec, _resolved_runtime, adapter_fingerprint, target_record
+    from metrics.evaluate import _resolved_runtime, adapter_fingerprint, target_record
 
-    spec = task if isinstance(task, TaskSpec) else resolve_task(task)
-    data = Path(data) if data else spec.defaults.get("data")
-    if data is None:
-        raise TaskError(f"Task {spec.name} needs --data FILE.jsonl (no data file is named in its task file).")
-    fewshot_data = Path(fewshot_data) if fewshot_data else spec.defaults.get("fewshot_data")
-    k = num_fewshot if num_fewshot is not None else int(spec.defaults.get("num_fewshot", 5 if fewshot_data else 0))
-    if k < 0:
-        raise TaskError("--num-fewshot must be 0 or more.")
-    if k and fewshot_data is None:
-        raise TaskError(f"{k}-shot needs --fewshot-data FILE.jsonl (the shots come from a separate file).")
+    plan = plan_mcq(task, data, fewshot_data=fewshot_data, num_fewshot=num_fewshot, fewshot_seed=fewshot_seed,
+                    fewshot_sampler=fewshot_sampler, limit=limit)
     bootstrap = bootstrap or BootstrapConfig()
-    questions = load_questions(spec, data, limit)
-    same_file = bool(fewshot_data) and Path(fewshot_data).resolve() == Path(data).resolve()
-    pool = load_questions(spec, fewshot_data) if (k and fewshot_data) else []
-    plan = FewshotPlan(k=k, path=Path(fewshot_data) if (k and fewshot_data) else None, seed=fewshot_seed,
-                       sampler=fewshot_sampler or spec.sampler, same_file=same_file)
-    shots = choose_shots(spec, questions, pool, plan)
-    contexts = [build_context(spec, q, s) for q, s in zip(questions, shots)]
-    conts = [continuations(spec, q) for q in questions]
     try:
         runtime = _resolved_runtime(device, dtype, quantization)
     except ModelError as exc:
         raise TaskError(str(exc)) from exc
-
-    lls: dict[str, list[list[float]]] = {}
-    timing: dict[str, Any] = {}
-    model_infos: dict[str, Any] = {}
-    n_tokens = 0
-    for which in MODELS:
-        try:
-            loaded = load(_model_spec(target, which, device, dtype, quantization))
-        except ModelError as exc:
-            raise TaskError(f"Loading the {which} model failed: {exc}") from exc
-        model_infos[which] = loaded.info.as_dict()
-        requests = build_requests(loaded.tokenizer, contexts, conts)
-        n_tokens = sum(len(r.context) for r in requests)
-        t0 = time.perf_counter()
-        lls[which] = score_requests(loaded.model, requests, max_batch_tokens=max_batch_tokens,
-                                    progress=(lambda d, t, w=which: progress(w, d, t)) if progress else None)
-        seconds = time.perf_counter() - t0
-        timing[which] = {"score_s": round(seconds, 3), "rows_per_s": round(len(questions) / seconds, 2) if seconds else None,
-                         "load_s": loaded.info.load_seconds,
-                         "single_token_options": sum(1 for r in requests if all(len(o) == 1 for o in r.options))}
-        loaded = None
-        gc.collect()
-
-    rows = []
-    for i, q in enumerate(questions):
-        row: dict[str, Any] = {"index": i, "line": q.line, "gold": q.gold_label,
-                               "labels": q.labels, "shots": [s.line for s in shots[i]]}
-        if q.subject:
-            row["subject"] = q.subject
-        for which in MODELS:
-            pred, pred_norm = predictions(lls[which][i], q.labels)
-            row[which] = {"loglikelihoods": lls[which][i], "prediction": q.labels[pred],
-                          "prediction_norm": q.labels[pred_norm],
-                          "acc": int(pred == q.gold), "acc_norm": int(pred_norm == q.gold)}
-        rows.append(row)
-
-    base_lines = baselines(questions)
+    lls, timing, model_infos, n_tokens = score_models(plan, target, max_batch_tokens=max_batch_tokens, device=device,
+                                                      dtype=dtype, quantization=quantization, progress=progress)
+    rows = question_rows(plan, lls)
+    base_lines = baselines(plan.questions)
     summary = summarize(rows, bootstrap, base_lines)
     results: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "kind": "mcq",
-        "task": spec.name,
-        "task_spec": spec.as_dict(),
+        "schema": SCHEMA_VERSION, "kind": "mcq", "task": plan.spec.name, "task_spec": plan.spec.as_dict(),
         **target_record(target, adapter_fingerprint(target.adapter)),
-        "data": {"path": str(data), "sha256": file_sha256(Path(data)), "limit": limit},
-        "n_examples": len(questions),
-        "fewshot": plan.as_dict(),
-        "scoring": "lm-eval multiple_choice: summed log-likelihood of ' ' + choice after the prompt, no chat "
-                   "template; acc_norm divides by the choice's length in characters",
-        "engine": "medchat (prompt encoded once per question)",
-        "prompt_tokens": n_tokens,
-        "baselines": base_lines,
-        "bootstrap": bootstrap.as_dict(),
-        "runtime": runtime,
-        "versions": library_versions("rouge_score", "sacrebleu"),
-        "model_info": model_infos,
-        "timing": timing,
-        "notes": list(target.notes),
-        "base": summary["base"],
-        "finetuned": summary["finetuned"],
-        "intervals": summary["intervals"],
+        "data": {"path": str(plan.data), "sha256": file_sha256(plan.data), "limit": limit},
+        "n_examples": len(plan.questions), "fewshot": plan.fewshot.as_dict(), "scoring": SCORING,
+        "engine": "medchat (prompt encoded once per question)", "prompt_tokens": n_tokens, "baselines": base_lines,
+        "bootstrap": bootstrap.as_dict(), "runtime": runtime, "versions": library_versions("rouge_score", "sacrebleu"), "model_info": model_infos,
+        "timing": timing, "notes": list(target.notes),
+        "base": summary["base"], "finetuned": summary["finetuned"], "intervals": summary["intervals"],
     }
     out_dir = Path(target.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rpath, epath = results_path(out_dir, spec.name), examples_path(out_dir, spec.name)
+    rpath, epath = results_path(out_dir, plan.spec.name), examples_path(out_dir, plan.spec.name)
     write_text_atomic(epath, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(rpath, json.dumps(json_finite(results), indent=2, ensure_ascii=False) + "\n")
     return McqSummary(rpath, epath, results)

@@ -306,6 +306,85 @@ def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Repo
                   selected=list(selected))
 
 
+# --------------------------------------------------------------------------- fitting a table to the terminal
+
+
+@dataclass
+class Column:
+    header: str
+    options: dict[str, Any] = field(default_factory=dict)  # rich add_column keywords (justify, min_width, no_wrap)
+
+
+def fitted_table(console, columns: list[Column], rows: list[list[Any]], priority: list[int], *, wide: bool = False,
+                 row_styles: list[str] | None = None, **table_options):
+    """A rich Table with the columns that fit the console, taken in `priority` order and shown in their own order;
+    returns (table, headers left out). Fitting means the table's minimum width (every column at its narrowest
+    without breaking a word, a no_wrap column whole) is within the console width; the room left is then shared
+    out (_share_width), so cells wrap at spaces and no header is squeezed into "stat us" or "ROU…". `wide` keeps
+    every column."""
+    from rich.table import Table
+
+    def build(keep: list[int]):
+        table = Table(**table_options)
+        for i in keep:
+            table.add_column(columns[i].header, **columns[i].options)
+        for n, row in enumerate(rows):
+            table.add_row(*[row[i] for i in keep], style=(row_styles or [""] * len(rows))[n])
+        return table
+
+    chosen: list[int] = list(range(len(columns))) if wide else []
+    if not wide:
+        for i in priority:
+            trial = sorted(chosen + [i])
+            table = build(trial)
+            if not chosen or sum(low for low, _ in _column_ranges(console, table)) + table._extra_width <= console.width:
+                chosen = trial
+    table = build(chosen)
+    if not wide:
+        _share_width(console, table)
+    return table, [columns[i].header for i in range(len(columns)) if i not in chosen]
+
+
+def _share_width(console, table) -> None:
+    """Fix each column's width: its minimum plus a share of the room left, in proportion to how much wider it would
+    like to be. Rich's own squeeze narrows the widest columns first, below their minimum, and then truncates
+    ("mmlu-medic…"); this never goes under a minimum."""
+    ranges = _column_ranges(console, table)
+    room = console.width - table._extra_width - sum(low for low, _ in ranges)
+    want = sum(high - low for low, high in ranges)
+    if room < 0 or want <= room:
+        return
+    for index, (column, (low, high)) in enumerate(zip(table.columns, ranges)):
+        column.width = low + (high - low) * room // want - table._get_padding_width(index)
+
+
+def _column_ranges(console, table) -> list[tuple[int, int]]:
+    """(narrowest, widest) of each column with its padding, by rich's own measurement (Table._measure_column); a
+    no_wrap column is as wide as its widest cell."""
+    unbounded = console.options.update_width(10_000)  # rich clamps a measurement to the width it is given
+    ranges = [table._measure_column(console, unbounded, column) for column in table.columns]
+    return [(r.maximum if c.no_wrap else r.minimum, r.maximum) for c, r in zip(table.columns, ranges)]
+
+
+def print_fitted(console, table, hidden: list[str], wide: bool) -> None:
+    """The table (at its natural width with --wide, wider than the terminal if need be) and what it left out."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    if wide:
+        natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        width, console.width = console.width, max(console.width, natural)  # print(width=) cannot exceed it
+        try:
+            console.print(table)
+        finally:
+            console.width = width
+    else:
+        console.print(table)
+    if hidden:
+        console.print(Text(f"Not shown at {console.width} columns: {', '.join(hidden)} (--wide shows every column, "
+                           "--format json everything).", style="dim"))
+
+
 # --------------------------------------------------------------------------- JSON
 
 
@@ -387,33 +466,43 @@ MCQ_NOTE = ("Accuracy in % ± standard error; log-likelihood of each option afte
             "Majority: always answering this data's most frequent answer.")
 
 
+def mcq_note(rows: list[dict[str, Any]]) -> str:
+    """What the multiple-choice numbers mean, with the bootstrap settings the intervals were made with."""
+    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
+    return MCQ_NOTE + " " + describe_bootstrap(boot).capitalize() + "."
+
+
 def mcq_markdown(rows: list[dict[str, Any]]) -> list[str]:
     out = ["### Multiple choice", ""]
     out += _md_table(MCQ_HEADERS, [mcq_cells(m) for m in rows]) + [""]
-    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
-    out += [MCQ_NOTE + " " + describe_bootstrap(boot).capitalize() + ".", ""]
-    return out
+    return out + [mcq_note(rows), ""]
 
 
-def render_mcq_rich(results_list: list[dict[str, Any]], console, title: str = "Multiple choice") -> None:
-    _render_mcq_rows(mcq_rows(results_list), console, title)
+def render_mcq_rich(results_list: list[dict[str, Any]], console, title: str = "Multiple choice", wide: bool = False) -> None:
+    _render_mcq_rows(mcq_rows(results_list), console, title, wide)
 
 
-def _render_mcq_rows(rows: list[dict[str, Any]], console, title: str) -> None:
-    from rich.table import Table
+# the MCQ table's columns, most wanted first: accuracy, its change and verdict, then the baselines
+MCQ_PRIORITY = [0, 3, 4, 5, 7, 6, 10, 11, 1, 2, 8, 9]
+MCQ_MIN_WIDTH = {"base acc": 10, "fine-tuned acc": 10, "95% CI of Δ": 12, "verdict": 8, "base acc_norm": 10,
+                 "fine-tuned acc_norm": 10}
+
+
+def _render_mcq_rows(rows: list[dict[str, Any]], console, title: str, wide: bool = False) -> None:
     from rich.text import Text
 
     if not rows:
         return
-    boot = next((m["bootstrap"] for m in rows if m.get("bootstrap")), None)
-    table = Table(title=title, caption=MCQ_NOTE + "\n" + describe_bootstrap(boot))
-    for i, h in enumerate(MCQ_HEADERS):
-        table.add_column(h, justify="left" if i == 0 else "right")
+    columns = [Column(h, {"justify": "left" if i == 0 else "right", "min_width": MCQ_MIN_WIDTH.get(h)})
+               for i, h in enumerate(MCQ_HEADERS)]
+    body = []
     for m in rows:
-        cells = mcq_cells(m)
-        style = VERDICT_STYLE.get(m["verdict"], "")
-        table.add_row(*cells[:7], Text(cells[7], style=style), *cells[8:])
-    console.print(table)
+        cells: list[Any] = mcq_cells(m)
+        cells[7] = Text(cells[7], style=VERDICT_STYLE.get(m["verdict"], ""))
+        body.append(cells)
+    table, hidden = fitted_table(console, columns, body, MCQ_PRIORITY, wide=wide, title=title,
+                                 caption=mcq_note(rows))
+    print_fitted(console, table, hidden, wide)
 
 
 def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str:
@@ -473,65 +562,71 @@ def render_markdown(report: Report, charts: dict[str, str] | None = None) -> str
 # --------------------------------------------------------------------------- rich
 
 
-def render_rich(report: Report, console, experiments: bool = True) -> None:
-    from rich.table import Table
+def render_rich(report: Report, console, experiments: bool = True, wide: bool = False) -> None:
+    """Each selected run's tables, then the experiment table; every table fitted to the console (see fitted_table)."""
     from rich.text import Text
 
     for d in report.details:
-        title = f"Base vs fine-tuned: {d['run']}"
         if d.get("notice"):
             console.print(Text(d["notice"], style="bold yellow"))
         if d.get("mcq"):
-            _render_mcq_rows(d["mcq"], console, f"Multiple choice: {d['run']}")
-        if not d["evaluated"]:
-            continue
-        table = Table(title=title, caption=f"{d['data_text']}\n{d['settings_text']}\n"
-                                           f"{describe_bootstrap(d.get('bootstrap'))}")
-        table.add_column("metric")
-        table.add_column("base", justify="right")
-        table.add_column("fine-tuned", justify="right")
-        table.add_column("change", justify="right")
-        table.add_column("95% CI of Δ", justify="right")
-        table.add_column("verdict")
-        for r in d["comparison"]:
-            style = VERDICT_STYLE.get(r["verdict"], "")
-            label = r["label"] + (" (lower is better)" if r["lower_is_better"] else "")
-            table.add_row(label, fmt_metric(r["metric"], r["base"]), fmt_metric(r["metric"], r["finetuned"]),
-                          fmt_change(r["change"]), fmt_interval(r["metric"], r["interval"]),
-                          Text(r["verdict"], style=style))
-        console.print(table)
-        if d.get("probes"):
-            probes = Table(title="Qualitative probes", show_lines=True)
-            probes.add_column("question", ratio=1)
-            probes.add_column("base", ratio=2)
-            probes.add_column("fine-tuned", ratio=2)
-            for p in d["probes"]:
-                q = p.get("question", "") + (" (out of domain)" if p.get("kind") == "out_of_domain" else "")
-                probes.add_row(q, p.get("base", ""), p.get("finetuned", ""))
-            console.print(probes)
-    if not experiments:
-        return
-    from rich import box
-
-    table = Table(title="Experiments", caption="fine-tuned scores on each run's held-out split; — = not evaluated",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    for key, label in EXPERIMENT_COLUMNS:
-        if key == "run":
-            table.add_column(label, overflow="fold", min_width=14)
-        elif key == "notes":
-            table.add_column(label, overflow="fold", min_width=8)
-        elif key == "status":
-            table.add_column(label, overflow="fold")
-        else:
-            table.add_column(label, justify="right")
-    for row in report.experiments:
-        style = "" if row["status"] == "complete" else "yellow"
-        cells = experiment_cells(row, changes=False)
-        cells[1] = row["status"]
-        table.add_row(*cells, style=style)
-    console.print(table)
+            _render_mcq_rows(d["mcq"], console, f"Multiple choice: {d['run']}", wide)
+        if d["evaluated"]:
+            _render_comparison(d, console, wide)
+    if experiments:
+        _render_experiments(report, console, wide)
     for note in report.notes:
         console.print(Text(note, style="italic"))
+
+
+def _render_comparison(d: dict[str, Any], console, wide: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    columns = [Column("metric", {"min_width": 10}), Column("base", {"justify": "right"}),
+               Column("fine-tuned", {"justify": "right"}), Column("change", {"justify": "right"}),
+               Column("95% CI of Δ", {"justify": "right", "min_width": 9}), Column("verdict", {"min_width": 8})]
+    rows = [[r["label"] + (" (lower is better)" if r["lower_is_better"] else ""), fmt_metric(r["metric"], r["base"]),
+             fmt_metric(r["metric"], r["finetuned"]), fmt_change(r["change"]), fmt_interval(r["metric"], r["interval"]),
+             Text(r["verdict"], style=VERDICT_STYLE.get(r["verdict"], ""))] for r in d["comparison"]]
+    table, hidden = fitted_table(console, columns, rows, [0, 1, 2, 4, 5, 3], wide=wide,
+                                 title=f"Base vs fine-tuned: {d['run']}",
+                                 caption=f"{d['data_text']}\n{d['settings_text']}\n{describe_bootstrap(d.get('bootstrap'))}")
+    print_fitted(console, table, hidden, wide)
+    if d.get("probes"):
+        probes = Table(title="Qualitative probes", show_lines=True)
+        probes.add_column("question", ratio=1)
+        probes.add_column("base", ratio=2)
+        probes.add_column("fine-tuned", ratio=2)
+        for p in d["probes"]:
+            q = p.get("question", "") + (" (out of domain)" if p.get("kind") == "out_of_domain" else "")
+            probes.add_row(q, p.get("base", ""), p.get("finetuned", ""))
+        console.print(probes)
+
+
+# the experiment table's columns, most wanted first: which run, its state, its scores, then its settings
+EXPERIMENT_PRIORITY = ["run", "status", "rougeL", "mcq", "perplexity", "token_f1", "bleu", "learning_rate", "epochs",
+                       "effective_batch", "elapsed_s", "notes"]
+WRAPPING = {"mcq": 16, "notes": 8}  # free text wraps (at least this wide); ids and numbers never break
+
+
+def _render_experiments(report: Report, console, wide: bool) -> None:
+    from rich import box
+
+    keys = [key for key, _ in EXPERIMENT_COLUMNS]
+    columns = [Column(label, {"min_width": WRAPPING[key]} if key in WRAPPING else
+                      {"no_wrap": True, "justify": "left" if key in ("run", "status") else "right"})
+               for key, label in EXPERIMENT_COLUMNS]
+    rows, styles = [], []
+    for row in report.experiments:
+        cells = experiment_cells(row, changes=False)
+        cells[1] = row["status"]
+        rows.append(cells)
+        styles.append("" if row["status"] == "complete" else "yellow")
+    table, hidden = fitted_table(console, columns, rows, [keys.index(k) for k in EXPERIMENT_PRIORITY], wide=wide,
+                                 row_styles=styles, title="Experiments", box=box.SIMPLE_HEAD, pad_edge=False,
+                                 caption="fine-tuned scores on each run's held-out split; — = not evaluated")
+    print_fitted(console, table, hidden, wide)
 
 
 # --------------------------------------------------------------------------- compare
@@ -564,7 +659,7 @@ def compare_table(runs: list[Run]) -> dict[str, Any]:
     return {"metrics": list(ALL_METRICS), "rows": rows, "warnings": warnings}
 
 
-def render_compare(table: dict[str, Any], console=None, markdown: bool = False) -> str:
+def render_compare(table: dict[str, Any], console=None, markdown: bool = False, wide: bool = False) -> str:
     headers = ["run", "status", "n"] + [METRIC_LABELS[m] for m in table["metrics"]]
 
     def cells(row: dict[str, Any]) -> list[str]:
@@ -581,18 +676,21 @@ def render_compare(table: dict[str, Any], console=None, markdown: bool = False) 
         lines += ["", "Fine-tuned scores; in parentheses the change against the same run's base model.", ""]
         lines += [f"_{w}_" for w in table["warnings"]]
         return "\n".join(lines).rstrip() + "\n"
-    from rich.table import Table
+    if console is None:
+        return ""
     from rich.text import Text
 
-    t = Table(title="Runs compared (fine-tuned, change vs base)")
-    for h in headers:
-        t.add_column(h, justify="left" if h in ("run", "status") else "right")
-    for r in table["rows"]:
-        t.add_row(*cells(r), style="" if r["status"] == "complete" else "yellow")
-    if console is not None:
-        console.print(t)
-        for w in table["warnings"]:
-            console.print(Text(w, style="yellow"))
+    columns = [Column(h, {"no_wrap": h in ("run", "status"), "justify": "left" if h in ("run", "status") else "right"})
+               for h in headers]
+    order = ["run", "status", "rougeL", "token_f1", "perplexity", "bleu", "rouge1", "rouge2", "set_f1", "n"]
+    keys = ["run", "status", "n", *table["metrics"]]
+    fitted, hidden = fitted_table(console, columns, [cells(r) for r in table["rows"]],
+                                  [keys.index(k) for k in order if k in keys], wide=wide,
+                                  row_styles=["" if r["status"] == "complete" else "yellow" for r in table["rows"]],
+                                  title="Runs compared (fine-tuned, change vs base)")
+    print_fitted(console, fitted, hidden, wide)
+    for w in table["warnings"]:
+        console.print(Text(w, style="yellow"))
     return ""
 
 

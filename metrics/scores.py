@@ -19,7 +19,7 @@ import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 # Higher is better for every text score; lower is better for perplexity.
 TEXT_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "token_f1", "set_f1")
@@ -193,8 +193,11 @@ def answer_perplexity(
     max_length: int = 512,
     batch_size: int = 8,
     max_batch_tokens: int = 2048,
+    on_batch: Callable[[list[int], list[dict[str, Any]]], None] | None = None,
 ) -> PerplexityResult:
-    """Perplexity of the reference answers given their questions, masked exactly as in training."""
+    """Perplexity of the reference answers given their questions, masked exactly as in training.
+
+    `on_batch(indices, rows)` hears each finished batch (evaluate caches it, so an interruption loses one batch)."""
     from medchat.core.prompting import encode_example
 
     kwargs: dict[str, Any] = {"style": style, "max_length": max_length}
@@ -213,22 +216,27 @@ def answer_perplexity(
             ):
                 per[index] = {"nll": nll, "tokens": n, "perplexity": _safe_exp(nll / n) if n else float("nan"),
                               "truncated": bool(enc.truncated)}
+            if on_batch:
+                on_batch(chunk, [per[i] for i in chunk])
     finally:
         if was_training:
             model.train()
     return perplexity_from_examples([p for p in per if p is not None])
 
 
-def token_budget_batches(lengths: list[int], max_batch_tokens: int, batch_size: int | None = None) -> list[list[int]]:
+def token_budget_batches(lengths: list[int], max_batch_tokens: int | None,
+                         batch_size: int | None = None) -> list[list[int]]:
     """Indices grouped by length so that rows x padded width stays under the budget (and rows under
-    batch_size): the logits (rows x width x vocabulary) are the memory peak of a scoring pass."""
+    batch_size): the logits (rows x width x vocabulary) are the memory peak of a scoring pass. Used for every
+    batch the metrics make (generation, perplexity, multiple choice)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         width = lengths[i]  # sorted ascending: the newest row is the widest
         full = batch_size is not None and len(current) >= batch_size
-        if current and (full or (len(current) + 1) * width > max_batch_tokens):
+        over = max_batch_tokens is not None and (len(current) + 1) * width > max_batch_tokens
+        if current and (full or over):
             batches.append(current)
             current = []
         current.append(i)

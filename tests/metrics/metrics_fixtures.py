@@ -134,6 +134,11 @@ def populated_runs_root(root: Path) -> list[Path]:
         (QA[2][0], QA[2][1], "Antibiotics.", "White blood cells."),
     ])]
     fake_results(a, base=BASE_SCORES, finetuned=FT_SCORES, examples=rows)
+    # MedMCQA: the base at chance (10 of 40), the fine-tune clearly better (22 of 40);
+    # PubMedQA: 20 then 21 of 30, no clear change
+    fake_mcq(a, "medmcqa", base_hits=[1] * 10 + [0] * 30, tuned_hits=[1] * 10 + [0] * 18 + [1] * 12)
+    fake_mcq(a, "pubmedqa", base_hits=[1] * 20 + [0] * 10, tuned_hits=[1] * 21 + [0] * 9, answers=["yes", "no", "maybe"],
+             chance=1 / 3)
     b = make_run(root, "20261121-090000-all-linear", lr=1e-4, epochs=1, batch_size=8, grad_accum=1,
                  notes="all linear layers", created="2026-11-21T09:00:00+00:00", elapsed_s=3725)
     c = make_run(root, "20261122-080000-long", status="interrupted", created="2026-11-22T08:00:00+00:00",
@@ -150,3 +155,31 @@ def no_shipped_default_run(tmp_path, monkeypatch):
     from medchat.core import paths
 
     monkeypatch.setattr(paths, "DEFAULT_RUN_DIR", tmp_path / "no-default-run")
+
+
+def fake_mcq(run: Path, task: str = "medmcqa", *, base_hits: list[int], tuned_hits: list[int], answers: Any = "ABCD",
+             chance: float = 0.25) -> Path:
+    """eval/mcq_<task>.json as `medchat-metrics mcq` writes it, from per-question hits (1 = right), with the
+    standard errors and the paired bootstrap interval computed by the real code."""
+    from metrics.bootstrap import BootstrapConfig
+    from metrics.mcq import summarize
+
+    gold = [answers[i % len(answers)] for i in range(len(base_hits))]
+    rows = [{"base": {"acc": b, "acc_norm": b}, "finetuned": {"acc": t, "acc_norm": t}}
+            for b, t in zip(base_hits, tuned_hits)]
+    counts = {label: gold.count(label) for label in sorted(set(gold))}
+    majority_label = max(counts, key=counts.get)
+    lines = {"chance": chance, "majority": counts[majority_label] / len(gold), "majority_label": majority_label,
+             "answer_counts": counts}
+    config = BootstrapConfig()
+    summary = summarize(rows, config, lines)
+    results = {
+        "schema": 1, "kind": "mcq", "task": task, "created": "2026-11-20T13:00:00+00:00", "run_id": run.name,
+        "n_examples": len(rows), "fewshot": {"k": 0, "sampler": "random", "seed": 1234},
+        "baselines": lines, "bootstrap": config.as_dict(), "base": summary["base"], "finetuned": summary["finetuned"],
+        "intervals": summary["intervals"],
+    }
+    path = run / "eval" / f"mcq_{task}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return path

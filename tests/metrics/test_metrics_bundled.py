@@ -62,3 +62,41 @@ def test_evaluate_bundled_end_to_end(isolated_user_dirs, bundled_adapter):
 
     md = CliRunner().invoke(main, ["report", run.name, "--format", "markdown"]).output
     assert "| ROUGE-L |" in md and "20261129-120000-e2e" in md
+
+
+def test_mcq_bundled_end_to_end(isolated_user_dirs, bundled_adapter, tmp_path):
+    """`medchat-metrics mcq` on the real bundled model: three MedMCQA-shaped rows written here, base and fine-tuned."""
+    run = make_run(isolated_user_dirs / "runs", "20261129-130000-mcq", base="bundled", qa=QA[:2],
+                   adapter_from=bundled_adapter)
+    rows = [
+        {"question": "Which organ pumps blood around the body?",
+         "options": {"A": "Liver", "B": "Heart", "C": "Kidney", "D": "Lung"}, "answer": "B"},
+        {"question": "Insulin is made in the",
+         "options": {"A": "Pancreas", "B": "Spleen", "C": "Stomach", "D": "Skin"}, "answer": "A"},
+        {"question": "Which vitamin deficiency causes scurvy?",
+         "options": {"A": "Vitamin A", "B": "Vitamin D", "C": "Vitamin C", "D": "Vitamin K"}, "answer": "C"},
+    ]
+    data = tmp_path / "medmcqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = CliRunner(env={"COLUMNS": "120"}).invoke(
+        main, ["mcq", run.name, "--task", "medmcqa", "--data", str(data), "--device", "cpu", "--dtype", "fp32"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "Multiple choice: 20261129-130000-mcq" in result.output
+
+    results = json.loads((run / "eval" / "mcq_medmcqa.json").read_text())
+    assert results["n_examples"] == 3 and results["baselines"]["chance"] == 0.25
+    assert results["model_info"]["finetuned"]["merged"] is True
+    per_question = [json.loads(line) for line in (run / "eval" / "mcq_medmcqa.examples.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in per_question] == [1, 2, 3] and [r["gold"] for r in per_question] == ["B", "A", "C"]
+    for which in ("base", "finetuned"):
+        hits = [r[which]["acc"] for r in per_question]
+        assert results[which]["acc"] == pytest.approx(sum(hits) / 3)
+        for r in per_question:  # real log-likelihoods of " A".." D": negative, finite, not all equal
+            lls = r[which]["loglikelihoods"]
+            assert len(lls) == 4 and all(-50 < ll < 0 for ll in lls) and len(set(lls)) > 1
+    assert "Which organ" not in (run / "eval" / "mcq_medmcqa.examples.jsonl").read_text()  # no question text copied
+    assert results["intervals"]["acc"]["verdict"] in ("better", "worse", "no clear change")
+
+    md = CliRunner().invoke(main, ["report", run.name, "--format", "markdown"]).output
+    assert "### Multiple choice" in md and "| medmcqa | 3 | 0 |" in md

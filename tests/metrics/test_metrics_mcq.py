@@ -155,3 +155,15 @@ def test_evaluate_prints_what_it_just_measured(tmp_path, tiny_model_dir, tiny_ad
     assert written["n_examples"] == 2 and written["probes"] == []
     assert set(written["intervals"]) >= {"rouge1", "rouge2", "rougeL", "bleu", "token_f1", "perplexity"}
     assert written["bootstrap"]["resamples"] == 1000
+
+
+def test_a_line_separator_inside_a_json_string_is_not_a_line_break(tmp_path):
+    """JSON strings may hold U+2028 unescaped (a PubMedQA abstract does); str.splitlines() would break there."""
+    from metrics.mcq_tasks import load_questions, resolve_task
+
+    path = tmp_path / "pubmedqa.jsonl"
+    rows = [{"question": "Is it?", "context": "First part.\u2028Second part.", "answer": "yes"},
+            {"question": "Is it not?", "context": "Only part.\u0085", "answer": "no"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    questions = load_questions(resolve_task("pubmedqa"), path)
+    assert [(q.line, q.context) for q in questions] == [(1, "First part.\u2028Second part."), (2, "Only part.\u0085")]

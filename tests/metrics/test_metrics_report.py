@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -194,3 +195,32 @@ def test_the_shipped_run_is_listed_once_when_its_original_is_in_the_runs_root(is
     assert discover_runs() == [original]
     shutil.rmtree(original)
     assert discover_runs() == [shipped]
+
+
+@pytest.mark.parametrize("command", [["report"], ["compare", "20261120-100000-qv", "20261121-090000-all-linear"]])
+def test_tables_fit_80_columns_and_wide_shows_every_column(runs_root, command):
+    narrow = CliRunner(env={"COLUMNS": "80"}).invoke(main, command, catch_exceptions=False)
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # nothing truncated ("ROU…", "fine-tu…"), cells wrap at spaces; only the data file's hash is shortened on purpose
+    assert not re.search(r"(?<![0-9a-f]{6})…", narrow.output)
+    assert not re.search(r"\bstat\s+us\b", narrow.output)
+    flat = " ".join(narrow.output.split())
+    assert "Not shown at 80 columns:" in flat and "--wide shows every column" in flat
+    if command[0] == "report":
+        header = next(line for line in lines if line.split()[:2] == ["run", "status"])
+        assert "ROUGE-L" in header and "MCQ acc" in header and "eff. batch" not in header
+        assert "medmcqa 55.0" in narrow.output  # the MCQ accuracy of the run that has one
+        assert "25.0 ± 6.9" in narrow.output and "≈ chance" in narrow.output
+
+    wide = CliRunner(env={"COLUMNS": "80"}).invoke(main, [*command, "--wide"], catch_exceptions=False)
+    assert "Not shown" not in wide.output
+    assert ("eff. batch" in wide.output and "fine-tuned acc_norm" in wide.output) if command[0] == "report" else \
+        ("set F1 (seed)" in wide.output)
+    full = CliRunner(env={"COLUMNS": "80"}).invoke(main, [*command, "--format", "json"], catch_exceptions=False)
+    data = json.loads(full.output)
+    if command[0] == "report":
+        assert data["experiments"][0]["effective_batch"] == 8 and data["experiments"][0]["mcq"][0]["task"] == "medmcqa"
+    else:
+        assert data["rows"][0]["set_f1"] == FT_SCORES["set_f1"]

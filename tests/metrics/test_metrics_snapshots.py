@@ -36,3 +36,8 @@ def test_snapshot_experiments_tab(snap_compare, isolated_user_dirs):
 def test_snapshot_loss_tab(snap_compare, isolated_user_dirs):
     paths = populated_runs_root(isolated_user_dirs / "runs")
     assert snap_compare(ReportApp(runs=paths), press=["3"], terminal_size=SIZE)
+
+
+def test_snapshot_multiple_choice_tab(snap_compare, isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+    assert snap_compare(ReportApp(runs=paths), press=["6"], terminal_size=SIZE)

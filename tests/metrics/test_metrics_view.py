@@ -25,6 +25,15 @@ def _text(widget: Static) -> str:
     return str(widget.render())
 
 
+def _lines(widget: Static) -> list[str]:
+    """What a Static holding a rich renderable shows, line by line, at its width."""
+    from rich.console import Console
+
+    console = Console(width=widget.size.width, record=True, file=open("/dev/null", "w"))
+    console.print(widget.content)
+    return [line.strip() for line in console.export_text().splitlines()]
+
+
 async def test_opens_lists_runs_and_switches_tabs(isolated_user_dirs):
     paths = populated_runs_root(isolated_user_dirs / "runs")
     app = ReportApp()  # discovers the runs under MEDCHAT_RUNS_DIR
@@ -163,3 +172,52 @@ async def test_corrupt_examples_file_is_a_message(isolated_user_dirs):
         status = _text(app.screen.query_one("#examples-status", Static))
         assert "examples.jsonl, line 2: not valid JSON" in status
         assert "medchat-metrics evaluate 20261120-100000-qv" in status
+
+
+async def test_multiple_choice_tab_shows_accuracy_intervals_and_baselines(isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+    app = ReportApp(runs=paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await pilot.pause()
+        screen = app.screen
+        assert screen.query_one(TabbedContent).active == "mcq"
+        accuracy = _lines(screen.query_one("#mcq-accuracy", Static))
+        med = next(i for i, line in enumerate(accuracy) if line.startswith("medmcqa"))
+        # 10 of 40 right is 25.0% with a standard error of 6.9 points: within two of chance (25%), and said so;
+        # 12 more right answers after fine-tuning: the interval excludes zero, so "better"
+        assert accuracy[med].split() == ["medmcqa", "40", "0", "25.0", "±", "6.9", "55.0", "±", "8.0", "+30.0",
+                                         "pt", "better"]
+        assert accuracy[med + 1].split()[:2] == ["≈", "chance"] and accuracy[med + 1].split()[2].startswith("[+")
+        pub = next(i for i, line in enumerate(accuracy) if line.startswith("pubmedqa"))
+        assert accuracy[pub].split()[3:11] == ["66.7", "±", "8.8", "70.0", "±", "8.5", "+3.3", "pt"]
+        assert "no clear" in accuracy[pub] and "change" in accuracy[pub + 1]
+        assert "chance" not in accuracy[pub + 1].replace("change", "")  # two standard errors above a third
+        baselines = _lines(screen.query_one("#mcq-baselines", Static))
+        assert any(line.split()[:4] == ["medmcqa", "25.0", "25.0", "(A)"] for line in baselines)
+        assert any(line.split()[:2] == ["pubmedqa", "33.3"] for line in baselines)
+        note = _text(screen.query_one("#mcq-note", Static))
+        assert "within two standard errors of chance" in note and "1000 resamples" in note
+
+        screen.query_one(RunList).highlighted = 1  # a run without multiple-choice results says how to make them
+        await pilot.pause()
+        assert not screen.query_one("#mcq-accuracy", Static).display
+        assert "medchat-metrics mcq 20261121-090000-all-linear" in _text(screen.query_one("#mcq-note", Static))
+
+
+async def test_intervals_beside_metrics_and_mcq_in_the_experiment_table(isolated_user_dirs):
+    paths = populated_runs_root(isolated_user_dirs / "runs")
+    app = ReportApp(runs=paths)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        metrics = screen.query_one("#metrics-table", DataTable)
+        row = [str(c) for c in metrics.get_row("rougeL")]
+        assert row[4] == "[-0.6667, +0.7500]" and row[5] == "no clear change"
+        await pilot.press("2")
+        await pilot.pause()
+        table = screen.query_one("#experiments-table", DataTable)
+        cells = [c.plain for c in table.get_row("0")]
+        assert "0.1800 (+20.0%, Δ [-0.6667, +0.7500])" in cells
+        assert "medmcqa 55.0 (+30.0 pt [" in cells[9] and "pubmedqa 70.0 (+3.3 pt [" in cells[9]
+        assert [c.plain for c in table.get_row("1")][9] == "—"

@@ -16,17 +16,19 @@ from medchat.app.report.widgets import (
     ExampleBrowser,
     ExperimentsTable,
     LossChart,
+    McqPanel,
     MetricsPanel,
     ProbesPanel,
     RunList,
     safe,
 )
 
-TABS = ("metrics", "experiments", "loss", "examples", "probes")
+# keys 1-6 in this order (the multiple-choice tab came last, so the older keys kept their numbers)
+TABS = ("metrics", "experiments", "loss", "examples", "probes", "mcq")
 
 
 class ReportScreen(Screen):
-    """Runs on the left; metrics, experiments, loss chart, examples and probes of the chosen run on the right."""
+    """Runs on the left; metrics, experiments, loss chart, examples, probes and multiple choice on the right."""
 
     DEFAULT_CSS = """
     ReportScreen #report-title { height: 1; padding: 0 1; background: $primary 30%; text-style: bold; }
@@ -42,11 +44,7 @@ class ReportScreen(Screen):
         Binding("r", "reload", "reload"),
         Binding("s", "sort_examples", "sort examples"),
         Binding("m", "metric_examples", "example metric"),
-        Binding("1", "tab('metrics')", "metrics", show=False),
-        Binding("2", "tab('experiments')", "experiments", show=False),
-        Binding("3", "tab('loss')", "loss", show=False),
-        Binding("4", "tab('examples')", "examples", show=False),
-        Binding("5", "tab('probes')", "probes", show=False),
+        *[Binding(str(i), f"tab('{tab}')", tab, show=False) for i, tab in enumerate(TABS, 1)],
     ]
 
     def __init__(self, runs: list[Path] | None = None, *, name: str | None = None, id: str | None = None) -> None:
@@ -72,6 +70,8 @@ class ReportScreen(Screen):
                     yield ExampleBrowser(id="example-browser")
                 with TabPane("Probes", id="probes"):
                     yield ProbesPanel(id="probes-panel")
+                with TabPane("Multiple choice", id="mcq"):
+                    yield McqPanel(id="mcq-panel")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -120,6 +120,7 @@ class ReportScreen(Screen):
                 text.append(" · not evaluated", style="yellow")
             title.update(text)
         self.query_one(MetricsPanel).show_run(run)
+        self.query_one(McqPanel).show_run(run)
         self.query_one(LossChart).show_run(run)
         self.query_one(ExampleBrowser).show_run(run)
         self.query_one(ProbesPanel).show_run(run)

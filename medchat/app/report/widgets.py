@@ -20,13 +20,22 @@ from medchat.core.textsafe import strip_control
 from metrics.report import (
     EXPERIMENT_COLUMNS,
     comparison_rows,
+    VERDICT_STYLE,
+    describe_bootstrap,
     describe_data,
     describe_settings,
     experiment_cells,
     experiment_row,
+    fmt_acc,
     fmt_change,
+    fmt_delta,
+    fmt_interval,
     fmt_metric,
+    fmt_pct,
     loss_series,
+    mcq_note,
+    mcq_rows,
+    run_intervals,
 )
 from medchat.core.runs import Run, RunError, evaluate_command
 from metrics.scores import LOWER_IS_BETTER, METRIC_LABELS
@@ -129,8 +138,10 @@ class MetricsPanel(VerticalScroll):
         table = self.query_one(DataTable)
         table.add_column("metric", key="metric")
         table.add_column("base", key="base")
-        table.add_column("fine-tuned", key="finetuned")
+        table.add_column("tuned", key="finetuned")
         table.add_column("change", key="change")
+        table.add_column("95% CI of Δ", key="interval")
+        table.add_column("verdict", key="verdict")
 
     def show_run(self, run: Run | None) -> None:
         table = self.query_one(DataTable)
@@ -160,11 +171,17 @@ class MetricsPanel(VerticalScroll):
                 Text(fmt_metric(row["metric"], row["base"]), justify="right"),
                 Text(fmt_metric(row["metric"], row["finetuned"]), justify="right"),
                 Text(fmt_change(row["change"]), style=style, justify="right"),
+                Text(fmt_interval(row["metric"], row["interval"]), justify="right"),
+                Text(row["verdict"], style=VERDICT_STYLE.get(row["verdict"], "")),
                 key=row["metric"],
             )
         results = run.results or {}
-        settings.update(safe(f"{describe_data(results)}\n{describe_settings(results)}\n↓ lower is better "
+        settings.update(safe(f"{describe_data(results)}\n{describe_settings(results)}\n"
+                             f"{describe_bootstrap(run_intervals(run)[1])}\n↓ lower is better "
                              "(perplexity of the reference answers, answer tokens only)"))
+
+
+METRIC_CELLS = frozenset({"rougeL", "bleu", "token_f1", "perplexity", "mcq"})
 
 
 class ExperimentsTable(DataTable):
@@ -180,10 +197,91 @@ class ExperimentsTable(DataTable):
         self.clear()
         for i, run in enumerate(runs):
             row = experiment_row(run)
-            cells = experiment_cells(row, changes=False)
+            cells = experiment_cells(row)
             cells[1] = run.status
             style = "" if run.complete else "yellow"
-            self.add_row(*[Text(shorten(c, 40), style=style) for c in cells], key=str(i))
+            # metric cells carry their change and interval in full; only free text (ids, notes) is shortened
+            self.add_row(*[Text(c if key in METRIC_CELLS else shorten(c, 40), style=style)
+                           for (key, _), c in zip(EXPERIMENT_COLUMNS, cells)], key=str(i))
+
+
+class McqPanel(VerticalScroll):
+    """Multiple-choice accuracy of one run: base and fine-tuned with standard errors, the fine-tuned minus base
+    difference with its paired bootstrap interval and verdict; then acc_norm and the chance / majority baselines.
+
+    Two rich tables with fixed column widths (64 columns in all) rather than one DataTable: the twelve numbers of
+    a task do not fit beside the run list, and a cell that wraps onto a second line ("≈ chance", the interval)
+    stays readable where a squeezed or scrolled column does not."""
+
+    DEFAULT_CSS = """
+    McqPanel { height: 1fr; padding: 0 1; }
+    McqPanel #mcq-title { text-style: bold; }
+    McqPanel .mcq-table { height: auto; margin-top: 1; }
+    McqPanel #mcq-note { color: $text-muted; margin-top: 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="mcq-title")
+        yield Static(id="mcq-accuracy", classes="mcq-table")
+        yield Static(id="mcq-baselines", classes="mcq-table")
+        yield Static(id="mcq-note")
+
+    def show_run(self, run: Run | None) -> None:
+        rows = mcq_rows(run.mcq()) if run is not None else []
+        accuracy, baselines = self.query_one("#mcq-accuracy", Static), self.query_one("#mcq-baselines", Static)
+        accuracy.display = baselines.display = bool(rows)
+        note = self.query_one("#mcq-note", Static)
+        self.query_one("#mcq-title", Static).update(safe(f"Multiple choice: {run.id}" if run else "No run selected."))
+        if run is None:
+            note.update("")
+        elif not rows:
+            note.update(safe(f"No multiple-choice results in {run.eval_dir}. Make them with: medchat-metrics mcq "
+                             f"{run.id} --task medmcqa --data FILE.jsonl"))
+        else:
+            accuracy.update(mcq_accuracy_table(rows))
+            baselines.update(mcq_baselines_table(rows))
+            note.update(safe(mcq_note(rows)))
+
+
+def _acc_cell(agg: dict[str, Any], metric: str = "acc") -> Text:
+    text = Text(fmt_acc(agg, metric))
+    if metric == "acc" and agg.get("near_chance"):
+        text.append(" ≈ chance", style="yellow")
+    return text
+
+
+def _delta_cell(interval: dict[str, Any] | None) -> Text:
+    return Text(f"{fmt_delta('acc', interval)}\n{fmt_interval('acc', interval).removesuffix(' pt')}")
+
+
+def _mcq_table(title: str, columns: list[tuple[str, int]]):
+    from rich import box
+    from rich.table import Table
+
+    # the box's column dividers are the only spacing: no cell padding, no outer edge
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for i, (label, width) in enumerate(columns):
+        table.add_column(label, width=width, justify="left" if i == 0 else "right")
+    return table
+
+
+def mcq_accuracy_table(rows: list[dict[str, Any]]):
+    table = _mcq_table("accuracy (%)", [("task", 12), ("n", 3), ("k", 2), ("base", 10), ("fine-tuned", 10),
+                                         ("Δ [95% CI] pt", 14), ("verdict", 9)])
+    for m in rows:
+        table.add_row(safe(m["task"]), str(m["n"]), str(m["shots"]), _acc_cell(m["base"]), _acc_cell(m["finetuned"]),
+                      _delta_cell(m["interval"]), Text(m["verdict"], style=VERDICT_STYLE.get(m["verdict"], "")))
+    return table
+
+
+def mcq_baselines_table(rows: list[dict[str, Any]]):
+    table = _mcq_table("acc_norm (%) and baselines", [("task", 12), ("chance", 6), ("majority", 10), ("base", 10),
+                                                      ("fine-tuned", 10), ("Δ [95% CI] pt", 14)])
+    for m in rows:
+        majority = fmt_pct(m["majority"]) + (f" ({m['majority_label']})" if m.get("majority_label") else "")
+        table.add_row(safe(m["task"]), fmt_pct(m["chance"]), safe(majority), _acc_cell(m["base"], "acc_norm"),
+                      _acc_cell(m["finetuned"], "acc_norm"), _delta_cell(m["interval_norm"]))
+    return table
 
 
 class LossChart(Vertical):
@@ -387,4 +485,4 @@ class ProbesPanel(VerticalScroll):
         self.query_one("#probes-text", Static).update(text)
 
 
-__all__ = ["RunList", "Notice", "MetricsPanel", "ExperimentsTable", "LossChart", "ExampleBrowser", "ProbesPanel"]
+__all__ = ["RunList", "Notice", "MetricsPanel", "McqPanel", "ExperimentsTable", "LossChart", "ExampleBrowser", "ProbesPanel"]
