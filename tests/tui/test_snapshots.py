@@ -63,7 +63,7 @@ def test_emergency_notice_stopped_answer_and_out_of_domain(snap_compare, make_ap
         await wait_idle(app, pilot)
         await send(app, pilot, "I have crushing chest pain")
         for _ in range(500):
-            if app.engine.made[-1].started.is_set():
+            if app.loader.engine.made[-1].started.is_set():
                 break
             await pilot.pause(0.01)
         await pilot.pause(0.05)
