@@ -51,3 +51,26 @@ def test_quits_when_the_terminal_hangs_up_behind_a_parent_like_make(tiny_model_d
     if survived:
         os.kill(pid, signal.SIGKILL)  # leave no orphan spinning on a dead terminal
     assert not survived, "medchat kept running after its terminal hung up"
+
+
+def test_a_bracketed_paste_with_escape_sequences_arrives_clean_and_in_order(tiny_model_dir):
+    """The issue's reproduction in a real terminal: tmux pastes with the bracketed-paste markers."""
+    tmux = ["tmux", "-L", f"medchat-paste-{os.getpid()}"]
+    command = f"{sys.executable} -c 'from medchat.app.cli import main; main()' --base {tiny_model_dir} --no-adapter --no-history"
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", command], check=True)
+    try:
+        deadline = time.monotonic() + 60
+        screen = ""
+        while "Ask a medical question" not in screen and time.monotonic() < deadline:
+            time.sleep(0.5)
+            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+        assert "Ask a medical question" in screen, screen
+        subprocess.run([*tmux, "set-buffer", "AAA \x1b[31mBBB\x1b[0m CCC"], check=True)
+        subprocess.run([*tmux, "paste-buffer", "-p"], check=True)
+        deadline = time.monotonic() + 20
+        while "CCC" not in screen and time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+        assert "AAA BBB CCC" in screen and "^[" not in screen, screen
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)

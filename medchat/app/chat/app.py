@@ -38,6 +38,7 @@ from medchat.app.chat.loader import (
     default_engine_factory,
     default_guard_factory,
 )
+from medchat.app.chat.paste import use_paste_safe_parser
 from medchat.app.chat.screens import (
     ConfirmScreen,
     ExportScreen,
@@ -639,6 +640,7 @@ def run_app(
     ood_policy: str | None = None,
 ) -> None:
     """Run the chat app in this terminal (called by `medchat`)."""
+    use_paste_safe_parser()
     MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
                ood_policy=ood_policy).run()
 
