@@ -12,6 +12,10 @@ Defaults live in ``config.toml`` in the user config directory::
     [chat]
     system_prompt = "..."      # omit to use medchat's built-in system prompt
     ood_policy = "note"        # out-of-domain questions: "note" (answer with a note) or "decline"
+    theme = "textual-dark"     # the chat app's theme (Ctrl+P, Theme); saved when changed there
+
+    [keys]                     # the chat app's key bindings, by binding id (F1 lists them)
+    regenerate = "ctrl+g"
 
 Each conversation stores its own copy (``ChatSettings.as_dict()``) in the history database.
 Headless: no Textual import here.
@@ -39,8 +43,11 @@ __all__ = [
     "default_system_prompt",
     "load_config",
     "load_defaults",
+    "load_keys",
     "load_ood_policy",
+    "load_theme",
     "save_defaults",
+    "save_theme",
     "to_toml",
 ]
 
@@ -199,6 +206,31 @@ def load_ood_policy(path: str | os.PathLike | None = None) -> str | None:
         raise SettingsError(f"In {file}: [chat] ood_policy must be one of {', '.join(map(repr, POLICIES))}, "
                             f"not {value!r}. Fix it or remove the line to use \"note\".")
     return value
+
+
+def load_theme(path: str | os.PathLike | None = None) -> str | None:
+    """`[chat] theme` from config.toml, or None when it is not set (the app checks the name)."""
+    chat = load_config(path).get("chat", {})
+    value = chat.get("theme") if isinstance(chat, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def save_theme(theme: str, path: str | os.PathLike | None = None) -> Path:
+    """Write `[chat] theme` into config.toml, keeping everything else there."""
+    file = _config_path(path)
+    config = load_config(file)
+    config["chat"] = (dict(config["chat"]) if isinstance(config.get("chat"), dict) else {}) | {"theme": theme}
+    write_text_atomic(file, "# medchat configuration (written by medchat; comments are not kept)\n\n" + to_toml(config))
+    return file
+
+
+def load_keys(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """The `[keys]` table of config.toml: binding id -> keys ("ctrl+g", or several: "ctrl+g,f6")."""
+    file = _config_path(path)
+    keys = load_config(file).get("keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(v, str) and v.strip() for v in keys.values()):
+        raise SettingsError(f'In {file}: [keys] must map binding ids to key names, e.g. regenerate = "ctrl+g".')
+    return dict(keys)
 
 
 def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None) -> Path:

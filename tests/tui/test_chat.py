@@ -423,7 +423,8 @@ async def test_command_palette_has_every_action_and_runs_them(make_app):
         titles = {c.title for c in app.get_system_commands(app.screen)}
         for action in ("New conversation", "Stop generating", "Copy last answer", "Toggle history",
                        "Search history", "Rename conversation", "Delete conversation", "Export conversation",
-                       "Settings", "Model info", "Metrics report", "Keys"):
+                       "Settings", "Model info", "Metrics report", "Help", "Regenerate answer",
+                       "Compose in editor"):
             assert action in titles
         assert {b.action for b in MedchatApp.BINDINGS} - {"stop"} <= set(MedchatApp._CHAT_ACTIONS)
         await send(app, pilot, "q")

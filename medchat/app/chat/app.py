@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -27,8 +27,18 @@ from medchat.core.guard.notices import PHYSICIAN_REMINDER
 from medchat.core.history import Conversation, HistoryError, HistoryStore, export_filename
 from medchat.core.model import ModelSpec
 from medchat.core.session import ChatSession
-from medchat.core.settings import ChatSettings, SettingsError, load_defaults, load_ood_policy, save_defaults
+from medchat.core.settings import (
+    ChatSettings,
+    SettingsError,
+    load_defaults,
+    load_keys,
+    load_ood_policy,
+    load_theme,
+    save_defaults,
+    save_theme,
+)
 from medchat.core.textsafe import strip_control
+from medchat.app.chat.editor import EditorError, edit_text
 from medchat.app.chat.export import export_conversation
 from medchat.app.chat.loader import (
     EngineFactory,
@@ -72,18 +82,21 @@ class MedchatApp(App):
     ENABLE_COMMAND_PALETTE = True
 
     # The footer shows the keys a newcomer needs first, all of them at 80 columns.
+    # Every binding has an id: `[keys]` in config.toml overrides it (e.g. regenerate = "ctrl+g,f6").
     BINDINGS = [
-        Binding("escape", "stop", "Stop", priority=False),
-        Binding("f1", "help", "Help"),
-        Binding("f3", "settings", "Settings"),
-        Binding("f5,ctrl+r", "metrics_report", "Report"),
-        Binding("ctrl+b,f4", "toggle_sidebar", "History"),
-        Binding("ctrl+n", "new_conversation", "New"),
-        Binding("f2", "model_info", "Model", show=False),
-        Binding("ctrl+f", "search_history", "Search", show=False),
-        Binding("ctrl+t", "rename", "Rename", show=False),
-        Binding("ctrl+s", "export", "Export", show=False),
-        Binding("ctrl+o", "copy_last", "Copy", show=False),
+        Binding("escape", "stop", "Stop", priority=False, id="stop"),
+        Binding("f1", "help", "Help", id="help"),
+        Binding("f3", "settings", "Settings", id="settings"),
+        Binding("f5,ctrl+r", "metrics_report", "Report", id="metrics_report"),
+        Binding("ctrl+b,f4", "toggle_sidebar", "History", id="toggle_sidebar"),
+        Binding("ctrl+n", "new_conversation", "New", id="new_conversation"),
+        Binding("f2", "model_info", "Model", show=False, id="model_info"),
+        Binding("ctrl+f", "search_history", "Search", show=False, id="search_history"),
+        Binding("ctrl+t", "rename", "Rename", show=False, id="rename"),
+        Binding("ctrl+s", "export", "Export", show=False, id="export"),
+        Binding("ctrl+o", "copy_last", "Copy", show=False, id="copy_last"),
+        Binding("ctrl+g", "regenerate", "Regenerate", show=False, id="regenerate"),
+        Binding("ctrl+e", "compose_in_editor", "Editor", show=False, id="compose_in_editor"),
     ]
 
     def __init__(
@@ -120,6 +133,7 @@ class MedchatApp(App):
             self.ood_policy = ood_policy or "note"
             self.settings_error = str(exc)
         self.settings = self.default_settings
+        self._editing: UserMessage | None = None  # the earlier message being edited, resent from on Enter
         self._pending: str | None = None
         self._draft_timer = None
 
@@ -155,6 +169,7 @@ class MedchatApp(App):
         self._fit_to(self.size.width, self.size.height)
         self.query_one(HistorySidebar).display = self.size.width >= 120 and not self.incognito
         self._open_history()
+        self._apply_config()
         if self.settings_error:
             self.notify(self.settings_error, title="Settings", severity="warning", timeout=15)
         self._update_title()
@@ -165,6 +180,34 @@ class MedchatApp(App):
         self.run_worker(self.loader.load_guard, thread=True, group="guard", exit_on_error=False)
         if not self.is_headless and _is_tty(sys.__stdin__):
             self.set_interval(1.0, self._quit_if_terminal_hung_up)
+
+    def _apply_config(self) -> None:
+        """`[keys]` and `[chat] theme` from config.toml; a mistake there is reported, never fatal."""
+        try:
+            keys, theme = load_keys(), load_theme()
+        except SettingsError as exc:
+            self.settings_error = str(exc)
+            return
+        known = {b.id for b in self.BINDINGS}
+        unknown = sorted(set(keys) - known)
+        if unknown:
+            self.settings_error = (f"[keys] in config.toml: no binding called {', '.join(unknown)}. "
+                                   f"The ids are: {', '.join(sorted(known))}.")
+        self.set_keymap({k: v for k, v in keys.items() if k in known})
+        if theme is not None and theme not in self.available_themes:
+            self.settings_error = f"[chat] theme in config.toml: no theme called {theme!r} (Ctrl+P, Theme lists them)."
+        elif theme is not None:
+            self.theme = theme
+        self.theme_changed_signal.subscribe(self, self._save_theme)
+
+    def _save_theme(self, theme) -> None:
+        """A theme picked in the command palette is kept for next time."""
+        if self.incognito:
+            return
+        try:
+            save_theme(theme.name)
+        except (SettingsError, OSError) as exc:
+            self.notify(f"Could not save the theme: {exc}", severity="error")
 
     def _open_history(self) -> None:
         if self.incognito:
@@ -370,6 +413,10 @@ class MedchatApp(App):
         prompt = event.chat_input
         prompt.remember(text)
         prompt.clear()
+        if self._editing is not None:
+            edited, self._editing = self._editing, None
+            self.resend_from(edited, text)
+            return
         if self.loader.engine is None:
             self._pending = text
             self.notify("The model is still loading; your message is sent as soon as it is ready.")
@@ -392,6 +439,22 @@ class MedchatApp(App):
         else:
             return True
         return False
+
+    @work(exclusive=True, group="resend", exit_on_error=False)
+    async def resend_from(self, question: UserMessage, text: str) -> None:
+        """Edit or regenerate: drop `question` and every later turn (screen and history), then send `text`.
+        The conversation stays one line of turns, the same in the history as on screen."""
+        if not self._can_send() or self.loader.engine is None:
+            return
+        if self.store is not None and self.conversation is not None and question.message_id is not None:
+            try:
+                self.store.delete_messages_from(self.conversation.id, question.message_id)
+            except HistoryError as exc:
+                self._history_failed(exc)
+                return
+        self.turns = await self.chat_view.drop_from(question)
+        self.session = None  # the next turn starts from the turns that are left
+        self.start_turn(text)
 
     def start_turn(self, text: str) -> None:
         self.chat_view.generating = True  # at once: a second Enter before the worker starts is refused
@@ -440,6 +503,9 @@ class MedchatApp(App):
     # ---------------------------------------------------------------- actions
 
     def action_stop(self) -> None:
+        if self._editing is not None and not self.generating:
+            self._end_edit()
+            return
         if not self.generating:
             if isinstance(self.focused, (ConversationList, Input)):
                 self.query_one(ChatInput).focus()
@@ -492,6 +558,57 @@ class MedchatApp(App):
     def action_delete(self) -> None:
         self._ask_delete(self.conversation)
 
+    def action_regenerate(self) -> None:
+        answers = self.chat_view.answers()
+        if not answers:
+            self.notify("No answer to regenerate yet.")
+            return
+        self._regenerate(answers[-1])
+
+    def _regenerate(self, answer: AssistantMessage) -> None:
+        question = self.chat_view.question_before(answer)
+        if question is not None:
+            self.resend_from(question, question.text)
+
+    @on(UserMessage.EditRequested)
+    def _edit_requested(self, event: UserMessage.EditRequested) -> None:
+        self._start_edit(event.widget)
+
+    def _start_edit(self, question: UserMessage) -> None:
+        if self.generating:
+            self.notify("Wait for the answer or press Esc to stop it first.", severity="warning")
+            return
+        self._editing = question
+        question.add_class("editing")
+        prompt = self.query_one(ChatInput)
+        prompt.load_text(question.text)
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
+        self.status_bar.show("Editing an earlier message: Enter resends from there (the later turns are "
+                             "dropped) · Esc cancels")
+
+    def _end_edit(self) -> None:
+        self._editing.remove_class("editing")
+        self._editing = None
+        self.query_one(ChatInput).clear()
+        self.status_bar.show_ready()
+
+    def action_compose_in_editor(self) -> None:
+        """Write the message in $EDITOR; what is saved there replaces the draft (not sent until Enter)."""
+        prompt = self.query_one(ChatInput)
+        try:
+            with self.suspend():
+                text = edit_text(prompt.text)
+        except EditorError as exc:
+            self.notify(str(exc), title="Editor", severity="error", timeout=10)
+            return
+        except SuspendNotSupported:
+            self.notify("This terminal cannot hand over to an editor.", title="Editor", severity="error")
+            return
+        prompt.load_text(text)
+        prompt.move_cursor(prompt.document.end)
+        prompt.focus()
+
     def action_copy_last(self) -> None:
         answers = self.chat_view.answers()
         if not answers:
@@ -518,6 +635,10 @@ class MedchatApp(App):
                 self._copy(widget.text, "this answer")
             elif choice == "copy_question":
                 self._copy(widget.question, "the question")
+            elif choice == "regenerate":
+                self._regenerate(widget)
+            elif choice == "edit" and (question := self.chat_view.question_before(widget)) is not None:
+                self._start_edit(question)
 
         self.push_screen(MessageMenuScreen(classes="dialog"), done)
 
@@ -583,7 +704,7 @@ class MedchatApp(App):
     # Actions of the chat screen; while a dialog is open they are off (F3 must not open a second one).
     _CHAT_ACTIONS = frozenset({
         "new_conversation", "toggle_sidebar", "search_history", "rename", "export", "copy_last",
-        "model_info", "settings", "metrics_report", "help", "delete",
+        "model_info", "settings", "metrics_report", "help", "delete", "regenerate", "compose_in_editor",
     })
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -605,7 +726,9 @@ class MedchatApp(App):
             ("Settings", "Temperature, top-p, max tokens, system prompt (F3)", self.action_settings),
             ("Model info", "What is loaded, and where medchat keeps files (F2)", self.action_model_info),
             ("Metrics report", "Base vs fine-tuned scores (F5)", self.action_metrics_report),
-            ("Keys", "All key bindings (F1)", self.action_help),
+            ("Regenerate answer", "Answer the last question again (Ctrl+G)", self.action_regenerate),
+            ("Compose in editor", "Write the message in $EDITOR (Ctrl+E)", self.action_compose_in_editor),
+            ("Help", "Keys, the out-of-domain legend, and where files are (F1)", self.action_help),
         )
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)

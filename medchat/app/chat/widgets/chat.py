@@ -120,6 +120,25 @@ class ChatView(VerticalScroll):
                 await answer.finish(message.content, message.status, message.stats)
         self.anchor()
 
+    def question_before(self, answer: AssistantMessage) -> UserMessage | None:
+        """The user message that `answer` answers."""
+        messages = list(self.query(".message"))
+        earlier = messages[:messages.index(answer)]
+        return next((w for w in reversed(earlier) if isinstance(w, UserMessage)), None)
+
+    async def drop_from(self, message: UserMessage) -> list[dict]:
+        """Remove `message` and everything after it; return the turns that are left ([{"role", "content"}],
+        as the session keeps them: answers without text are not turns)."""
+        messages = list(self.query(".message"))
+        await self.remove_children(messages[messages.index(message):])
+        turns = []
+        for widget in messages[:messages.index(message)]:
+            if isinstance(widget, UserMessage):
+                turns.append({"role": "user", "content": widget.text})
+            elif isinstance(widget, AssistantMessage) and widget.text:
+                turns.append({"role": "assistant", "content": widget.text})
+        return turns
+
     def answers(self) -> list[AssistantMessage]:
         """The finished answers, oldest first."""
         return [w for w in self.query(AssistantMessage) if w.status != "generating"]

@@ -23,7 +23,19 @@ OOD_LABELS = {
 }
 
 
-class UserMessage(Vertical):
+class UserMessage(Vertical, can_focus=True):
+    """One question; `e` (or Enter) on it asks to edit it and resend the conversation from there."""
+
+    BINDINGS = [Binding("e,enter", "edit", "Edit and resend")]
+
+    class EditRequested(Message):
+        def __init__(self, widget: "UserMessage") -> None:
+            super().__init__()
+            self.widget = widget
+
+    def action_edit(self) -> None:
+        self.post_message(self.EditRequested(self))
+
     def __init__(self, text: str, *, level: str | None = None, message_id: int | None = None) -> None:
         super().__init__(classes="message user")
         self.text = text
