@@ -80,14 +80,17 @@ class ChatView(VerticalScroll):
         self._stop_event = asyncio.Event()
 
     def compose(self):
-        yield Static(Text(self.WELCOME), id="welcome")
+        yield Static(self._welcome(self.app.size.width), id="welcome")
 
     def on_mount(self) -> None:
         self.anchor()
 
     def on_resize(self, event: events.Resize) -> None:
-        narrow = event.size.width < 60
-        self.query_one("#welcome", Static).update(Text(self.WELCOME_NARROW if narrow else self.WELCOME))
+        welcome = self.query_one("#welcome", Static)
+        self.call_after_refresh(welcome.update, self._welcome(event.size.width))  # after this layout pass
+
+    def _welcome(self, width: int) -> Text:
+        return Text(self.WELCOME_NARROW if width < 60 else self.WELCOME)
 
     # ---------------------------------------------------------------- what is shown
 
