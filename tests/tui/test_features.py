@@ -183,3 +183,44 @@ async def test_down_in_the_history_search_box_reaches_the_results(make_app):
         await pilot.press("enter")
         await pilot.pause()
         assert app.conversation.title == "Migraine triggers"
+
+
+async def test_switch_run_mid_conversation_and_each_answer_records_its_model(make_app, isolated_user_dirs):
+    import dataclasses
+    import json
+
+    from session_fakes import FakeGuard
+
+    run = isolated_user_dirs / "runs" / "20261201-asthma"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"id": run.name, "preset": "tiny", "status": "complete"}))
+    second = FakeEngine([{"chunks": ["From the new run."]}])
+    second.info = dataclasses.replace(second.info, adapter=str(run / "adapter"))
+    asked = []
+
+    def factories(adapter):
+        asked.append(adapter)
+        return (lambda: second), (lambda: FakeGuard())
+
+    app = make_app(FakeEngine([{"chunks": ["From the first run."]}]), factories_for_adapter=factories)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_ready(app, pilot)
+        await send(app, pilot, "Q1")
+        await wait_idle(app, pilot)
+        await pilot.press("f8")
+        await pilot.pause()
+        labels = [str(o.prompt) for o in app.screen.query_one("#menu").options]
+        assert any("20261201-asthma" in label for label in labels) and labels[-1].endswith("no adapter)")
+        app.screen.query_one("#menu").highlighted = next(i for i, l in enumerate(labels) if "asthma" in l)
+        await pilot.press("enter")
+        await wait_ready(app, pilot)
+        await send(app, pilot, "Q2")
+        await wait_idle(app, pilot)
+        assert asked == [str(run / "adapter")]
+        assert [m["content"] for m in second.requests[0][0][1:]] == ["Q1", "From the first run.", "Q2"]
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        answers = [m for m in store.messages(conv.id) if m.role == "assistant"]
+        assert [m.stats["model"]["adapter"] for m in answers] == ["/nowhere/run/adapter", str(run / "adapter")]
+        assert answers[0].stats["stop_reason"] == "eos"

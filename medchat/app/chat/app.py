@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from textual import on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
@@ -55,8 +56,10 @@ from medchat.app.chat.screens import (
     HelpScreen,
     MessageMenuScreen,
     ModelInfoScreen,
+    RunPickerScreen,
     SettingsScreen,
     TextPromptScreen,
+    known_adapters,
 )
 from medchat.app.chat.widgets import (
     AssistantMessage,
@@ -97,6 +100,7 @@ class MedchatApp(App):
         Binding("ctrl+o", "copy_last", "Copy", show=False, id="copy_last"),
         Binding("ctrl+g", "regenerate", "Regenerate", show=False, id="regenerate"),
         Binding("ctrl+e", "compose_in_editor", "Editor", show=False, id="compose_in_editor"),
+        Binding("f8", "switch_run", "Run", show=False, id="switch_run"),
     ]
 
     def __init__(
@@ -107,6 +111,7 @@ class MedchatApp(App):
         history_path: Path | None = None,
         engine_factory: EngineFactory | None = None,
         guard_factory: GuardFactory | None = None,
+        factories_for_adapter: Callable[[str | None], tuple[EngineFactory, GuardFactory]] | None = None,
         prompt_style: str = "chat",
         cursor_blink: bool = True,
         ood_policy: str | None = None,
@@ -119,6 +124,8 @@ class MedchatApp(App):
         self.loader = Loader(engine_factory or default_engine_factory(spec, prompt_style),
                              guard_factory if guard_factory is not None else default_guard_factory(spec),
                              self.call_from_thread)
+        # F8: the engine and guard for another run's adapter (None: the base model alone)
+        self.factories_for_adapter = factories_for_adapter or partial(_factories_for_adapter, spec, prompt_style)
         self.store: HistoryStore | None = None
         self.reminder = PHYSICIAN_REMINDER
         self.conversation: Conversation | None = None
@@ -174,12 +181,15 @@ class MedchatApp(App):
             self.notify(self.settings_error, title="Settings", severity="warning", timeout=15)
         self._update_title()
         self.refresh_history()
+        self._start_loading()
+        if not self.is_headless and _is_tty(sys.__stdin__):
+            self.set_interval(1.0, self._quit_if_terminal_hung_up)
+
+    def _start_loading(self) -> None:
         self.status_bar.show("Loading the model… you can type meanwhile.", loading=True)
         self.run_worker(partial(self.loader.load_model, self._conversation_so_far(), self._model_loaded,
                                 self._model_failed), thread=True, group="load", exit_on_error=False)
         self.run_worker(self.loader.load_guard, thread=True, group="guard", exit_on_error=False)
-        if not self.is_headless and _is_tty(sys.__stdin__):
-            self.set_interval(1.0, self._quit_if_terminal_hung_up)
 
     def _apply_config(self) -> None:
         """`[keys]` and `[chat] theme` from config.toml; a mistake there is reported, never fatal."""
@@ -491,11 +501,23 @@ class MedchatApp(App):
     @on(ChatView.TurnEnded)
     def _turn_ended(self, event: ChatView.TurnEnded) -> None:
         self.turns = list(event.session.messages)
+        self._record_model(event.session, event.answer)
         if event.error:
             self.notify(event.error, title="Generation failed", severity="error", timeout=15)
         if event.session.history_error:
             self._history_failed(event.session.history_error)
         self.refresh_history()
+
+    def _record_model(self, session: ChatSession, answer: AssistantMessage) -> None:
+        """Which model wrote the answer, saved with it: the run can change within a conversation (F8)."""
+        if self.store is None or answer.message_id is None:
+            return
+        info = session.engine.info
+        answer.stats = (answer.stats or {}) | {"model": {"base": info.base, "adapter": info.adapter}}
+        try:
+            self.store.update_message_stats(answer.message_id, answer.stats)
+        except HistoryError as exc:
+            self._history_failed(exc)
 
     def _history_failed(self, exc: Exception | str) -> None:
         self.notify(f"Could not save to the history: {exc}", severity="error", timeout=10)
@@ -609,6 +631,24 @@ class MedchatApp(App):
         prompt.move_cursor(prompt.document.end)
         prompt.focus()
 
+    def action_switch_run(self) -> None:
+        """Answer with another run's adapter from the next message on (the conversation is kept)."""
+        if self.chat_view.busy or self.loader.model_status == "loading":
+            self.notify("Wait for the answer (or the model load) to finish first.", severity="warning")
+            return
+        engine = self.loader.engine
+        current = engine.info.adapter if engine is not None else None
+
+        def done(adapter: str | None) -> None:
+            if adapter is None:
+                return
+            engine_factory, guard_factory = self.factories_for_adapter(adapter or None)
+            self.loader = Loader(engine_factory, guard_factory, self.call_from_thread)
+            self.session = None  # the next turn starts a session on the new engine, with the turns so far
+            self._start_loading()
+
+        self.push_screen(RunPickerScreen(known_adapters(), current), done)
+
     def action_copy_last(self) -> None:
         answers = self.chat_view.answers()
         if not answers:
@@ -705,6 +745,7 @@ class MedchatApp(App):
     _CHAT_ACTIONS = frozenset({
         "new_conversation", "toggle_sidebar", "search_history", "rename", "export", "copy_last",
         "model_info", "settings", "metrics_report", "help", "delete", "regenerate", "compose_in_editor",
+        "switch_run",
     })
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -728,6 +769,7 @@ class MedchatApp(App):
             ("Metrics report", "Base vs fine-tuned scores (F5)", self.action_metrics_report),
             ("Regenerate answer", "Answer the last question again (Ctrl+G)", self.action_regenerate),
             ("Compose in editor", "Write the message in $EDITOR (Ctrl+E)", self.action_compose_in_editor),
+            ("Switch run", "Answer with another training run's adapter from here on (F8)", self.action_switch_run),
             ("Help", "Keys, the out-of-domain legend, and where files are (F1)", self.action_help),
         )
         for title, help_text, callback in commands:
@@ -748,6 +790,12 @@ class MedchatApp(App):
         if event.state == WorkerState.ERROR and event.worker.group == "generate":
             error = event.worker.error
             self.notify(f"Generation failed: {type(error).__name__}: {error}", severity="error")
+
+
+def _factories_for_adapter(spec: ModelSpec | None, prompt_style: str,
+                           adapter: str | None) -> tuple[EngineFactory, GuardFactory]:
+    spec = replace(spec or ModelSpec(), adapter=adapter)
+    return default_engine_factory(spec, prompt_style), default_guard_factory(spec)
 
 
 def _settings_line(settings: ChatSettings) -> str:

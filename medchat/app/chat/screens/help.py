@@ -28,6 +28,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("Ctrl+Home / Ctrl+End", "top / bottom of the conversation"),
     ("Shift+Tab, then c / Enter", "on an answer: copy it / open its menu (regenerate, edit, copy)"),
     ("F2", "model info and file paths"),
+    ("F8", "answer with another training run's adapter from here on (recorded with each answer)"),
     ("F3", "settings: temperature, top-p, max tokens, system prompt"),
     ("F5 / Ctrl+R", "metrics report (base vs fine-tuned)"),
     ("Ctrl+P", "command palette: every action by name, and Theme (saved in config.toml)"),

@@ -67,9 +67,10 @@ class ChatView(VerticalScroll):
     class TurnEnded(Message):
         """A turn is over (answered, stopped, declined or failed); the session holds its messages."""
 
-        def __init__(self, session: ChatSession, error: str | None) -> None:
+        def __init__(self, session: ChatSession, answer: AssistantMessage, error: str | None) -> None:
             super().__init__()
             self.session = session
+            self.answer = answer
             self.error = error
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -238,7 +239,7 @@ class ChatView(VerticalScroll):
                 answer.message_id = session.last_answer_message_id
             else:
                 await self._show(event, answer)
-        self.post_message(self.TurnEnded(session, error))
+        self.post_message(self.TurnEnded(session, answer, error))
 
     async def _show(self, event: Event, answer: AssistantMessage) -> None:
         if isinstance(event, Waiting):
@@ -310,5 +311,5 @@ class ChatView(VerticalScroll):
             if isinstance(event, Stats):
                 answer.stats = event.stats.as_dict() | {"stop_reason": "cancelled"}
                 answer.set_footer(format_stats(answer.stats))
-        self.post_message(self.TurnEnded(session, None))
+        self.post_message(self.TurnEnded(session, answer, None))
 
