@@ -220,12 +220,16 @@ def save_theme(theme: str, path: str | os.PathLike | None = None) -> Path:
     file = _config_path(path)
     config = load_config(file)
     config["chat"] = (dict(config["chat"]) if isinstance(config.get("chat"), dict) else {}) | {"theme": theme}
+    return _write_config(file, config)
+
+
+def _write_config(file: Path, config: dict[str, Any]) -> Path:
     write_text_atomic(file, "# medchat configuration (written by medchat; comments are not kept)\n\n" + to_toml(config))
     return file
 
 
 def load_keys(path: str | os.PathLike | None = None) -> dict[str, str]:
-    """The `[keys]` table of config.toml: binding id -> keys ("ctrl+g", or several: "ctrl+g,f6")."""
+    """The `[keys]` table of config.toml: binding id -> keys ("ctrl+g", or several: "ctrl+g,f9")."""
     file = _config_path(path)
     keys = load_config(file).get("keys", {})
     if not isinstance(keys, dict) or not all(isinstance(v, str) and v.strip() for v in keys.values()):
@@ -250,9 +254,7 @@ def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None)
         config["chat"] = chat
     else:
         config.pop("chat", None)
-    text = "# medchat configuration (written by medchat; comments are not kept)\n\n" + to_toml(config)
-    write_text_atomic(file, text)
-    return file
+    return _write_config(file, config)
 
 
 # --- a small TOML writer: tables of scalars (and one level of nested tables), enough for config.toml ---

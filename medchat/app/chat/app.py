@@ -99,7 +99,7 @@ class MedchatApp(App):
         Binding("ctrl+s", "export", "Export", show=False, id="export"),
         Binding("ctrl+o", "copy_last", "Copy", show=False, id="copy_last"),
         Binding("ctrl+g", "regenerate", "Regenerate", show=False, id="regenerate"),
-        Binding("ctrl+e", "compose_in_editor", "Editor", show=False, id="compose_in_editor"),
+        Binding("ctrl+l", "compose_in_editor", "Editor", show=False, id="compose_in_editor"),
         Binding("f8", "switch_run", "Run", show=False, id="switch_run"),
     ]
 
@@ -768,7 +768,7 @@ class MedchatApp(App):
             ("Model info", "What is loaded, and where medchat keeps files (F2)", self.action_model_info),
             ("Metrics report", "Base vs fine-tuned scores (F5)", self.action_metrics_report),
             ("Regenerate answer", "Answer the last question again (Ctrl+G)", self.action_regenerate),
-            ("Compose in editor", "Write the message in $EDITOR (Ctrl+E)", self.action_compose_in_editor),
+            ("Compose in editor", "Write the message in $EDITOR (Ctrl+L)", self.action_compose_in_editor),
             ("Switch run", "Answer with another training run's adapter from here on (F8)", self.action_switch_run),
             ("Help", "Keys, the out-of-domain legend, and where files are (F1)", self.action_help),
         )

@@ -16,7 +16,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("Up / Down", "recall earlier messages (at the first / last line)"),
     ("Esc", "stop the answer being generated (the partial answer is kept); cancel an edit"),
     ("Ctrl+G", "regenerate the last answer"),
-    ("Ctrl+E", "write the message in $EDITOR"),
+    ("Ctrl+L", "write the message in $EDITOR"),
     ("Shift+Tab, then e", "on a question: edit it and resend from there (the later turns are dropped)"),
     ("Ctrl+N", "new conversation"),
     ("Ctrl+B / F4", "show or hide the history sidebar (an overlay below 100 columns)"),
