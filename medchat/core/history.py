@@ -317,6 +317,12 @@ class HistoryStore:
             guard=guard,
         )
 
+    def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
+        """Delete a message and every later one of its conversation (an edited or regenerated turn)."""
+        with self._db:
+            self._db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
+                             (conversation_id, message_id))
+
     def update_message_guard(self, message_id: int, guard: dict | None) -> None:
         with self._db:
             self._db.execute("UPDATE messages SET guard = ? WHERE id = ?", (_dumps(guard), message_id))

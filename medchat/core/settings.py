@@ -12,6 +12,10 @@ Defaults live in ``config.toml`` in the user config directory::
     [chat]
     system_prompt = "..."      # omit to use medchat's built-in system prompt
     ood_policy = "note"        # out-of-domain questions: "note" (answer with a note) or "decline"
+    theme = "textual-dark"     # the chat app's theme (Ctrl+P, Theme); saved when changed there
+
+    [keys]                     # the chat app's key bindings, by binding id (F1 lists them)
+    regenerate = "ctrl+g"
 
     [endpoint]                 # chat through an OpenAI-compatible server instead of the local model
     url = "http://127.0.0.1:8000/v1"
@@ -46,8 +50,11 @@ __all__ = [
     "load_config",
     "load_defaults",
     "load_endpoint",
+    "load_keys",
     "load_ood_policy",
+    "load_theme",
     "save_defaults",
+    "save_theme",
     "to_toml",
 ]
 
@@ -225,6 +232,35 @@ def load_endpoint(path: str | os.PathLike | None = None) -> dict[str, str]:
     return {key: value.strip() for key, value in table.items()}
 
 
+def load_theme(path: str | os.PathLike | None = None) -> str | None:
+    """`[chat] theme` from config.toml, or None when it is not set (the app checks the name)."""
+    chat = load_config(path).get("chat", {})
+    value = chat.get("theme") if isinstance(chat, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def save_theme(theme: str, path: str | os.PathLike | None = None) -> Path:
+    """Write `[chat] theme` into config.toml, keeping everything else there."""
+    file = _config_path(path)
+    config = load_config(file)
+    config["chat"] = (dict(config["chat"]) if isinstance(config.get("chat"), dict) else {}) | {"theme": theme}
+    return _write_config(file, config)
+
+
+def _write_config(file: Path, config: dict[str, Any]) -> Path:
+    write_text_atomic(file, "# medchat configuration (written by medchat; comments are not kept)\n\n" + to_toml(config))
+    return file
+
+
+def load_keys(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """The `[keys]` table of config.toml: binding id -> keys ("ctrl+g", or several: "ctrl+g,f9")."""
+    file = _config_path(path)
+    keys = load_config(file).get("keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(v, str) and v.strip() for v in keys.values()):
+        raise SettingsError(f'In {file}: [keys] must map binding ids to key names, e.g. regenerate = "ctrl+g".')
+    return dict(keys)
+
+
 def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None) -> Path:
     """Write the defaults into config.toml, keeping any other tables already there."""
     file = _config_path(path)
@@ -242,9 +278,7 @@ def save_defaults(settings: ChatSettings, path: str | os.PathLike | None = None)
         config["chat"] = chat
     else:
         config.pop("chat", None)
-    text = "# medchat configuration (written by medchat; comments are not kept)\n\n" + to_toml(config)
-    write_text_atomic(file, text)
-    return file
+    return _write_config(file, config)
 
 
 # --- a small TOML writer: tables of scalars (and one level of nested tables), enough for config.toml ---

@@ -344,10 +344,10 @@ async def test_chat_app_reads_the_system_prompt_and_the_draft_ahead(tiny_pair, a
                      cursor_blink=False)
     async with app.run_test(size=(100, 30)) as pilot:
         for _ in range(400):
-            if app.model_status == "ready":
+            if app.loader.model_status == "ready":
                 break
             await pilot.pause(0.01)
-        assert app.model_status == "ready"
+        assert app.loader.model_status == "ready"
         system = [{"role": "system", "content": app.settings.effective_system_prompt}]
         prefix = fast.next_turn_prefix(system)
         assert stand_in.n_tokens == len(prefix) and stand_in.input_ids[:len(prefix)].tolist() == prefix

@@ -31,7 +31,7 @@ def make_app():
 
 async def wait_ready(app, pilot):
     for _ in range(400):
-        if app.model_status != "loading" and app._guard_ready.is_set():
+        if app.loader.model_status != "loading" and app.loader.guard_ready.is_set():
             break
         await pilot.pause(0.01)
     await pilot.pause()

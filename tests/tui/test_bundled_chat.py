@@ -21,9 +21,9 @@ async def test_bundled_model_answers_and_stops(bundled_spec):
     async with app.run_test(size=(100, 30)) as pilot:
         for _ in range(60):  # the first load converts the GGUF (tens of seconds); later ones are quick
             await wait_ready(app, pilot)
-            if app.model_status != "loading":
+            if app.loader.model_status != "loading":
                 break
-        assert app.model_status == "ready", app.model_error
+        assert app.loader.model_status == "ready", app.loader.model_error
         await send(app, pilot, "What is asthma?")
         await wait_idle(app, pilot)
         [answer] = app.query(AssistantMessage)
@@ -39,8 +39,8 @@ async def test_bundled_model_answers_and_stops(bundled_spec):
             await pilot.pause(0.01)
         await pilot.press("escape")
         await wait_idle(app, pilot)
-        if app._draining is not None:  # a loaded CPU may take longer than the UI waits for one step
-            await app._draining
+        if app.chat_view.draining is not None:  # a loaded CPU may take longer than the UI waits for one step
+            await app.chat_view.draining
             await pilot.pause()
         assert second.status == "stopped"
         assert second.stats["stop_reason"] == "cancelled" and second.stats["tokens"] < 400

@@ -198,7 +198,7 @@ async def test_model_load_failure_is_a_readable_message(make_app):
     app = MedchatApp(None, engine_factory=broken, guard_factory=lambda: None, cursor_blink=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_ready(app, pilot)
-        assert app.model_status == "failed"
+        assert app.loader.model_status == "failed"
         status = str(app.query_one("#status").render())
         assert "did not load" in status and "adapter_config.json" in status
         await send(app, pilot, "hello")
@@ -294,13 +294,15 @@ async def test_follows_new_text_only_at_the_bottom(make_app):
         assert chat.scroll_y == chat.max_scroll_y
 
 
-async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_app):
+async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_app, monkeypatch):
     import threading
+
+    from medchat.app.chat.widgets import ChatView
 
     release = threading.Event()
     engine = FakeEngine([{"chunks": ["never shown"], "stuck": release}, {"chunks": ["Next."]}])
     app = make_app(engine)
-    app.STOP_GRACE_S = 0.05
+    monkeypatch.setattr(ChatView, "STOP_GRACE_S", 0.05)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_ready(app, pilot)
         await send(app, pilot, "huge prompt")
@@ -315,7 +317,7 @@ async def test_escape_returns_at_once_even_if_the_engine_is_slow_to_stop(make_ap
         await send(app, pilot, "too soon")  # refused while the engine finishes its step
         assert len(engine.made) == 1 and app.query_one(ChatInput).text == "too soon"
         release.set()
-        await app._draining
+        await app.chat_view.draining
         await pilot.pause()
         assert answer.stats["stop_reason"] == "cancelled" and answer.stats["tokens"] == 0  # the engine's own
         with HistoryStore() as store:
@@ -340,7 +342,7 @@ async def test_message_sent_while_loading_waits_for_the_model(make_app):
     app = MedchatApp(None, engine_factory=slow_factory, guard_factory=lambda: None, cursor_blink=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await send(app, pilot, "early question")
-        assert app.model_status == "loading" and app.query(".pending")
+        assert app.loader.model_status == "loading" and app.query(".pending")
         assert app.query_one("#loading").display
         gate.set()
         await wait_ready(app, pilot)
@@ -367,7 +369,7 @@ async def test_message_sent_while_loading_comes_back_if_the_load_fails(make_app)
         gate.set()
         await wait_ready(app, pilot)
         await pilot.pause()
-        assert app.model_status == "failed" and "RuntimeError: boom" in app.model_error
+        assert app.loader.model_status == "failed" and "RuntimeError: boom" in app.loader.model_error
         assert app.query_one(ChatInput).text == "early question"
         assert not app.query(".pending")
 
@@ -421,7 +423,8 @@ async def test_command_palette_has_every_action_and_runs_them(make_app):
         titles = {c.title for c in app.get_system_commands(app.screen)}
         for action in ("New conversation", "Stop generating", "Copy last answer", "Toggle history",
                        "Search history", "Rename conversation", "Delete conversation", "Export conversation",
-                       "Settings", "Model info", "Metrics report", "Keys"):
+                       "Settings", "Model info", "Metrics report", "Help", "Regenerate answer",
+                       "Compose in editor"):
             assert action in titles
         assert {b.action for b in MedchatApp.BINDINGS} - {"stop"} <= set(MedchatApp._CHAT_ACTIONS)
         await send(app, pilot, "q")
@@ -551,7 +554,7 @@ async def test_a_corrupt_index_leaves_a_usable_chat_with_the_rules_and_says_so(m
     app = make_app(FakeEngine([{"chunks": ["Call now."]}]), guard=load_guard(index_dir=index))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_ready(app, pilot)
-        assert app.guard_status.startswith("rules only") and "index.json" in app.guard_status
+        assert app.loader.guard_status.startswith("rules only") and "index.json" in app.loader.guard_status
         await send(app, pilot, "I have crushing chest pain")
         await wait_idle(app, pilot)
         [answer] = _answers(app)

@@ -55,4 +55,4 @@ async def test_chat_through_medchat_serve_survives_a_server_that_is_down(make_ap
     with HistoryStore() as store:
         [conversation] = store.list_conversations()
         assert conversation.model["device"] == f"http://127.0.0.1:{port}/v1"
-        assert store.messages(conversation.id)[-1].stats["model"] == "medchat"
+        assert store.messages(conversation.id)[-1].stats["model"]["base"] == "medchat"

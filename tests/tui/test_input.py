@@ -69,3 +69,54 @@ async def test_hostile_paste_is_sanitised_and_survives(make_app):
         for message in store.messages(conv.id):
             assert "\x1b" not in message.content and "\x07" not in message.content
         assert len(store.messages(conv.id)[0].content) > 100_000
+
+
+HOSTILE_PASTE = "AAA \x1b[31mBBB\x1b[0m CCC"
+PASTED = "x\x1b[200~" + HOSTILE_PASTE + "\x1b[201~y"
+
+
+@pytest.mark.parametrize("cut", range(len(PASTED) + 1))
+def test_the_parser_keeps_a_bracketed_paste_whole_and_in_order_wherever_the_read_splits_it(cut):
+    from medchat.app.chat.paste import PasteSafeParser
+
+    parser = PasteSafeParser()
+    tokens = [*parser.feed(PASTED[:cut]), *parser.tick(), *parser.feed(PASTED[cut:]), *parser.tick()]
+    got = [(type(t).__name__, t.text if isinstance(t, events.Paste) else t.character) for t in tokens]
+    assert got == [("Key", "x"), ("Paste", HOSTILE_PASTE), ("Key", "y")]
+
+
+def test_a_lone_escape_still_arrives_as_the_escape_key():
+    import time
+
+    from medchat.app.chat.paste import PasteSafeParser
+
+    parser = PasteSafeParser()
+    tokens = [*parser.feed("\x1b"), *parser.tick(), *parser.tick()]
+    deadline = time.monotonic() + 2
+    while not tokens and time.monotonic() < deadline:  # Textual waits a moment for more of a sequence
+        time.sleep(0.05)
+        tokens += parser.tick()
+    assert [t.key for t in tokens] == ["escape"]
+
+
+async def test_pasted_escapes_are_removed_in_order_before_the_text_is_shown_stored_or_titled(make_app):
+    from medchat.app.chat.paste import PasteSafeParser
+
+    engine = FakeEngine([{"chunks": ["ok"]}])
+    app = make_app(engine)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_ready(app, pilot)
+        prompt = app.query_one(ChatInput)
+        await pilot.press("q", "space")
+        for token in PasteSafeParser().feed("\x1b[200~" + HOSTILE_PASTE + "\x1b[201~"):
+            prompt.post_message(token)
+        await pilot.pause()
+        assert prompt.text == "q AAA BBB CCC"
+        await pilot.press("enter")
+        await wait_idle(app, pilot)
+        assert app.query_one(UserMessage).text == "q AAA BBB CCC"
+        assert app.title == "medchat — q AAA BBB CCC"
+    with HistoryStore() as store:
+        [conv] = store.list_conversations()
+        assert conv.title == "q AAA BBB CCC"
+        assert store.messages(conv.id)[0].content == "q AAA BBB CCC"

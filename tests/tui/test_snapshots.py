@@ -63,7 +63,7 @@ def test_emergency_notice_stopped_answer_and_out_of_domain(snap_compare, make_ap
         await wait_idle(app, pilot)
         await send(app, pilot, "I have crushing chest pain")
         for _ in range(500):
-            if app.engine.made[-1].started.is_set():
+            if app.loader.engine.made[-1].started.is_set():
                 break
             await pilot.pause(0.01)
         await pilot.pause(0.05)
@@ -115,3 +115,54 @@ def test_settings_screen_80x24(snap_compare, make_app):
         await pilot.pause()
 
     assert snap_compare(make_app(FakeEngine()), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_empty_chat_40x12(snap_compare, make_app):
+    async def run_before(pilot):
+        await wait_ready(pilot.app, pilot)
+
+    assert snap_compare(make_app(FakeEngine()), terminal_size=(40, 12), run_before=run_before)
+
+
+def _streaming_emergency(size):
+    """The answer streams past the notice (the engine then waits): the notice is pinned above the prompt."""
+
+    async def run_before(pilot):
+        app = pilot.app
+        await wait_ready(app, pilot)
+        await send(app, pilot, "I have crushing chest pain")
+        for _ in range(500):
+            if app.loader.engine.made and app.loader.engine.made[-1].started.is_set():
+                break
+            await pilot.pause(0.01)
+        await pilot.pause(0.3)
+
+    return run_before
+
+
+STREAMING = [{"chunks": [f"Line {i} of a long answer.\n\n" for i in range(30)], "hang": True}]
+
+
+def test_emergency_notice_in_view_while_streaming_80x24(snap_compare, make_app):
+    app = make_app(FakeEngine(STREAMING))
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_streaming_emergency((80, 24)))
+
+
+def test_emergency_notice_in_view_while_streaming_40x12(snap_compare, make_app):
+    app = make_app(FakeEngine(STREAMING))
+    assert snap_compare(app, terminal_size=(40, 12), run_before=_streaming_emergency((40, 12)))
+
+
+def test_sidebar_overlay_40x12(snap_compare, make_app):
+    with HistoryStore() as store:
+        store.create_conversation("Asthma inhalers")
+        store._db.execute("UPDATE conversations SET created = '2026-01-02T10:00:00+00:00', "
+                          "updated = '2026-01-02T11:30:00+00:00'")
+        store._db.commit()
+
+    async def run_before(pilot):
+        await wait_ready(pilot.app, pilot)
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+
+    assert snap_compare(make_app(FakeEngine()), terminal_size=(40, 12), run_before=run_before)

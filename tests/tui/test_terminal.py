@@ -51,3 +51,49 @@ def test_quits_when_the_terminal_hangs_up_behind_a_parent_like_make(tiny_model_d
     if survived:
         os.kill(pid, signal.SIGKILL)  # leave no orphan spinning on a dead terminal
     assert not survived, "medchat kept running after its terminal hung up"
+
+
+def _start_chat(tmux: list[str], model_dir: Path, env: str = "") -> str:
+    """medchat (this checkout's) in a fresh tmux at 80x24; returns the screen once the prompt is there."""
+    command = (f"{env} {sys.executable} -c 'from medchat.app.cli import main; main()' --base {model_dir} "
+               "--no-adapter --no-history")
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", command], check=True)
+    return _wait_for(tmux, "Ask a medical question", 60)
+
+
+def _wait_for(tmux: list[str], text: str, seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    screen = ""
+    while text not in screen and time.monotonic() < deadline:
+        time.sleep(0.3)
+        screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+    return screen
+
+
+def test_a_bracketed_paste_with_escape_sequences_arrives_clean_and_in_order(tiny_model_dir):
+    """The issue's reproduction in a real terminal: tmux pastes with the bracketed-paste markers."""
+    tmux = ["tmux", "-L", f"medchat-paste-{os.getpid()}"]
+    try:
+        screen = _start_chat(tmux, tiny_model_dir)
+        assert "Ask a medical question" in screen, screen
+        subprocess.run([*tmux, "set-buffer", "AAA \x1b[31mBBB\x1b[0m CCC"], check=True)
+        subprocess.run([*tmux, "paste-buffer", "-p"], check=True)
+        screen = _wait_for(tmux, "CCC", 20)
+        assert "AAA BBB CCC" in screen and "^[" not in screen, screen
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+def test_ctrl_l_hands_the_terminal_to_editor_and_takes_the_text_back(tiny_model_dir, tmp_path):
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "composed in the editor" > "$1"\n')
+    editor.chmod(0o755)
+    tmux = ["tmux", "-L", f"medchat-editor-{os.getpid()}"]
+    try:
+        screen = _start_chat(tmux, tiny_model_dir, env=f"EDITOR={editor}")
+        assert "Ask a medical question" in screen, screen
+        subprocess.run([*tmux, "send-keys", "C-l"], check=True)
+        screen = _wait_for(tmux, "composed in the editor", 20)
+        assert "composed in the editor" in screen and "Ask a medical question" not in screen, screen
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)

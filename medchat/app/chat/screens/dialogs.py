@@ -111,6 +111,8 @@ class MessageMenuScreen(_Dialog):
         ("copy", "Copy this answer (with the reminder)"),
         ("copy_raw", "Copy this answer as Markdown (without the reminder)"),
         ("copy_question", "Copy the question"),
+        ("regenerate", "Regenerate this answer (later turns are dropped)"),
+        ("edit", "Edit the question and resend from there (later turns are dropped)"),
     )
 
     def compose(self) -> ComposeResult:

@@ -1,5 +1,8 @@
-from medchat.app.chat.widgets.chat import AssistantMessage, ChatView, UserMessage
+from medchat.app.chat.widgets.chat import ChatView
 from medchat.app.chat.widgets.input import ChatInput
-from medchat.app.chat.widgets.sidebar import HistorySidebar
+from medchat.app.chat.widgets.messages import AssistantMessage, UserMessage
+from medchat.app.chat.widgets.sidebar import ConversationList, HistorySidebar
+from medchat.app.chat.widgets.status import PinnedNotice, StatusBar
 
-__all__ = ["AssistantMessage", "ChatInput", "ChatView", "HistorySidebar", "UserMessage"]
+__all__ = ["AssistantMessage", "ChatInput", "ChatView", "ConversationList", "HistorySidebar", "PinnedNotice",
+           "StatusBar", "UserMessage"]

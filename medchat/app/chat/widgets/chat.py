@@ -1,32 +1,47 @@
-"""The conversation pane: user messages with their out-of-domain indicator, streamed answers."""
+"""The conversation pane: it renders the chat session's events and owns the streaming state (generating,
+stopping, and finishing a stopped turn in the background). It holds no safety logic: the session decides
+every notice, the pane only shows them."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Iterator
+
 from rich.text import Text
-from textual.app import ComposeResult
+from textual import events
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.widgets import Markdown, Static
+from textual.widgets import Static
 
+from medchat.core.guard.notices import PHYSICIAN_REMINDER
+from medchat.core.history import Message as StoredMessage
 from medchat.core.history import format_stats
+from medchat.core.session import (
+    ChatSession,
+    Checked,
+    Declined,
+    Event,
+    Finished,
+    Notice,
+    Reminder,
+    Stats,
+    Token,
+    Waiting,
+    stored_notices,
+)
+from medchat.app.chat.widgets.messages import AssistantMessage, UserMessage
+from medchat.app.chat.widgets.status import PinnedNotice, StatusBar
 
-# The longest user message shown in full; longer ones are shown folded (the model gets all of it).
-SHOW_CHARS = 4000
-
-OOD_LABELS = {
-    "in_domain": ("● in domain", "ood-in"),
-    "uncertain": ("◐ uncertain", "ood-uncertain"),
-    "out_of_domain": ("○ out of domain", "ood-out"),
-    "checking": ("… checking", "ood-checking"),
-    None: ("", "ood-none"),
-}
+_DONE = object()
+_ABANDONED = object()
 
 
 class ChatView(VerticalScroll):
     """Scrolls with new text only while the view is at the bottom (Textual's anchor)."""
 
     can_focus = True
+    STOP_GRACE_S = 1.5  # after Esc, how long to wait for the engine before leaving it to finish alone
 
     BINDINGS = [
         Binding("home", "scroll_home", "Top", show=False),
@@ -39,158 +54,262 @@ class ChatView(VerticalScroll):
         "and call your local emergency number in an emergency.\n"
         "F1 keys · F2 model · F3 settings · Ctrl+B history · Ctrl+P all commands"
     )
+    # Under 60 columns the long text would fill the whole pane of a 40x12 terminal.
+    WELCOME_NARROW = "medchat is not a doctor: check answers with a physician. Emergency? Call your local number. F1 keys"
+
+    class ConversationSaved(Message):
+        """The session saved the first message of a new conversation."""
+
+        def __init__(self, session: ChatSession) -> None:
+            super().__init__()
+            self.session = session
+
+    class TurnEnded(Message):
+        """A turn is over (answered, stopped, declined or failed); the session holds its messages."""
+
+        def __init__(self, session: ChatSession, answer: AssistantMessage, error: str | None) -> None:
+            super().__init__()
+            self.session = session
+            self.answer = answer
+            self.error = error
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.generating = False
+        self.draining: asyncio.Future | None = None  # a stopped turn the engine is still finishing
+        self._stop_requested = False
+        self._stop_event = asyncio.Event()
 
     def compose(self):
-        yield Static(Text(self.WELCOME), id="welcome")
+        yield Static(self._welcome(self.app.size.width), id="welcome")
 
     def on_mount(self) -> None:
         self.anchor()
 
+    def on_resize(self, event: events.Resize) -> None:
+        welcome = self.query_one("#welcome", Static)
+        self.call_after_refresh(welcome.update, self._welcome(event.size.width))  # after this layout pass
+
+    def _welcome(self, width: int) -> Text:
+        return Text(self.WELCOME_NARROW if width < 60 else self.WELCOME)
+
+    # ---------------------------------------------------------------- what is shown
+
     async def clear_messages(self) -> None:
         await self.query(".message").remove()
         self.query_one("#welcome").display = True
+        self._pinned.unpin()
 
     def hide_welcome(self) -> None:
         self.query_one("#welcome").display = False
 
+    async def show_messages(self, messages: list[StoredMessage], reminder: str) -> None:
+        """A saved conversation, as it was shown: each answer with the notices saved with its question."""
+        await self.clear_messages()
+        if messages:
+            self.hide_welcome()
+        notices: list[Notice] = []
+        question = ""
+        for message in messages:
+            if message.role == "user":
+                guard = message.guard or {}
+                notices, question = stored_notices(guard), message.content
+                await self.mount(UserMessage(message.content, level=guard.get("ood_level"), message_id=message.id))
+            elif message.role == "assistant":
+                answer = AssistantMessage(reminder=reminder, message_id=message.id)
+                answer.question = question
+                await self.mount(answer)
+                for notice in notices:
+                    answer.add_notice(notice.kind, notice.text)
+                await answer.finish(message.content, message.status, message.stats)
+        self.anchor()
 
-class UserMessage(Vertical):
-    def __init__(self, text: str, *, level: str | None = None, message_id: int | None = None) -> None:
-        super().__init__(classes="message user")
-        self.text = text
-        self.message_id = message_id
-        self._level = level
+    def question_before(self, answer: AssistantMessage) -> UserMessage | None:
+        """The user message that `answer` answers."""
+        messages = list(self.query(".message"))
+        earlier = messages[:messages.index(answer)]
+        return next((w for w in reversed(earlier) if isinstance(w, UserMessage)), None)
 
-    def compose(self) -> ComposeResult:
-        yield Static(Text("You", style="bold"), classes="who")
-        yield Static("", classes="ood")
-        shown = self.text
-        if len(shown) > SHOW_CHARS:
-            more = len(shown) - SHOW_CHARS
-            shown = shown[:SHOW_CHARS] + f"\n… ({more:,} more characters not shown)"
-        yield Static(Text(shown), classes="body")
+    async def drop_from(self, message: UserMessage) -> list[dict]:
+        """Remove `message` and everything after it; return the turns that are left ([{"role", "content"}],
+        as the session keeps them: answers without text are not turns)."""
+        messages = list(self.query(".message"))
+        await self.remove_children(messages[messages.index(message):])
+        turns = []
+        for widget in messages[:messages.index(message)]:
+            if isinstance(widget, UserMessage):
+                turns.append({"role": "user", "content": widget.text})
+            elif isinstance(widget, AssistantMessage) and widget.text:
+                turns.append({"role": "assistant", "content": widget.text})
+        return turns
 
-    def on_mount(self) -> None:
-        self.set_level(self._level)
-
-    def set_level(self, level: str | None, score: float | None = None) -> None:
-        self._level = level
-        label, css = OOD_LABELS.get(level, OOD_LABELS[None])
-        ood = self.query_one(".ood", Static)
-        for name in set(c for _, c in OOD_LABELS.values()):
-            ood.remove_class(name)
-        ood.add_class(css)
-        ood.update(label)
-        ood.tooltip = f"out-of-domain score {score:.2f}" if score is not None else None
-
-
-class AssistantMessage(Vertical, can_focus=True):
-    """One answer: emergency notices, truncation note, the Markdown body, the reminder and the footer."""
-
-    BINDINGS = [
-        Binding("c", "copy", "Copy answer"),
-        Binding("enter", "menu", "Menu"),
-    ]
-
-    class CopyRequested(Message):
-        def __init__(self, widget: "AssistantMessage") -> None:
-            super().__init__()
-            self.widget = widget
-
-    class MenuRequested(Message):
-        def __init__(self, widget: "AssistantMessage") -> None:
-            super().__init__()
-            self.widget = widget
-
-    def __init__(self, *, reminder: str = "", message_id: int | None = None) -> None:
-        super().__init__(classes="message assistant")
-        self.text = ""
-        self.status = "generating"
-        self.stats: dict | None = None
-        self.reminder = reminder
-        self.message_id = message_id
-        self._stream = None
-        self.question: str = ""
-
-    def compose(self) -> ComposeResult:
-        yield Static(Text("medchat", style="bold"), classes="who")
-        yield Static("", classes="notices")
-        yield Static("", classes="dosing")
-        yield Static("", classes="note")
-        yield Markdown("", classes="body")
-        yield Static("", classes="marker")
-        yield Static("", classes="reminder")
-        yield Static("", classes="footer")
-
-    def on_mount(self) -> None:
-        for name in ("notices", "dosing", "note", "marker", "reminder"):
-            self.query_one(f".{name}", Static).display = False
-        self.set_footer("generating… (Esc stops)")
+    def answers(self) -> list[AssistantMessage]:
+        """The finished answers, oldest first."""
+        return [w for w in self.query(AssistantMessage) if w.status != "generating"]
 
     @property
-    def body(self) -> Markdown:
-        return self.query_one(".body", Markdown)
+    def busy(self) -> bool:
+        """A turn runs, or a stopped one is still finishing in the engine."""
+        return self.generating or (self.draining is not None and not self.draining.done())
 
-    def add_notice(self, kind: str, text: str) -> None:
-        """A notice from the chat session, above the answer: emergencies in red first, the dosing note,
-        then the other notes (out of domain, uncertain, limited safety checks, truncation)."""
-        if kind == "emergency":
-            self._append(".notices", f"⚠ {text}")
-        elif kind == "dosing":
-            self._append(".dosing", f"ⓘ {text}")
+    @property
+    def _status(self) -> StatusBar:
+        return self.screen.query_one(StatusBar)
+
+    @property
+    def _pinned(self) -> PinnedNotice:
+        return self.screen.query_one(PinnedNotice)
+
+    # ---------------------------------------------------------------- scrolling
+
+    def _unpin_if_in_view(self) -> None:
+        """The answer is over: the pinned copy goes if the notice in the answer itself is in full view."""
+        shown = [box for box in self.query(".notices") if box.display]
+        if shown and self.can_view_entire(shown[-1]):
+            self._pinned.unpin()
+
+    def scroll_by_page(self, direction: int) -> None:
+        """Page Up / Down from the prompt (-1 / 1), Ctrl+Home / End (-2 / 2)."""
+        self._pinned.unpin()  # the user scrolls: the notice is where they can find it, above the answer
+        if direction == -2:
+            self.scroll_home(animate=False)
+        elif direction < 0:
+            self.scroll_page_up(animate=False)
+        elif direction == 2 or self.max_scroll_y - self.scroll_y <= self.size.height:
+            self.anchor()  # back at the bottom: follow new text again
         else:
-            self.add_note(f"ⓘ {text}" if kind == "truncated" else text)
+            self.scroll_page_down(animate=False)
 
-    def _append(self, selector: str, line: str) -> None:
-        box = self.query_one(selector, Static)
-        previous = str(box.renderable) if box.display else ""
-        box.update(Text((previous + "\n" if previous else "") + line))
-        box.display = True
+    def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self._pinned.unpin()
 
-    def add_note(self, note: str) -> None:
-        self._append(".note", note)
+    def on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        self._pinned.unpin()
 
-    def set_footer(self, text: str) -> None:
-        self.query_one(".footer", Static).update(Text(text))
+    # ---------------------------------------------------------------- one turn
 
-    async def write(self, chunk: str) -> None:
-        if self._stream is None:
-            self._stream = Markdown.get_stream(self.body)
-        self.text += chunk
-        await self._stream.write(chunk)
+    def stop(self) -> None:
+        """Esc: the answer shown so far is kept; the session stops the model."""
+        self._stop_requested = True
+        self._stop_event.set()
 
-    async def finish(self, text: str, status: str, stats: dict | None, error: str | None = None) -> None:
-        """Replace the streamed text with the final one and show marker, reminder and footer."""
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
-        self.text = text
-        self.status = status
-        self.stats = stats
-        await self.body.update(text)
-        marker = self.query_one(".marker", Static)
-        if status == "stopped":
-            marker.update(Text("■ stopped — partial answer" if text else "■ stopped before any text"))
-            marker.display = True
-        elif status == "error":
-            marker.update(Text(f"✖ {error or 'generation failed'}"))
-            marker.add_class("error")
-            marker.display = True
-        reminder = self.query_one(".reminder", Static)
-        if self.reminder and self.reminder.strip() not in text:
-            reminder.update(Text(self.reminder))
-            reminder.display = True
-        self.set_footer(format_stats(stats))
+    async def run_turn(self, session: ChatSession, text: str) -> None:
+        """Show one turn of the session: the question, its notices before any text, the streamed answer."""
+        self.generating = True
+        self._stop_requested = False
+        self._stop_event = asyncio.Event()
+        self._pinned.unpin()
+        self._status.show("Generating… Esc stops")
+        try:
+            await self._render_turn(session, text)
+        finally:
+            self.generating = False
+            self._unpin_if_in_view()
+            if self.busy:
+                self._status.show("Stopped. The model finishes its current step in the background…")
+            else:
+                self._status.show_ready()
 
-    def copy_text(self) -> str:
-        """What "copy" puts on the clipboard: the answer and (once) the physician reminder."""
-        text = self.text.rstrip()
-        if self.reminder and self.reminder.strip() not in text:
-            text = f"{text}\n\n{self.reminder}" if text else self.reminder
-        return text
+    async def _render_turn(self, session: ChatSession, text: str) -> None:
+        for pending in self.query(".pending"):
+            await pending.remove()
+        question = UserMessage(text, level="checking")
+        answer = AssistantMessage()
+        answer.question = text
+        self.hide_welcome()
+        await self.mount_all([question, answer])
+        self.anchor()
+        iterator = session.send(text)
+        stats: dict | None = None
+        error: str | None = None
+        while (event := await self._next_event(iterator)) is not _DONE:
+            if event is _ABANDONED:  # stopped; the engine finishes its current step in the background
+                await self._abandon(answer, session)
+                break
+            if isinstance(event, Checked):
+                result = event.result
+                question.set_level(result.ood_level if result else None, result.ood_score if result else None)
+                question.message_id = session.last_user_message_id
+                self.post_message(self.ConversationSaved(session))
+            elif isinstance(event, Stats):
+                stats = event.stats.as_dict()
+            elif isinstance(event, Finished):
+                error = event.error
+                await self._finish(answer, event, stats)
+                answer.message_id = session.last_answer_message_id
+            else:
+                await self._show(event, answer)
+        self.post_message(self.TurnEnded(session, answer, error))
 
-    def action_copy(self) -> None:
-        self.post_message(self.CopyRequested(self))
+    async def _show(self, event: Event, answer: AssistantMessage) -> None:
+        if isinstance(event, Waiting):
+            self._status.show(event.text, loading=True)
+        elif isinstance(event, Notice):
+            answer.add_notice(event.kind, event.text)
+            if event.kind == "emergency":
+                self._pinned.pin(event.text)
+        elif isinstance(event, (Token, Declined)):
+            if not self._stop_requested:  # what was shown at Esc is what is kept
+                await answer.write(event.text)
+        elif isinstance(event, Reminder):
+            answer.reminder = event.text
 
-    def action_menu(self) -> None:
-        self.post_message(self.MenuRequested(self))
+    async def _finish(self, answer: AssistantMessage, event: Finished, stats: dict | None) -> None:
+        status = {"cancelled": "stopped", "error": "error"}.get(event.stop_reason, "complete")
+        record = (stats or {"ttft_s": None, "tokens": None}) | {"stop_reason": event.stop_reason}
+        await answer.finish(event.answer, status, record, event.error)
+
+    async def _abandon(self, answer: AssistantMessage, session: ChatSession) -> None:
+        """The engine did not stop in time: show the answer as stopped now, its real stats once it has."""
+        answer.reminder = PHYSICIAN_REMINDER  # the session's own Reminder event comes only with the drain
+        await answer.finish(answer.text.strip(), "stopped", {"ttft_s": None, "tokens": None,
+                                                              "stop_reason": "cancelled"})
+        if self.draining is not None:
+            self.draining.add_done_callback(lambda task: self._late_stats(task, answer, session))
+
+    async def _next_event(self, iterator: Iterator[Event]) -> object:
+        """The session's next event (it runs in a thread), or _ABANDONED when Esc was pressed and the
+        engine does not stop within STOP_GRACE_S (e.g. it is still reading a very long prompt: the model
+        checks for cancellation between tokens)."""
+        pending = asyncio.ensure_future(asyncio.to_thread(next, iterator, _DONE))
+        if not self._stop_requested:
+            stop = asyncio.ensure_future(self._stop_event.wait())
+            try:
+                await asyncio.wait({pending, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if pending.done():
+                return pending.result()
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending), timeout=self.STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            self.draining = asyncio.ensure_future(self._drain(iterator, pending))
+            return _ABANDONED
+
+    async def _drain(self, iterator: Iterator[Event], pending: asyncio.Future) -> list[Event]:
+        """Run what is left of a stopped turn so the engine's thread finishes and the session saves the
+        answer; return the events it still produced. The session turns engine failures into a Finished
+        event, so an exception here is a bug worth seeing in the log, not a user error."""
+        events_left: list[Event] = []
+        try:
+            event = await pending
+            while event is not _DONE:
+                events_left.append(event)
+                event = await asyncio.to_thread(next, iterator, _DONE)
+        finally:
+            if not self.generating:
+                self._status.show_ready()
+        return events_left
+
+    def _late_stats(self, task: asyncio.Future, answer: AssistantMessage, session: ChatSession) -> None:
+        """The engine finished a stopped answer after the UI moved on: show its real stats (the session
+        saved the answer with them)."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        answer.message_id = session.last_answer_message_id
+        for event in task.result():
+            if isinstance(event, Stats):
+                answer.stats = event.stats.as_dict() | {"stop_reason": "cancelled"}
+                answer.set_footer(format_stats(answer.stats))
+        self.post_message(self.TurnEnded(session, answer, None))
+
