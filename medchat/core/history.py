@@ -530,18 +530,13 @@ def format_stats(stats: dict | None) -> str:
     return " · ".join(parts)
 
 
-def status_marker(message: Message) -> str:
+def status_marker(status: str, updated: str | None = None) -> str:
     """What a reader is told under an answer that did not complete ("" for a complete one)."""
-    if message.status == "stopped":
-        return "stopped"
-    if message.status == "error":
-        return "generation failed"
-    if message.status == "interrupted":
-        saved = f" at {message.updated}" if message.updated else ""
+    if status == "interrupted":
+        saved = f" at {updated}" if updated else ""
         return f"interrupted: medchat ended while this answer was being written; the text saved{saved} is kept"
-    if message.status == "streaming":
-        return "still being written by another medchat window"
-    return ""
+    return {"stopped": "stopped", "error": "generation failed",
+            "streaming": "still being written by another medchat window"}.get(status, "")
 
 
 def conversation_markdown(
@@ -568,7 +563,7 @@ def conversation_markdown(
             notices = [f.get("notice") for f in flags if isinstance(f, dict) and f.get("notice")]
             lines += [f"> **{n}**" for n in notices] + ([""] if notices else [])
             lines += [message.content or "*(no text)*", ""]
-            marker = status_marker(message)
+            marker = status_marker(message.status, message.updated)
             if marker:
                 lines += [f"*({marker})*", ""]
             if reminder and reminder.strip() not in message.content:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -187,13 +188,22 @@ class MedchatApp(App):
         self.load_guard()
         if not self.is_headless and _is_tty(sys.__stdin__):
             self.set_interval(1.0, self._quit_if_terminal_hung_up)
+        if not self.is_headless and hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._leave, 129)
 
     def _quit_if_terminal_hung_up(self) -> None:
         """A closed window or a dropped SSH session hangs the terminal up. Under `make chat` the hangup signal
         goes to make, not to medchat, which would live on with Textual's input thread spinning on the dead
-        terminal; every message is already saved, so just leave."""
+        terminal: leave as at the signal."""
         if not _is_tty(sys.__stdin__):
-            self.exit(return_code=129)  # 128 + SIGHUP, as if the signal had arrived
+            self._leave(129)
+
+    def _leave(self, return_code: int = 0) -> None:
+        """Quit (Ctrl+Q; 129 = 128 + SIGHUP at a hang-up). An answer being generated is stopped first: the
+        session saves the text shown so far as stopped at once, so nothing waits for the model."""
+        if self.generating:
+            self.action_stop()
+        self.exit(return_code=return_code)
 
     def _update_title(self) -> None:
         title = self.conversation.title if self.conversation else "New conversation"
@@ -708,14 +718,7 @@ class MedchatApp(App):
         self._set_status("Stopping…")
 
     async def action_quit(self) -> None:
-        """Quit; an answer being generated is stopped first and kept (saved as stopped)."""
-        if self.generating:
-            self.action_stop()
-            for _ in range(300):  # the engine stops within a token; do not hang on a stuck one
-                if not self.generating:
-                    break
-                await asyncio.sleep(0.01)
-        self.exit()
+        self._leave()
 
     async def action_new_conversation(self) -> None:
         if self.generating:
@@ -928,10 +931,12 @@ def run_app(
     history_path: Path | None = None,
     prompt_style: str = "chat",
     ood_policy: str | None = None,
-) -> None:
-    """Run the chat app in this terminal (called by `medchat`)."""
-    MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
-               ood_policy=ood_policy).run()
+) -> int:
+    """Run the chat app in this terminal (called by `medchat`); return its exit status."""
+    app = MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
+                     ood_policy=ood_policy)
+    app.run()
+    return app.return_code or 0
 
 
 def _is_tty(stream) -> bool:
