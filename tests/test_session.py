@@ -347,16 +347,22 @@ def test_the_answer_is_saved_every_few_dozen_chunks_while_it_streams(isolated_us
         assert answer.stats["stop_reason"] == "eos" and session.last_answer_message_id == answer.id
 
 
-def test_the_answer_is_saved_at_least_every_interval(isolated_user_dirs, monkeypatch):
+def test_text_shown_before_the_model_stalls_is_saved_within_the_interval(isolated_user_dirs, monkeypatch):
+    import time
+
     from medchat.core import session as session_module
 
-    monkeypatch.setattr(session_module._LiveAnswer, "SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(session_module._LiveAnswer, "SAVE_EVERY_S", 0.05)
     with HistoryStore() as store:
-        session = ChatSession(FakeEngine([{"chunks": ["One ", "two ", "three"]}]), FakeGuard(), store=store)
+        session = ChatSession(FakeEngine([{"chunks": ["One ", "two"], "hang": True}]), FakeGuard(), store=store)
         events = session.send("q")
-        _tokens_until(events, 2)
+        _tokens_until(events, 2)  # then the stream waits: no more chunks come to trigger a save
         with _reader(store) as reader:
+            deadline = time.monotonic() + 10
+            while reader.messages(session.conversation_id)[-1].content != "One two" and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert reader.messages(session.conversation_id)[-1].content == "One two"
+        session.cancel()
         list(events)
 
 

@@ -18,7 +18,7 @@ again if the reason changes) and "truncated" (part of the message or of the conv
 No Textual here: iterate `send()` in a worker thread; `cancel()` may be called from any thread.
 
 With a store, the question is committed before the model starts, and the answer is a `streaming` row that
-grows as it is generated (every SAVE_EVERY_S or SAVE_EVERY_CHUNKS, whichever comes first): a kill keeps the
+grows as it is generated (within SAVE_EVERY_S of a chunk, at once every SAVE_EVERY_CHUNKS): a kill keeps the
 text up to the last save, and the next open of the store marks it `interrupted`. `cancel()` saves the text
 handed out so far as `stopped` at once, without waiting for the model to stop, so a front end may exit
 right after it (Ctrl+Q, a hang-up) and lose nothing.
@@ -478,9 +478,10 @@ class ChatSession:
 
 
 class _LiveAnswer:
-    """The answer of the turn in progress, saved as it streams. `stop()` (from any thread) saves the text
-    handed out so far as stopped; later partial saves are then skipped, and `finish()` writes the final
-    text and stats."""
+    """The answer of the turn in progress, saved as it streams: at once every SAVE_EVERY_CHUNKS chunks, and
+    by a timer SAVE_EVERY_S after any chunk not saved yet (so text shown just before the model stalls is
+    saved too). `stop()` (from any thread) saves the text handed out so far as stopped; later partial
+    saves are then skipped, and `finish()` writes the final text and stats."""
 
     SAVE_EVERY_S = 0.5
     SAVE_EVERY_CHUNKS = 16
@@ -492,7 +493,7 @@ class _LiveAnswer:
         self._lock = threading.RLock()  # RLock: a SIGINT handler may call stop() in the thread that holds it
         self._stopped = False
         self._unsaved = 0
-        self._saved_at = time.monotonic()
+        self._timer: threading.Timer | None = None
         store, conversation_id = session.store, session.conversation_id
         if store is not None and conversation_id is not None:
             session._saving(lambda: setattr(self, "message_id", store.add_message(
@@ -506,24 +507,37 @@ class _LiveAnswer:
         with self._lock:
             self.pieces.append(chunk)
             self._unsaved += 1
-            due = (self._unsaved >= self.SAVE_EVERY_CHUNKS
-                   or time.monotonic() - self._saved_at >= self.SAVE_EVERY_S)
-            if due and not self._stopped and self.message_id is not None:
+            if self._unsaved >= self.SAVE_EVERY_CHUNKS:
+                self._save_partial()
+            elif self._timer is None and self.message_id is not None and not self._stopped:
+                self._timer = threading.Timer(self.SAVE_EVERY_S, self._save_partial)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _save_partial(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._unsaved and not self._stopped and self.message_id is not None:
                 self.session._saving(lambda: self.session.store.save_partial(self.message_id, self.text()))
-                self._unsaved, self._saved_at = 0, time.monotonic()
+                self._unsaved = 0
 
     def stop(self) -> None:
         with self._lock:
-            if self._stopped or self.message_id is None:
-                return
-            self._stopped = True
-            self.session._saving(lambda: self.session.store.finish_message(
-                self.message_id, self.text(), "stopped", {"stop_reason": "cancelled"}))
+            if not self._stopped and self.message_id is not None:
+                self._close("stopped", self.text(), {"stop_reason": "cancelled"})
 
     def finish(self, answer: str, status: str, stats: dict) -> None:
         with self._lock:
-            self._stopped = True
-            self.session._saving(lambda: self.session.store.finish_message(self.message_id, answer, status, stats))
+            self._close(status, answer, stats)
+
+    def _close(self, status: str, answer: str, stats: dict) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.session._saving(lambda: self.session.store.finish_message(self.message_id, answer, status, stats))
 
 
 def _drain(stream) -> None:
