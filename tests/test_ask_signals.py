@@ -29,7 +29,8 @@ class Loading(FakeGuard):
         return super().warm_up()
 
 loading = sys.argv[2] == "loading"
-fastdecode.load_engine = lambda spec, prompt_style="chat": FakeEngine([{"chunks": ["Rest ", "and fluids."], "hang": True}])
+engine = FakeEngine([{"chunks": ["Rest ", "and fluids."], "hang": True}])
+fastdecode.load_engine = lambda spec, prompt_style="chat": engine
 ask.load_guard = lambda adapter: Loading(threading.Event()) if loading else FakeGuard()
 from medchat.app.cli import main
 main(["ask", "--no-adapter", "I have a cold"])

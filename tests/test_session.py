@@ -389,7 +389,7 @@ sys.path.insert(0, sys.argv[2])
 from session_fakes import FakeEngine, FakeGuard
 from medchat.core import session as session_module
 from medchat.core.history import HistoryStore
-session_module._LiveAnswer.SAVE_EVERY_S = 0.0
+session_module._LiveAnswer.SAVE_EVERY_S = 0.05
 store = HistoryStore(sys.argv[1])
 session = session_module.ChatSession(FakeEngine([{"chunks": ["Call ", "your doctor"], "hang": True}]), FakeGuard(),
                                      store=store)
@@ -397,6 +397,21 @@ for event in session.send("Is this serious?"):
     if isinstance(event, session_module.Token) and event.text == "your doctor":
         print("shown", flush=True)
 """
+
+
+def _wait_saved(path, text):
+    """Until a message with `text` is committed (read with a plain connection: nothing marked or migrated)."""
+    import contextlib
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            if db.execute("SELECT 1 FROM messages WHERE content = ?", (text,)).fetchone():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} was never saved")
 
 
 def test_a_killed_session_leaves_the_partial_answer_marked_interrupted(tmp_path):
@@ -411,6 +426,7 @@ def test_a_killed_session_leaves_the_partial_answer_marked_interrupted(tmp_path)
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "shown\n"
+        _wait_saved(path, "Call your doctor")  # the save interval after the last chunk
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)

@@ -398,7 +398,8 @@ class ChatSession:
             self.cancel()
             if stream is not None:
                 _drain(stream)
-            self._finish_turn(text, live.text(), "stopped", self._record(stream, started, first_at, "cancelled"), live)
+            record = self._record(stream, started, first_at, "cancelled")
+            self._finish_turn(text, live.text(), "stopped", record, live)
             raise
         except Exception as exc:  # EngineError and anything a backend lets through: a message, not a traceback
             error = _readable(exc)
@@ -443,15 +444,13 @@ class ChatSession:
             self._saving(lambda: setattr(self, "last_answer_message_id", self.store.add_message(
                 self.conversation_id, "assistant", answer, status=status, stats=stats).id))
 
-    def _saving(self, write) -> bool:
+    def _saving(self, write) -> None:
         """Run one history write; a failure (a full disk, a locked file) must not cost the user the answer on
         screen: it is kept in `history_error` for the front end to show."""
         try:
             write()
-            return True
         except Exception as exc:
             self.history_error = f"Could not save the answer to the history: {_readable(exc)}"
-            return False
 
     def _save_user(self, text: str, result: GuardResult | None, degraded: str | None, declined: bool,
                    notices: list[Notice]) -> None:

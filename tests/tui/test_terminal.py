@@ -120,6 +120,20 @@ def _wait_gone(pid: int, timeout: float = 30) -> bool:
     return not _alive(pid)
 
 
+def _wait_saved(history: Path, text: str) -> None:
+    """Until a message with `text` is committed (read with a plain connection: nothing marked or migrated)."""
+    import contextlib
+    import sqlite3
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(history)) as db:
+            if db.execute("SELECT 1 FROM messages WHERE content = ?", (text,)).fetchone():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} was never saved")
+
+
 def _last_answer(history: Path):
     from medchat.core.history import HistoryStore
 
@@ -148,7 +162,7 @@ def test_a_killed_chat_keeps_the_partial_answer_and_shows_it_interrupted_when_re
     try:
         pid = terminal.start("chat")
         terminal.ask("chat", "I have a cold")
-        time.sleep(1.0)  # the next save of the streaming answer (every 0.5 s)
+        _wait_saved(history, "Rest, fluids and paracetamol.")  # the save within 0.5 s of the last chunk
         os.kill(pid, signal.SIGKILL)
         assert _wait_gone(pid)
         terminal.start("again")
