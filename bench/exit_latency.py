@@ -8,8 +8,8 @@ by default `main`, unpacked with `git archive` into a temporary directory):
   chat Ctrl+Q busy  `medchat` in a tmux pane (100x30); a question sent, Ctrl+Q once the answer streams
   chat Ctrl+Q idle  the same with the model loaded and nothing generating
 
-For every run it also checks what was kept: the exit status of `ask` (130), its partial answer and the
-reminder on stdout, and for the chat the answer saved in the history (state and length). Medians of
+For every run it also checks what was kept: the exit status of `ask` (130) and when the reminder ended its
+partial answer on stdout, and for the chat the answer saved in the history (state and length). Medians of
 --repeats runs. History and config go to a temporary directory.
 
     nice -n 5 .venv/bin/python bench/exit_latency.py [--repeats 2] [--before main]
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 QUESTION = "What is the mechanism of action of aspirin?"
+REMINDER = "consult a licensed physician"
 CLI = "from medchat.app.cli import main; main()"
 TMUX = ["tmux", "-L", f"medchat-exit-bench-{os.getpid()}"]
 
@@ -46,6 +47,8 @@ def _gone(pid: int) -> bool:
 
 
 def ask_ctrl_c(env: dict, timeout: float) -> dict:
+    """Also `reminder_s`: from the signal to the reminder on stdout (the answer is finished and printed);
+    what comes after it, up to the end of the process, is the process's teardown."""
     proc = subprocess.Popen([sys.executable, "-c", CLI, "ask", "--max-new-tokens", "400", QUESTION],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     out = b""
@@ -57,12 +60,14 @@ def ask_ctrl_c(env: dict, timeout: float) -> dict:
         out += chunk
     sent = time.perf_counter()
     proc.send_signal(signal.SIGINT)
-    rest = proc.stdout.read()
+    reminder_s = None
+    while chunk := os.read(proc.stdout.fileno(), 4096):
+        out += chunk
+        if reminder_s is None and REMINDER.encode() in out:
+            reminder_s = time.perf_counter() - sent
     proc.wait()
     seconds = time.perf_counter() - sent
-    text = (out + rest).decode(errors="replace")
-    return {"exit_s": seconds, "code": proc.returncode, "reminder": "licensed physician" in text,
-            "chars": len(text)}
+    return {"exit_s": seconds, "reminder_s": reminder_s, "code": proc.returncode, "chars": len(out)}
 
 
 def _pane(session: str) -> str:
@@ -161,13 +166,17 @@ def main(argv=None) -> int:
         subprocess.run(TMUX + ["kill-server"], capture_output=True)
     rows = []
     for name, results in samples.items():
-        row = {"name": name, "exit_s": statistics.median(r["exit_s"] for r in results)}
-        row |= {k: v for k, v in results[-1].items() if k != "exit_s"}
+        row = {"name": name}
+        for key in results[0]:
+            values = [r[key] for r in results if r[key] is not None]
+            numeric = values and all(isinstance(v, float) for v in values)
+            row[key] = statistics.median(values) if numeric else results[-1][key]
         rows.append(row)
     tables = []
     for scenario in SCENARIOS:
         part = [r for r in rows if r["name"].endswith(scenario)]
-        tables.append(_common.ratio_table(part, [("exit_s", "exit s")], baseline=f"{args.before} · {scenario}",
+        columns = [("exit_s", "exit s")] + ([("reminder_s", "reminder s")] if "reminder_s" in part[0] else [])
+        tables.append(_common.ratio_table(part, columns, baseline=f"{args.before} · {scenario}",
                                           ratio_of=[("exit_s", False)]))
     table = "\n\n".join(tables)
     print(f"\nFrom the key or signal to the end of the process, median of {args.repeats} (target: < 1 s)\n")

@@ -935,7 +935,9 @@ def run_app(
     """Run the chat app in this terminal (called by `medchat`); return its exit status."""
     app = MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
                      ood_policy=ood_policy)
-    app.run()
+    # A loop of its own: asyncio.run() would join the worker threads before returning (the model or the
+    # safety checker still loading, the engine reading a draft ahead), and Ctrl+Q would wait for them.
+    app.run(loop=asyncio.new_event_loop())
     return app.return_code or 0
 
 
