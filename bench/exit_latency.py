@@ -7,6 +7,8 @@ by default `main`, unpacked with `git archive` into a temporary directory):
   ask Ctrl-C        `medchat ask` with stdout on a pipe; SIGINT once the answer is streaming
   chat Ctrl+Q busy  `medchat` in a tmux pane (100x30); a question sent, Ctrl+Q once the answer streams
   chat Ctrl+Q idle  the same with the model loaded and nothing generating
+  teardown          a process that loaded the engine and generated a few tokens ends the way the version's
+                    front ends end (`exit_now` here, `sys.exit` before it): from the request to the end
 
 For every run it also checks what was kept: the exit status of `ask` (130) and when the reminder ended its
 partial answer on stdout, and for the chat the answer saved in the history (state and length). Medians of
@@ -68,6 +70,35 @@ def ask_ctrl_c(env: dict, timeout: float) -> dict:
     proc.wait()
     seconds = time.perf_counter() - sent
     return {"exit_s": seconds, "reminder_s": reminder_s, "code": proc.returncode, "chars": len(out)}
+
+
+TEARDOWN = """
+import sys
+from medchat.app.cli_options import spec_from_options
+from medchat.core.engine import GenerationSettings
+from medchat.core.fastdecode import load_engine
+engine = load_engine(spec_from_options("bundled", None, False, "auto", "auto", "auto", False))
+print("".join(engine.stream([{"role": "user", "content": "hi"}], GenerationSettings(max_new_tokens=5))))
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    from medchat.app.process_exit import exit_now
+except ImportError:  # a version before exit_now: its front ends end with sys.exit
+    exit_now = sys.exit
+exit_now(0)
+"""
+
+
+def teardown(env: dict, timeout: float) -> dict:
+    proc = subprocess.Popen([sys.executable, "-c", TEARDOWN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env, text=True)
+    while proc.stdout.readline().strip() != "ready":
+        pass
+    sent = time.perf_counter()
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    proc.wait(timeout=timeout)
+    return {"exit_s": time.perf_counter() - sent, "code": proc.returncode}
 
 
 def _pane(session: str) -> str:
@@ -136,6 +167,7 @@ SCENARIOS = {
     "ask Ctrl-C": lambda env, timeout: ask_ctrl_c(env, timeout),
     "chat Ctrl+Q busy": lambda env, timeout: chat_ctrl_q(env, timeout, busy=True),
     "chat Ctrl+Q idle": lambda env, timeout: chat_ctrl_q(env, timeout, busy=False),
+    "teardown": teardown,
 }
 
 
