@@ -215,3 +215,80 @@ def test_history_cli_list_export_delete(isolated_user_dirs, tmp_path):
     assert result.exit_code == 0 and "Deleted 1 conversation." in result.output
     with HistoryStore() as store:
         assert b.id not in [c.id for c in store.list_conversations()]
+
+
+def _version_2_file(path):
+    """A history file as medchat wrote it before answers were saved while streaming (schema 2)."""
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:2]:
+        db.executescript(script)
+    db.execute("INSERT INTO conversations (title, created, updated) VALUES ('old', 'c', 'u')")
+    db.execute("INSERT INTO messages (conversation_id, role, content, created) VALUES (1, 'user', 'hi', 'c')")
+    db.execute("INSERT INTO messages (conversation_id, role, content, created, status) "
+               "VALUES (1, 'assistant', 'Half', 'c', 'stopped')")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+
+
+def test_migrates_a_version_2_database_to_answers_saved_while_streaming(tmp_path):
+    path = tmp_path / "v2.sqlite3"
+    _version_2_file(path)
+    with HistoryStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 3
+        assert [(m.content, m.status, m.updated) for m in store.messages(1)] == [
+            ("hi", "complete", None), ("Half", "stopped", None)]
+        live = store.add_message(1, "assistant", "", status="streaming")
+        store.save_partial(live.id, "Growing")
+        assert store.messages(1)[-1].content == "Growing"
+        store.finish_message(live.id, "Grown.", "complete", {"stop_reason": "eos"})
+        store.save_partial(live.id, "late partial")  # a finished answer is never rewritten as partial
+        assert [(m.content, m.status, m.stats) for m in store.messages(1)][-1] == (
+            "Grown.", "complete", {"stop_reason": "eos"})
+
+
+def _leave_streaming(path, text, writer):
+    """An answer as a medchat killed mid-answer leaves it: streaming, written by `writer`."""
+    with HistoryStore(path) as store:
+        conv = store.create_conversation("Crash")
+        store.add_message(conv.id, "user", "Why does my knee hurt?")
+        msg = store.add_message(conv.id, "assistant", "", status="streaming")
+        store.save_partial(msg.id, text)
+        store._db.execute("UPDATE messages SET writer = ? WHERE id = ?", (writer, msg.id))
+        store._db.commit()
+        return conv.id
+
+
+def test_an_answer_left_streaming_by_a_dead_process_is_marked_interrupted_on_open(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    conv_id = _leave_streaming(path, "It may be", f"{dead.stdout.strip()}:0.00")
+    with HistoryStore(path) as store:
+        answer = store.messages(conv_id)[-1]
+        assert (answer.status, answer.content) == ("interrupted", "It may be")
+        md = store.export_markdown(conv_id)
+        assert md.index("It may be") < md.index("*(interrupted: medchat ended while this answer was being written")
+    # a reused pid is not its writer: the start time differs
+    other = _leave_streaming(tmp_path / "reused.sqlite3", "x", f"{os.getpid()}:1.00")
+    with HistoryStore(tmp_path / "reused.sqlite3") as store:
+        assert store.messages(other)[-1].status == "interrupted"
+
+
+def test_history_show_and_export_say_an_answer_was_interrupted(isolated_user_dirs):
+    from click.testing import CliRunner
+
+    from medchat.app.cli import main
+    from medchat.core.paths import history_db_path
+
+    history_db_path().parent.mkdir(parents=True)
+    conv_id = _leave_streaming(history_db_path(), "Rest and ice", "1:0.00")
+    runner = CliRunner()
+    result = runner.invoke(main, ["history", "show", str(conv_id)])
+    assert result.exit_code == 0, result.output
+    assert "Rest and ice" in result.output and "*(interrupted: medchat ended while" in result.output
+    assert "consult" in result.output.lower().split("interrupted", 1)[1]  # the reminder still follows
+    result = runner.invoke(main, ["history", "export", str(conv_id), "-f", "json"])
+    answer = json.loads(result.output)["messages"][-1]
+    assert (answer["status"], answer["content"]) == ("interrupted", "Rest and ice")
+    result = runner.invoke(main, ["history", "show", "999"])
+    assert result.exit_code == 1 and "No conversation with id 999" in result.output

@@ -304,3 +304,135 @@ def test_a_real_tiny_model_behind_the_real_rules(tiny_model_dir):
     events = run(session, "I have crushing chest pain and my left arm is numb")
     assert kinds(events)[0] == "emergency"
     assert events[-1].stop_reason in ("eos", "length") and events[first_index(events, Stats)].stats.tokens <= 4
+
+
+# ---------------------------------------------------------------- saved as it streams
+
+
+def _tokens_until(events, n):
+    """Take events until the n-th Token; the session's generator stays suspended there."""
+    seen = 0
+    for event in events:
+        if isinstance(event, Token):
+            seen += 1
+            if seen == n:
+                return
+
+
+def _reader(store):
+    """A second connection to the same file, as another process would see it."""
+    return HistoryStore(store.path)
+
+
+def test_the_answer_is_saved_every_few_dozen_chunks_while_it_streams(isolated_user_dirs, monkeypatch):
+    from medchat.core import session as session_module
+
+    monkeypatch.setattr(session_module._LiveAnswer, "SAVE_EVERY_S", 3600.0)  # only the chunk count saves here
+    every = session_module._LiveAnswer.SAVE_EVERY_CHUNKS
+    chunks = [f"w{i} " for i in range(3 * every)]
+    with HistoryStore() as store:
+        session = ChatSession(FakeEngine([{"chunks": chunks}]), FakeGuard(), store=store)
+        events = session.send("q")
+        _tokens_until(events, every - 1)
+        with _reader(store) as reader:
+            [_, answer] = reader.messages(session.conversation_id)
+            assert (answer.role, answer.status, answer.content) == ("assistant", "streaming", "")
+        _tokens_until(events, 1)  # the every-th chunk
+        with _reader(store) as reader:  # the writer (this process) is alive: not marked interrupted
+            answer = reader.messages(session.conversation_id)[-1]
+            assert answer.status == "streaming" and answer.content == "".join(chunks[:every]).strip()
+        list(events)
+        [answer] = [m for m in store.messages(session.conversation_id) if m.role == "assistant"]
+        assert (answer.status, answer.content) == ("complete", "".join(chunks).strip())
+        assert answer.stats["stop_reason"] == "eos" and session.last_answer_message_id == answer.id
+
+
+def test_text_shown_before_the_model_stalls_is_saved_within_the_interval(isolated_user_dirs, monkeypatch):
+    import time
+
+    from medchat.core import session as session_module
+
+    monkeypatch.setattr(session_module._LiveAnswer, "SAVE_EVERY_S", 0.05)
+    with HistoryStore() as store:
+        session = ChatSession(FakeEngine([{"chunks": ["One ", "two"], "hang": True}]), FakeGuard(), store=store)
+        events = session.send("q")
+        _tokens_until(events, 2)  # then the stream waits: no more chunks come to trigger a save
+        with _reader(store) as reader:
+            deadline = time.monotonic() + 10
+            while reader.messages(session.conversation_id)[-1].content != "One two" and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert reader.messages(session.conversation_id)[-1].content == "One two"
+        session.cancel()
+        list(events)
+
+
+def test_cancel_saves_what_was_shown_as_stopped_before_the_model_stops(isolated_user_dirs):
+    engine = FakeEngine([{"chunks": ["Shown ", "so far", " never shown"], "hang": True}])
+    with HistoryStore() as store:
+        session = ChatSession(engine, FakeGuard(), store=store)
+        events = session.send("q")
+        _tokens_until(events, 2)
+        session.cancel()  # e.g. Ctrl+Q or a hang-up: the front end may exit right away
+        with _reader(store) as reader:
+            answer = reader.messages(session.conversation_id)[-1]
+            assert (answer.status, answer.content, answer.stats) == ("stopped", "Shown so far",
+                                                                      {"stop_reason": "cancelled"})
+        assert list(events)[-1] == Finished("Shown so far", "cancelled", None)
+        answer = store.messages(session.conversation_id)[-1]
+        assert (answer.status, answer.content) == ("stopped", "Shown so far")
+        assert answer.stats["tokens"] == 2  # the stream's own stats once it stopped
+
+
+KILLED_WRITER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from session_fakes import FakeEngine, FakeGuard
+from medchat.core import session as session_module
+from medchat.core.history import HistoryStore
+session_module._LiveAnswer.SAVE_EVERY_S = 0.05
+store = HistoryStore(sys.argv[1])
+session = session_module.ChatSession(FakeEngine([{"chunks": ["Call ", "your doctor"], "hang": True}]), FakeGuard(),
+                                     store=store)
+for event in session.send("Is this serious?"):
+    if isinstance(event, session_module.Token) and event.text == "your doctor":
+        print("shown", flush=True)
+"""
+
+
+def _wait_saved(path, text):
+    """Until a message with `text` is committed (read with a plain connection: nothing marked or migrated)."""
+    import contextlib
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            if db.execute("SELECT 1 FROM messages WHERE content = ?", (text,)).fetchone():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} was never saved")
+
+
+def test_a_killed_session_leaves_the_partial_answer_marked_interrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "h.sqlite3"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(Path(__file__).parent)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "shown\n"
+        _wait_saved(path, "Call your doctor")  # the save interval after the last chunk
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    with HistoryStore(path) as store:
+        [conv] = store.list_conversations()
+        [question, answer] = store.messages(conv.id)
+        assert question.content == "Is this serious?"
+        assert (answer.status, answer.content) == ("interrupted", "Call your doctor")
+        assert answer.updated is not None

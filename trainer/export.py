@@ -28,13 +28,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medchat.core.errors import MedchatError
+
 FORMATS = ("merged", "vllm", "gguf", "ollama")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
 VLLM_DEFAULT_MAX_RANK = 16
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-class ExportError(Exception):
+class ExportError(MedchatError):
     """The run cannot be exported as asked; the message says why and what to do."""
 
 

@@ -7,8 +7,12 @@ Three stdout shapes (the README's "One-shot answers" documents them):
     --json          one JSON object: answer, notices, ood_level, ood_score, red_flags, dosing_note,
                     declined, degraded, reminder, stop_reason, error, stats
 
---stats adds one JSON line of timing and token counts to stderr (always the last line). Ctrl-C stops the
-model (a second Ctrl-C aborts); what was generated is printed, with the reminder, and the exit status is 130.
+--stats adds one JSON line of timing and token counts to stderr (always the last line). Once the answer has
+begun, Ctrl-C stops the model: what was generated is printed, with the reminder, and the exit status is 130.
+A hang-up (SIGHUP: a closed terminal, a dropped SSH session) or SIGTERM does the same (129, 143): where
+stdout is a file or a pipe, it gets the partial answer and the reminder; on a terminal that is gone, the
+printing stops quietly. Before the answer begins (the model or the safety checker still loading), and at a
+second signal, medchat ends at once (`Interrupted`).
 """
 
 from __future__ import annotations
@@ -39,10 +43,29 @@ from medchat.core.session import (
 OUTPUTS = ("text", "bare", "json")
 
 
+class Interrupted(BaseException):
+    """A signal ended `medchat ask` before the answer began, or a second one came (a BaseException, like
+    KeyboardInterrupt, so that no `except Exception` in a library swallows it). The exit status is 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
 def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, system_prompt: str | None = None,
             style: str = "chat", show_stats: bool = False, output: str = "text", ood_policy: str = "note",
-            endpoint: dict | None = None) -> None:
-    """`endpoint`: RemoteEngine's arguments to generate through an OpenAI-compatible server instead."""
+            endpoint: dict | None = None) -> int:
+    """Answer `question`; return the exit status (0, or 128 + the signal that stopped the answer).
+    `endpoint`: RemoteEngine's arguments to generate through an OpenAI-compatible server instead.
+    Raises click.ClickException for a load or generation error and Interrupted (see the module doc)."""
+    with _signals_stop() as stop:
+        return _ask(question, spec, settings, stop, system_prompt=system_prompt, style=style,
+                    show_stats=show_stats, output=output, ood_policy=ood_policy, endpoint=endpoint)
+
+
+def _ask(question: str, spec: ModelSpec, settings: GenerationSettings, stop: "_SignalStop", *,
+         system_prompt: str | None, style: str, show_stats: bool, output: str, ood_policy: str,
+         endpoint: dict | None) -> int:
     from medchat.core.fastdecode import load_engine
     from medchat.core.remote import RemoteEngine
 
@@ -55,41 +78,63 @@ def run_ask(question: str, spec: ModelSpec, settings: GenerationSettings, *, sys
     session = ChatSession(engine, guard, policy=ood_policy, settings=settings, system_prompt=system_prompt)
     printer = {"text": TextPrinter, "bare": BarePrinter, "json": JsonPrinter}[output]()
     finished = stats = None
-    with _ctrl_c_cancels(session):
-        for event in session.send(question):
-            printer.handle(event)
-            if isinstance(event, Stats):
-                stats = event.stats
-            elif isinstance(event, Finished):
-                finished = event
-    sys.stdout.flush()
-    if show_stats:
-        record = {"model": engine.info.summary(), "backend": engine.info.extra.get("backend"),
-                  **(stats.as_dict() if stats is not None else {}), "stop_reason": finished.stop_reason}
+    output_lost = False
+    for event in session.send(question):
+        if isinstance(event, Checked):
+            stop.session = session  # from here on a signal stops the model and keeps the answer so far
+        if not output_lost:
+            try:
+                printer.handle(event)
+            except OSError:  # the terminal hung up or the reader of the pipe left: nobody reads the rest
+                output_lost = True
+                session.cancel()
+        if isinstance(event, Stats):
+            stats = event.stats
+        elif isinstance(event, Finished):
+            finished = event
+    if show_stats and not output_lost:
+        # The stats' own "model" is the name an endpoint answered with (None for the local engine).
+        record = {**(stats.as_dict() if stats is not None else {}), "model": engine.info.summary(),
+                  "backend": engine.info.extra.get("backend"), "stop_reason": finished.stop_reason}
         click.echo(json.dumps(record), err=True)
     if finished.stop_reason == "error":
         raise click.ClickException(finished.error or "generation failed")
-    if finished.stop_reason == "cancelled":
-        sys.exit(130)
+    if stop.signum is not None:
+        return 128 + stop.signum
+    return 1 if output_lost else 0
+
+
+# SIGHUP: a closed terminal or a dropped SSH session; SIGTERM: `kill`, a session manager logging out.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGHUP", None), signal.SIGTERM) if s is not None)
+
+
+class _SignalStop:
+    """What the stop signals did. Once `session` is set (the guard has checked the question), the first
+    signal cancels the turn; before that, or at a second signal, the handler raises Interrupted."""
+
+    def __init__(self):
+        self.session: ChatSession | None = None
+        self.signum: int | None = None
+
+    def handle(self, signum, frame) -> None:
+        if self.session is None or self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        self.session.cancel()
 
 
 @contextlib.contextmanager
-def _ctrl_c_cancels(session: ChatSession):
-    """The first Ctrl-C stops the model (the answer so far and the reminder are still printed); a second
-    one raises KeyboardInterrupt as usual."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+def _signals_stop():
+    stop = _SignalStop()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stop
         return
-
-    def stop(signum, frame):
-        signal.signal(signal.SIGINT, previous)
-        session.cancel()
-
-    previous = signal.signal(signal.SIGINT, stop)
+    previous = {s: signal.signal(s, stop.handle) for s in STOP_SIGNALS}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def verdict(checked: Checked, notices: list[Notice], declined: bool) -> dict:

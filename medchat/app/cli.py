@@ -12,10 +12,18 @@ from medchat.app.cli_options import (
     endpoint_options,
     model_options,
     ood_policy_option,
+    resolve_endpoint,
     resolve_ood_policy,
     serve_options,
+    spec_from_options,
 )
+from medchat.app.process_exit import exit_now
 from medchat.core.quiet import quiet_known_warnings
+
+# The group's model options (before a subcommand, `medchat --base X ask ...`) apply to the subcommands that
+# load a model; the subcommand's own, where given, win.
+MODEL_PARAMS = ("base", "adapter", "no_adapter", "quantization", "device", "dtype", "trust_remote_code", "backend")
+MODEL_SUBCOMMANDS = ("ask",)
 
 
 def _show_paths() -> None:
@@ -48,6 +56,11 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str
         _show_paths()
         return
     if ctx.invoked_subcommand is not None:
+        given = _given(ctx, (*MODEL_PARAMS, "ood_policy"))
+        if given and ctx.invoked_subcommand not in MODEL_SUBCOMMANDS:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise click.UsageError(f"{flags} before `{ctx.invoked_subcommand}` has no effect: "
+                                   f"`medchat {ctx.invoked_subcommand}` loads no model.")
         return
     from medchat.app.chat.app import run_app
 
@@ -56,7 +69,26 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str
         from medchat.core.remote import RemoteEngine
 
         engine_factory = lambda: RemoteEngine(**endpoint)  # noqa: E731
-    run_app(spec, no_history=no_history, ood_policy=resolve_ood_policy(ood_policy), engine_factory=engine_factory)
+    exit_now(run_app(spec, no_history=no_history, ood_policy=resolve_ood_policy(ood_policy),
+                     engine_factory=engine_factory) or 0)
+
+
+def _given(ctx: click.Context, names) -> dict:
+    """The options among `names` that were set on this command line (or by their environment variable)."""
+    return {name: ctx.params[name] for name in names
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+
+
+def _with_group_options(ctx: click.Context, endpoint: dict | None) -> tuple:
+    """The subcommand's ModelSpec, --ood-policy and endpoint, each taken from the subcommand if given there,
+    else from the group (`medchat --base X ask`, `medchat --endpoint URL ask`), else its default."""
+    values = {name: ctx.params[name] for name in MODEL_PARAMS} | {"ood_policy": ctx.params["ood_policy"]}
+    values |= {name: value for name, value in _given(ctx.parent, values).items() if name not in _given(ctx, values)}
+    ood_policy = values.pop("ood_policy")
+    group = ctx.parent.params
+    if group.get("endpoint") and not ctx.params.get("endpoint"):
+        endpoint = resolve_endpoint(group["endpoint"], group.get("model_name"), group.get("api_key_env"))
+    return spec_from_options(**values), ood_policy, endpoint
 
 
 @main.command()
@@ -76,14 +108,17 @@ def main(ctx: click.Context, show_paths: bool, no_history: bool, ood_policy: str
 @ood_policy_option
 @endpoint_options
 @model_options
-def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, output,
+@click.pass_context
+def ask(ctx, question, system_prompt, style, max_new_tokens, temperature, top_p, repetition_penalty, stats, output,
         ood_policy, endpoint, spec):
     """Answer one QUESTION (or the text piped on stdin), streaming to stdout.
 
     Emergency notices come before the answer and the physician reminder after it, as in the chat.
     """
-    from medchat.app.ask import run_ask
+    from medchat.app.ask import Interrupted, run_ask
     from medchat.core.engine import GenerationSettings
+
+    spec, ood_policy, endpoint = _with_group_options(ctx, endpoint)
 
     if question is None:
         if sys.stdin.isatty():
@@ -93,8 +128,16 @@ def ask(question, system_prompt, style, max_new_tokens, temperature, top_p, repe
         raise click.UsageError("The question is empty.")
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   repetition_penalty=repetition_penalty)
-    run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style, show_stats=stats,
-            output=output or "text", ood_policy=resolve_ood_policy(ood_policy), endpoint=endpoint)
+    ood_policy = resolve_ood_policy(ood_policy)
+    try:
+        code = run_ask(question.strip(), spec, settings, system_prompt=system_prompt, style=style,
+                       show_stats=stats, output=output or "text", ood_policy=ood_policy, endpoint=endpoint)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except Interrupted as exc:
+        code = exc.exit_code
+    exit_now(code)
 
 
 @main.command()

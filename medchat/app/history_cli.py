@@ -1,4 +1,4 @@
-"""`medchat history list|export|delete`: the conversation store from the command line."""
+"""`medchat history list|show|export|delete`: the conversation store from the command line."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _local(iso: str) -> str:
 
 @click.group("history", cls=MedchatGroup)
 def history() -> None:
-    """List, export or delete saved conversations."""
+    """List, show, export or delete saved conversations."""
 
 
 @history.command("list")
@@ -102,14 +102,30 @@ def export_cmd(conversation_id: int, fmt: str | None, output: Path | None, force
             raise click.ClickException(f"{output} exists; pass --force to replace it, or choose another file.")
         if not output.parent.is_dir():
             raise click.ClickException(f"The folder {output.parent} does not exist; create it first.")
+    if output is None:
+        _print_conversation(conversation_id, fmt)
+        return
     with _open_existing() as store:
-        if output is None:
-            text = store.export_json(conversation_id) if fmt == "json" else store.export_markdown(
-                conversation_id, reminder=PHYSICIAN_REMINDER)
-            sys.stdout.write(text if fmt == "json" else strip_control(text))
-            return
         out = store.export(conversation_id, output, fmt, reminder=PHYSICIAN_REMINDER)
     click.echo(f"Wrote {out}", err=True)
+
+
+@history.command("show")
+@click.argument("conversation_id", type=int)
+def show_cmd(conversation_id: int) -> None:
+    """Print conversation CONVERSATION_ID (Markdown): each answer with its notices, the reminder, and a mark
+    on one that was stopped, failed or interrupted."""
+    _print_conversation(conversation_id, "md")
+
+
+def _print_conversation(conversation_id: int, fmt: str) -> None:
+    from medchat.core.guard.notices import PHYSICIAN_REMINDER
+
+    with _open_existing() as store:
+        if fmt == "json":  # a HistoryError (no such conversation) is printed as one line by MedchatGroup
+            sys.stdout.write(store.export_json(conversation_id))
+        else:
+            sys.stdout.write(strip_control(store.export_markdown(conversation_id, reminder=PHYSICIAN_REMINDER)))
 
 
 @history.command("delete")

@@ -315,12 +315,9 @@ def merge_cmd(run, output, dtype, overwrite):
               help="gguf/ollama: the layers' weight type (default q8_0, which keeps the fine-tune).")
 def export_cmd(run, fmt, out, force, max_lora_rank, gguf_type):
     """Export RUN (id, path, 'default', or an adapter directory) in a format another engine loads."""
-    from trainer.export import ExportError, export
+    from trainer.export import export
 
-    try:
-        result = export(run, fmt, out, force=force, max_lora_rank=int(max_lora_rank), gguf_type=gguf_type)
-    except (ExportError, *_user_errors()) as exc:
-        raise _fail(exc) from None
+    result = export(run, fmt, out, force=force, max_lora_rank=int(max_lora_rank), gguf_type=gguf_type)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"{result.path}: {', '.join(result.files)}", err=True)

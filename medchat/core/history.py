@@ -3,8 +3,10 @@
 - WAL journal, ``synchronous=NORMAL`` (a committed message survives a crash or a SIGKILL of the writer).
 - The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades old files in place.
 - The database and its ``-wal``/``-shm`` companions are private to the user (mode 0600).
-- Every message is committed on its own as soon as it is complete, so a kill loses at most the answer
-  being generated.
+- Every message is committed on its own. The answer being generated is a row in state ``streaming`` that
+  the chat session rewrites as the text grows (see :meth:`HistoryStore.save_partial`), so a kill keeps
+  what was shown up to the last save; the next open marks a ``streaming`` row whose writer is gone
+  ``interrupted``.
 """
 
 from __future__ import annotations
@@ -68,10 +70,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
     CREATE INDEX conversations_by_updated ON conversations(updated);
     """,
+    # 2 -> 3: answers saved while they stream: when a message was last written and by which process
+    """
+    ALTER TABLE messages ADD COLUMN updated TEXT;
+    ALTER TABLE messages ADD COLUMN writer TEXT;
+    CREATE INDEX messages_streaming ON messages(status) WHERE status = 'streaming';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-STATUSES = ("complete", "stopped", "error")
+# streaming: being generated now; interrupted: medchat ended (a crash, a kill) while it was streaming.
+STATUSES = ("complete", "stopped", "error", "streaming", "interrupted")
 
 
 def default_db_path() -> Path:
@@ -123,6 +132,7 @@ class Message:
     status: str = "complete"
     stats: dict | None = None
     guard: dict | None = None
+    updated: str | None = None  # when the text was last saved (answers saved while they stream)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +186,7 @@ class HistoryStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            self._mark_interrupted()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise HistoryError(
@@ -218,6 +229,16 @@ class HistoryStore:
                 for statement in filter(None, (s.strip() for s in script.split(";"))):
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target}")
+
+    def _mark_interrupted(self) -> None:
+        """An answer left `streaming` by a process that is gone (killed, crashed, its terminal closed) was
+        interrupted: its saved text is what was shown up to the last save. One still being written by a
+        live process (medchat open in another terminal) is left alone."""
+        rows = self._db.execute("SELECT id, writer FROM messages WHERE status = 'streaming'").fetchall()
+        gone = [(r["id"],) for r in rows if not _writer_alive(r["writer"])]
+        if gone:
+            with self._db:
+                self._db.executemany("UPDATE messages SET status = 'interrupted' WHERE id = ?", gone)
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -299,11 +320,12 @@ class HistoryStore:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
         now = _now()
+        writer = _this_writer() if status == "streaming" else None
         with self._db:
             cur = self._db.execute(
-                "INSERT INTO messages (conversation_id, role, content, created, status, stats, guard) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (conversation_id, role, content, now, status, _dumps(stats), _dumps(guard)),
+                "INSERT INTO messages (conversation_id, role, content, created, status, stats, guard, updated, "
+                "writer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (conversation_id, role, content, now, status, _dumps(stats), _dumps(guard), now, writer),
             )
             self._db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
         return Message(
@@ -315,6 +337,7 @@ class HistoryStore:
             status=status,
             stats=stats,
             guard=guard,
+            updated=now,
         )
 
     def delete_messages_from(self, conversation_id: int, message_id: int) -> None:
@@ -322,6 +345,27 @@ class HistoryStore:
         with self._db:
             self._db.execute("DELETE FROM messages WHERE conversation_id = ? AND id >= ?",
                              (conversation_id, message_id))
+
+    def save_partial(self, message_id: int, content: str) -> None:
+        """Rewrite a `streaming` answer with the text so far (committed: a kill keeps it). A message that
+        is no longer streaming (already finished by `finish_message`) is left as it is."""
+        with self._db:
+            self._db.execute(
+                "UPDATE messages SET content = ?, updated = ? WHERE id = ? AND status = 'streaming'",
+                (content, _now(), message_id),
+            )
+
+    def finish_message(self, message_id: int, content: str, status: str, stats: dict | None = None) -> None:
+        """Give a streamed answer its final text, state and stats."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
+        now = _now()
+        with self._db:
+            self._db.execute(
+                "UPDATE messages SET content = ?, status = ?, stats = ?, updated = ?, writer = NULL WHERE id = ?",
+                (content, status, _dumps(stats), now, message_id))
+            self._db.execute("UPDATE conversations SET updated = ? WHERE id = (SELECT conversation_id FROM "
+                             "messages WHERE id = ?)", (now, message_id))
 
     def update_message_guard(self, message_id: int, guard: dict | None) -> None:
         with self._db:
@@ -345,6 +389,7 @@ class HistoryStore:
                 status=r["status"],
                 stats=_loads(r["stats"]),
                 guard=_loads(r["guard"]),
+                updated=r["updated"],
             )
             for r in rows
         ]
@@ -412,9 +457,31 @@ def _serialised(method):
 
 
 for _name in ("close", "create_conversation", "get_conversation", "list_conversations", "rename_conversation",
-              "update_settings", "delete_conversation", "add_message", "update_message_guard",
+              "update_settings", "delete_conversation", "add_message", "save_partial", "finish_message",
+              "delete_messages_from", "update_message_guard",
               "update_message_stats", "messages", "search", "export_dict"):
     setattr(HistoryStore, _name, _serialised(getattr(HistoryStore, _name)))
+
+
+def _this_writer() -> str:
+    """This process as "pid:start time": a pid alone may be reused by another program after a reboot."""
+    return f"{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    import psutil
+
+    return f"{psutil.Process(pid).create_time():.2f}"
+
+
+def _writer_alive(writer: str | None) -> bool:
+    import psutil
+
+    pid, _, started = (writer or "").partition(":")
+    try:
+        return bool(pid) and _start_time(int(pid)) == started
+    except (ValueError, psutil.Error):
+        return False
 
 
 def write_export(path: str | os.PathLike, text: str) -> Path:
@@ -465,6 +532,15 @@ def format_stats(stats: dict | None) -> str:
     return " · ".join(parts)
 
 
+def status_marker(status: str, updated: str | None = None) -> str:
+    """What a reader is told under an answer that did not complete ("" for a complete one)."""
+    if status == "interrupted":
+        saved = f" at {updated}" if updated else ""
+        return f"interrupted: medchat ended while this answer was being written; the text saved{saved} is kept"
+    return {"stopped": "stopped", "error": "generation failed",
+            "streaming": "still being written by another medchat window"}.get(status, "")
+
+
 def conversation_markdown(
     conversation: Conversation, messages: Iterable[Message], reminder: str | None = None
 ) -> str:
@@ -489,10 +565,9 @@ def conversation_markdown(
             notices = [f.get("notice") for f in flags if isinstance(f, dict) and f.get("notice")]
             lines += [f"> **{n}**" for n in notices] + ([""] if notices else [])
             lines += [message.content or "*(no text)*", ""]
-            if message.status == "stopped":
-                lines += ["*(stopped)*", ""]
-            elif message.status == "error":
-                lines += ["*(generation failed)*", ""]
+            marker = status_marker(message.status, message.updated)
+            if marker:
+                lines += [f"*({marker})*", ""]
             if reminder and reminder.strip() not in message.content:
                 lines += [f"> {reminder}", ""]
             footer = format_stats(message.stats)

@@ -16,6 +16,12 @@ Notice kinds: "emergency" (one per distinct red-flag notice), "dosing", "out_of_
 "guard_degraded" (only the rules ran: no or a corrupt index, the embedder failed; said once per session and
 again if the reason changes) and "truncated" (part of the message or of the conversation was left out).
 No Textual here: iterate `send()` in a worker thread; `cancel()` may be called from any thread.
+
+With a store, the question is committed before the model starts, and the answer is a `streaming` row that
+grows as it is generated (within SAVE_EVERY_S of a chunk, at once every SAVE_EVERY_CHUNKS): a kill keeps the
+text up to the last save, and the next open of the store marks it `interrupted`. `cancel()` saves the text
+handed out so far as `stopped` at once, without waiting for the model to stop, so a front end may exit
+right after it (Ctrl+Q, a hang-up) and lose nothing.
 """
 
 from __future__ import annotations
@@ -258,6 +264,7 @@ class ChatSession:
         self.history_error: str | None = None  # the last failure to save, if any (the front end says so)
         self._cancel = threading.Event()
         self._stream = None
+        self._live: _LiveAnswer | None = None
         self._busy = threading.Lock()
         self._said_degraded: str | None = None
 
@@ -281,6 +288,9 @@ class ChatSession:
         stream = self._stream
         if stream is not None:
             stream.cancel()
+        live = self._live
+        if live is not None:
+            live.stop()
 
     @property
     def busy(self) -> bool:
@@ -298,6 +308,7 @@ class ChatSession:
             yield from self._turn(text)
         finally:
             self._stream = None
+            self._live = None
             self._busy.release()
 
     def _turn(self, text: str) -> Iterator[Event]:
@@ -356,7 +367,7 @@ class ChatSession:
             return None, f"{reason}; the red-flag rules failed too ({_readable(exc)})"
 
     def _generate(self, text: str) -> Iterator[Event]:
-        pieces: list[str] = []
+        live = self._live = _LiveAnswer(self)
         error: str | None = None
         stream = None
         started = time.perf_counter()
@@ -381,14 +392,14 @@ class ChatSession:
                     if chunk:
                         if first_at is None:
                             first_at = time.perf_counter()
-                        pieces.append(chunk)
+                        live.add(chunk)
                         yield Token(chunk)
         except GeneratorExit:  # the consumer left (a closed HTTP stream, a dropped iterator): stop and keep
             self.cancel()
             if stream is not None:
                 _drain(stream)
-            self._finish_turn(text, "".join(pieces).strip(), "stopped",
-                              self._record(stream, started, first_at, "cancelled"))
+            record = self._record(stream, started, first_at, "cancelled")
+            self._finish_turn(text, live.text(), "stopped", record, live)
             raise
         except Exception as exc:  # EngineError and anything a backend lets through: a message, not a traceback
             error = _readable(exc)
@@ -404,9 +415,9 @@ class ChatSession:
         if stats is not None:
             yield Stats(GenerationStats(**record))
         yield Reminder(PHYSICIAN_REMINDER)
-        answer = "".join(pieces).strip()
+        answer = live.text()
         status = {"error": "error", "cancelled": "stopped"}.get(reason, "complete")
-        self._finish_turn(text, answer, status, record)
+        self._finish_turn(text, answer, status, record, live)
         yield Finished(answer, reason, error)
 
     @staticmethod
@@ -421,17 +432,25 @@ class ChatSession:
 
     # ---- state and persistence
 
-    def _finish_turn(self, text: str, answer: str, status: str, stats: dict) -> None:
+    def _finish_turn(self, text: str, answer: str, status: str, stats: dict, live: _LiveAnswer | None = None) -> None:
         self.messages.append({"role": "user", "content": text})
         if answer:
             self.messages.append({"role": "assistant", "content": answer})
         self.last_answer_message_id = None
-        if self.store is not None and self.conversation_id is not None:
-            try:
-                self.last_answer_message_id = self.store.add_message(
-                    self.conversation_id, "assistant", answer, status=status, stats=stats).id
-            except Exception as exc:  # a full disk must not cost the user the answer on screen
-                self.history_error = f"Could not save the answer to the history: {_readable(exc)}"
+        if live is not None and live.message_id is not None:
+            live.finish(answer, status, stats)
+            self.last_answer_message_id = live.message_id
+        elif self.store is not None and self.conversation_id is not None:
+            self._saving(lambda: setattr(self, "last_answer_message_id", self.store.add_message(
+                self.conversation_id, "assistant", answer, status=status, stats=stats).id))
+
+    def _saving(self, write) -> None:
+        """Run one history write; a failure (a full disk, a locked file) must not cost the user the answer on
+        screen: it is kept in `history_error` for the front end to show."""
+        try:
+            write()
+        except Exception as exc:
+            self.history_error = f"Could not save the answer to the history: {_readable(exc)}"
 
     def _save_user(self, text: str, result: GuardResult | None, degraded: str | None, declined: bool,
                    notices: list[Notice]) -> None:
@@ -455,6 +474,69 @@ class ChatSession:
     def _model_record(self) -> dict:
         data = self.engine.info.as_dict()
         return {k: data.get(k) for k in ("base", "adapter", "quantization", "device", "dtype")}
+
+
+class _LiveAnswer:
+    """The answer of the turn in progress, saved as it streams: at once every SAVE_EVERY_CHUNKS chunks, and
+    by a timer SAVE_EVERY_S after any chunk not saved yet (so text shown just before the model stalls is
+    saved too). `stop()` (from any thread) saves the text handed out so far as stopped; later partial
+    saves are then skipped, and `finish()` writes the final text and stats."""
+
+    SAVE_EVERY_S = 0.5
+    SAVE_EVERY_CHUNKS = 16
+
+    def __init__(self, session: ChatSession):
+        self.session = session
+        self.pieces: list[str] = []
+        self.message_id: int | None = None
+        self._lock = threading.RLock()  # RLock: a SIGINT handler may call stop() in the thread that holds it
+        self._stopped = False
+        self._unsaved = 0
+        self._timer: threading.Timer | None = None
+        store, conversation_id = session.store, session.conversation_id
+        if store is not None and conversation_id is not None:
+            session._saving(lambda: setattr(self, "message_id", store.add_message(
+                conversation_id, "assistant", "", status="streaming").id))
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self.pieces).strip()
+
+    def add(self, chunk: str) -> None:
+        with self._lock:
+            self.pieces.append(chunk)
+            self._unsaved += 1
+            if self._unsaved >= self.SAVE_EVERY_CHUNKS:
+                self._save_partial()
+            elif self._timer is None and self.message_id is not None and not self._stopped:
+                self._timer = threading.Timer(self.SAVE_EVERY_S, self._save_partial)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _save_partial(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._unsaved and not self._stopped and self.message_id is not None:
+                self.session._saving(lambda: self.session.store.save_partial(self.message_id, self.text()))
+                self._unsaved = 0
+
+    def stop(self) -> None:
+        with self._lock:
+            if not self._stopped and self.message_id is not None:
+                self._close("stopped", self.text(), {"stop_reason": "cancelled"})
+
+    def finish(self, answer: str, status: str, stats: dict) -> None:
+        with self._lock:
+            self._close(status, answer, stats)
+
+    def _close(self, status: str, answer: str, stats: dict) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.session._saving(lambda: self.session.store.finish_message(self.message_id, answer, status, stats))
 
 
 def _drain(stream) -> None:

@@ -1,8 +1,10 @@
-"""medchat in a real terminal (tmux): it must not outlive a terminal that hangs up."""
+"""medchat in a real terminal (tmux): it must not outlive a terminal that hangs up, and a hang-up or a kill
+during an answer keeps what was shown."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -97,3 +99,126 @@ def test_ctrl_l_hands_the_terminal_to_editor_and_takes_the_text_back(tiny_model_
         assert "composed in the editor" in screen and "Ask a medical question" not in screen, screen
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
+
+
+# The real app in a real terminal, on the scripted engine: an answer that streams a few words and then waits
+# (as a model in the middle of a long answer) until it is stopped.
+SCRIPTED_APP = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from session_fakes import FakeEngine, FakeGuard
+from medchat.app.chat.app import MedchatApp
+from medchat.app.process_exit import exit_now
+
+engine = FakeEngine([{"chunks": ["Rest, ", "fluids ", "and paracetamol."], "hang": True}])
+app = MedchatApp(None, history_path=sys.argv[2], engine_factory=lambda: engine, guard_factory=FakeGuard,
+                 cursor_blink=False)
+app.run()
+exit_now(app.return_code or 0)
+"""
+
+
+class Terminal:
+    """One private tmux server; each `start` runs the scripted app in a new session of it."""
+
+    def __init__(self, history: Path):
+        self.tmux = ["tmux", "-L", f"medchat-hangup-{os.getpid()}"]
+        self.history = history
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", "keep"], check=True)
+
+    def start(self, name: str) -> int:
+        tests = Path(__file__).resolve().parents[1]
+        command = " ".join(shlex.quote(part) for part in (sys.executable, "-c", SCRIPTED_APP, str(tests),
+                                                             str(self.history)))
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", name, "-x", "100", "-y", "30", command], check=True)
+        self.wait_for(name, "Ready")
+        panes = subprocess.run([*self.tmux, "list-panes", "-t", name, "-F", "#{pane_pid}"], capture_output=True,
+                               text=True, check=True)
+        return int(panes.stdout.split()[0])
+
+    def keys(self, name: str, *keys: str, literal: bool = False) -> None:
+        subprocess.run([*self.tmux, "send-keys", "-t", name, *(["-l"] if literal else []), *keys], check=True)
+
+    def wait_for(self, name: str, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*self.tmux, "capture-pane", "-p", "-t", name], capture_output=True,
+                                    text=True).stdout
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} never appeared:\n{screen}")
+
+    def ask(self, name: str, question: str) -> None:
+        self.keys(name, question, literal=True)
+        self.keys(name, "Enter")
+        self.wait_for(name, "paracetamol.")  # shown; the answer is still being generated
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _wait_saved(history: Path, text: str) -> None:
+    """Until a message with `text` is committed (read with a plain connection: nothing marked or migrated)."""
+    import contextlib
+    import sqlite3
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(history)) as db:
+            if db.execute("SELECT 1 FROM messages WHERE content = ?", (text,)).fetchone():
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} was never saved")
+
+
+def _last_answer(history: Path):
+    from medchat.core.history import HistoryStore
+
+    with HistoryStore(history) as store:
+        [conv] = store.list_conversations()
+        return store.messages(conv.id)[-1]
+
+
+def test_a_hang_up_mid_answer_saves_what_was_shown_like_ctrl_q(tmp_path):
+    history = tmp_path / "history.sqlite3"
+    terminal = Terminal(history)
+    try:
+        pid = terminal.start("chat")
+        terminal.ask("chat", "I have a cold")
+        subprocess.run([*terminal.tmux, "kill-session", "-t", "chat"], check=True)  # the window is closed
+        assert _wait_gone(pid), "medchat kept running after its terminal was closed"
+    finally:
+        terminal.close()
+    answer = _last_answer(history)
+    assert (answer.role, answer.status, answer.content) == ("assistant", "stopped", "Rest, fluids and paracetamol.")
+
+
+def test_a_killed_chat_keeps_the_partial_answer_and_shows_it_interrupted_when_reopened(tmp_path):
+    history = tmp_path / "history.sqlite3"
+    terminal = Terminal(history)
+    try:
+        pid = terminal.start("chat")
+        terminal.ask("chat", "I have a cold")
+        _wait_saved(history, "Rest, fluids and paracetamol.")  # the save within 0.5 s of the last chunk
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_gone(pid)
+        terminal.start("again")
+        terminal.keys("again", "C-b")  # the history list
+        terminal.wait_for("again", "Enter open")
+        terminal.keys("again", "Down")  # its only conversation
+        terminal.keys("again", "Enter")
+        screen = terminal.wait_for("again", "interrupted")
+        assert "Rest, fluids and paracetamol." in screen, screen
+    finally:
+        terminal.close()
+    answer = _last_answer(history)
+    assert (answer.status, answer.content) == ("interrupted", "Rest, fluids and paracetamol.")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+import threading
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -184,6 +186,8 @@ class MedchatApp(App):
         self._start_loading()
         if not self.is_headless and _is_tty(sys.__stdin__):
             self.set_interval(1.0, self._quit_if_terminal_hung_up)
+        if not self.is_headless and hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._leave, 129)
 
     def _start_loading(self) -> None:
         self.status_bar.show("Loading the model… you can type meanwhile.", loading=True)
@@ -240,9 +244,16 @@ class MedchatApp(App):
     def _quit_if_terminal_hung_up(self) -> None:
         """A closed window or a dropped SSH session hangs the terminal up. Under `make chat` the hangup signal
         goes to make, not to medchat, which would live on with Textual's input thread spinning on the dead
-        terminal; every message is already saved, so just leave."""
+        terminal: leave as at the signal."""
         if not _is_tty(sys.__stdin__):
-            self.exit(return_code=129)  # 128 + SIGHUP, as if the signal had arrived
+            self._leave(129)
+
+    def _leave(self, return_code: int = 0) -> None:
+        """Quit (Ctrl+Q; 129 = 128 + SIGHUP at a hang-up). An answer being generated is stopped first: the
+        session saves the text shown so far as stopped at once, so nothing waits for the model."""
+        if self.generating:
+            self.action_stop()
+        self.exit(return_code=return_code)
 
     def _update_title(self) -> None:
         title = strip_control(self.conversation.title) if self.conversation else "New conversation"
@@ -538,14 +549,7 @@ class MedchatApp(App):
         self.status_bar.show("Stopping…")
 
     async def action_quit(self) -> None:
-        """Quit; an answer being generated is stopped first and kept (saved as stopped)."""
-        if self.generating:
-            self.action_stop()
-            for _ in range(300):  # the engine stops within a token; do not hang on a stuck one
-                if not self.generating:
-                    break
-                await asyncio.sleep(0.01)
-        self.exit()
+        self._leave()
 
     async def action_new_conversation(self) -> None:
         if self.generating:
@@ -810,11 +814,16 @@ def run_app(
     prompt_style: str = "chat",
     ood_policy: str | None = None,
     engine_factory: EngineFactory | None = None,
-) -> None:
-    """Run the chat app in this terminal (called by `medchat`); engine_factory: e.g. an endpoint's engine."""
+) -> int:
+    """Run the chat app in this terminal (called by `medchat`); engine_factory: e.g. an endpoint's engine.
+    Returns the app's exit status."""
     use_paste_safe_parser()
-    MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
-               ood_policy=ood_policy, engine_factory=engine_factory).run()
+    app = MedchatApp(spec, no_history=no_history, history_path=history_path, prompt_style=prompt_style,
+                     ood_policy=ood_policy, engine_factory=engine_factory)
+    # A loop of its own: asyncio.run() would join the worker threads before returning (the model or the
+    # safety checker still loading, the engine reading a draft ahead), and Ctrl+Q would wait for them.
+    app.run(loop=asyncio.new_event_loop())
+    return app.return_code or 0
 
 
 def _is_tty(stream) -> bool:

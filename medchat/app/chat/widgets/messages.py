@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Markdown, Static
 
-from medchat.core.history import format_stats
+from medchat.core.history import format_stats, status_marker
 
 # The longest user message shown in full; longer ones are shown folded (the model gets all of it).
 SHOW_CHARS = 4000
@@ -152,6 +152,9 @@ class AssistantMessage(Vertical, can_focus=True):
         marker = self.query_one(".marker", Static)
         if status == "stopped":
             marker.update(Text("■ stopped — partial answer" if text else "■ stopped before any text"))
+            marker.display = True
+        elif status in ("interrupted", "streaming"):  # from the history: see medchat.core.history.status_marker
+            marker.update(Text(f"⚠ {status_marker(status)}"))
             marker.display = True
         elif status == "error":
             marker.update(Text(f"✖ {error or 'generation failed'}"))
