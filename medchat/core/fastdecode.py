@@ -437,6 +437,9 @@ class TokenStream(BaseStream):
                 printed = len(text)
                 if text.endswith("\n"):
                     window, printed = [], 0
+            text = tokenizer.decode(window, skip_special_tokens=True)
+            if len(text) > printed:  # an answer that ends inside a character: show what it has, as transformers does
+                self._queue.put(text[printed:])
         except BaseException as exc:  # surfaced to the consumer
             self.error = exc
         finally:

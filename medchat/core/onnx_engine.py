@@ -31,26 +31,35 @@ def problems(resolved: ResolvedModel) -> list[str]:
         return [f"onnxruntime-genai is not installed ({INSTALL_HINT})"]
     if onnx_export.is_converted(onnx_export.runnable_onnx_dir(resolved)):
         return []
-    architecture = _architecture(resolved)
-    if architecture is None:
-        return [f"the base {resolved.spec.base!r} is not a local checkpoint (ONNX converts local directories)"]
-    if architecture not in onnx_export.SUPPORTED_ARCHITECTURES:
-        return [f"the ONNX conversion supports {', '.join(onnx_export.SUPPORTED_ARCHITECTURES)}, not {architecture}"]
-    return []
-
-
-def _architecture(resolved: ResolvedModel) -> str | None:
-    """The base's transformers architecture, read without loading or converting anything."""
     if resolved.gguf is not None:
-        import gguf
-
-        field = gguf.GGUFReader(str(resolved.gguf)).get_field("general.architecture")
-        name = field.contents() if field else None
-        return {"llama": "LlamaForCausalLM"}.get(name, name)
+        return _gguf_problems(resolved.gguf)
     config_file = Path(resolved.base_path) / "config.json"
     if not config_file.is_file():
-        return None
-    return (json.loads(config_file.read_text()).get("architectures") or ["unknown"])[0]
+        return [f"the base {resolved.spec.base!r} is not a local checkpoint (ONNX converts local directories)"]
+    config = json.loads(config_file.read_text())
+    architecture = (config.get("architectures") or ["unknown"])[0]
+    heads = config.get("num_attention_heads") or 1
+    return _shape_problems(architecture, config.get("head_dim") or (config.get("hidden_size") or 0) // heads)
+
+
+def _gguf_problems(path: Path) -> list[str]:
+    """The same checks on a GGUF's metadata, without converting it."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.get_field("general.architecture")
+    arch = field.contents() if field else "unknown"
+    width, heads = (reader.get_field(f"{arch}.{key}") for key in ("embedding_length", "attention.head_count"))
+    head_size = int(width.contents()) // int(heads.contents()) if width and heads else 0
+    return _shape_problems({"llama": "LlamaForCausalLM"}.get(arch, arch), head_size)
+
+
+def _shape_problems(architecture: str, head_size: int) -> list[str]:
+    if architecture not in onnx_export.SUPPORTED_ARCHITECTURES:
+        return [f"the ONNX conversion supports {', '.join(onnx_export.SUPPORTED_ARCHITECTURES)}, not {architecture}"]
+    if head_size % 16:
+        return [f"ONNX Runtime's CPU attention needs a head size that is a multiple of 16, not {head_size}"]
+    return []
 
 
 class OnnxEngine(TokenEngine):

@@ -106,7 +106,7 @@ def test_backend_flag_reads_the_environment(monkeypatch):
     assert seen["spec"].backend == "llamacpp"
 
 
-def test_backend_choice_rules(monkeypatch, tiny_model_dir, tmp_path):
+def test_backend_choice_rules(monkeypatch, tiny_model_dir, tiny_nf4_model_dir, tmp_path):
     monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: True)
     import medchat.core.model
     from medchat.core import onnx_engine
@@ -117,9 +117,11 @@ def test_backend_choice_rules(monkeypatch, tiny_model_dir, tmp_path):
     assert fastdecode.choose_backend(ModelSpec(dtype="fp32"))[0] == "torch"
     assert fastdecode.choose_backend(ModelSpec(device="cpu"))[0] == "torch"
     assert fastdecode.choose_backend(ModelSpec(), "torch")[0] == "torch"
-    # a Llama checkpoint that is not a GGUF goes to ONNX Runtime, not llama.cpp
-    assert fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir))) == (
+    # a Llama checkpoint that is not a GGUF goes to ONNX Runtime, not llama.cpp (head size 16 here)
+    assert fastdecode.choose_backend(ModelSpec(base=str(tiny_nf4_model_dir))) == (
         "onnx", "ONNX Runtime: fastest installed backend on CPU")
+    backend, why = fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir)))  # head size 8
+    assert backend == "torch" and "multiple of 16, not 8" in why
     with pytest.raises(ModelError, match="not a GGUF"):
         fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir)), "llamacpp")
     # an architecture the ONNX conversion was not checked on stays on transformers, or fails when forced
