@@ -41,7 +41,7 @@ def model_options(func):
                      help="Allow a Hub model to run its own Python code (off by default)."),
         click.option("--backend", type=click.Choice(BACKENDS), default="auto", envvar="MEDCHAT_BACKEND",
                      show_default=True,
-                     help="Generation: auto = llama.cpp on CPU when installed and the base is a GGUF, else torch."),
+                     help="Generation: auto = on CPU llama.cpp if installed (GGUF base), else ONNX Runtime; torch on a GPU."),
     ]
     for option in reversed(options):
         func = option(func)
