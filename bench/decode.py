@@ -11,7 +11,12 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
   llama.cpp          llama-cpp-python on the very same GGUF file the bundled model ships (Q4_1), its own
                      greedy sampler: what a user of llama.cpp would get
   llama.cpp, medchat's file   the same, on the GGUF medchat's fast path runs (adapter merged, its layout)
-  engine-llamacpp    medchat's fast path (medchat.core.fastdecode.LlamaCppEngine): the adapter merged and
+  onnxruntime-genai  onnxruntime-genai on medchat's converted model (adapter merged, int8), its own loop:
+                     append_tokens / get_logits / argmax, no penalties: what a user of the library would get
+  engine-onnx        medchat's default CPU path (medchat.core.onnx_engine.OnnxEngine, int8 unless
+                     --onnx-precisions says more), the chat's decoding settings, streamed text; cold / first /
+                     typed / warm as for engine-llamacpp below
+  engine-llamacpp    the optional fast path (medchat.core.fastdecode.LlamaCppEngine): the adapter merged and
                      exported (medchat.core.gguf_export), the chat app's decoding settings, streamed text:
                      cold (empty KV cache), first (the system prompt prefilled when the model loaded,
                      as the chat app does), typed (also the draft read ahead at the user's last pause,
@@ -19,9 +24,11 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
 
 Each candidate runs --repeats times, interleaved round-robin so load on the shared machine hits all
 alike; the table shows medians. Rows marked * stop at EOS (the chat settings), so they may produce
-fewer than 128 tokens. The llama.cpp rows are skipped, with a note, when llama-cpp-python is absent.
+fewer than 128 tokens. The llama.cpp rows are skipped, with a note, when llama-cpp-python is absent; the
+ratios are then against the torch engine, and the note gives llama.cpp's recorded speed against it.
+Each medchat engine's last answer is compared with the torch engine's (same text, shared prefix).
 
-    nice -n 10 .venv/bin/python bench/decode.py [--repeats 3] [--compile] [--threads 2]
+    nice -n 10 .venv/bin/python bench/decode.py [--repeats 3] [--compile] [--threads 2] [--onnx-precisions int8,fp32]
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+
+# The README's llama.cpp row and the torch engine's in the same run (1 thread), for the ratio when
+# llama-cpp-python is not installed: decode tok/s.
+RECORDED_LLAMACPP = {"llama.cpp": 82.92, "engine-torch*": 19.49}
 
 QUESTION = (  # 63 tokens with the SmolLM2 tokenizer
     "I am a 52-year-old woman with type 2 diabetes and high blood pressure. For two weeks my ankles have swelled "
@@ -134,6 +145,56 @@ def measure_llama_cpp(llm, prompt_ids, new_tokens):
     return {"ttft_s": first - started, "tokens": count, "tok_s": (count - 1) / (ended - first)}
 
 
+def measure_onnx_plain(og_model, prompt_ids, new_tokens):
+    import numpy as np
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=len(prompt_ids) + new_tokens + 1, batch_size=1)
+    generator = og.Generator(og_model, params)
+    started = time.perf_counter()
+    generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+    first = None
+    for count in range(1, new_tokens + 1):
+        logits = generator.get_logits()
+        token = int(np.argmax(logits.reshape(-1, logits.shape[-1])[-1]))
+        if first is None:
+            first = time.perf_counter()
+        if count < new_tokens:
+            generator.append_tokens(np.asarray([token], dtype=np.int32))
+    ended = time.perf_counter()
+    return {"ttft_s": first - started, "tokens": new_tokens, "tok_s": (new_tokens - 1) / (ended - first)}
+
+
+def add_token_engine_rows(candidates, name, engine, messages, settings):
+    """cold / first / typed / warm rows for a TokenEngine (see the module doc)."""
+    def cold():
+        engine._truncate(0)
+
+    def first_question():  # as in the chat app: the system prompt was prefilled when the model loaded
+        cold()
+        engine.prefill(messages[:1])
+
+    def typed_question():  # as in the chat app: the draft was read at the user's last pause in typing
+        first_question()
+        engine.prefill(messages[:1], draft=QUESTION[:QUESTION.rfind(" ")])
+
+    for label, reset in (("cold", cold), ("first", first_question), ("typed", typed_question)):
+        candidates[f"{name} {label}*"] = lambda reset=reset: measure_engine(engine, messages, settings, reset=reset)
+    # warm prompt: a follow-up turn in the chat reuses the KV cache of the shared prefix
+    candidates[f"{name} warm*"] = lambda: measure_engine(engine, messages, settings)
+
+
+def agreement(tokenizer, reference: str, text: str) -> dict:
+    ours, theirs = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (text, reference))
+    shared = 0
+    for a, b in zip(ours, theirs):
+        if a != b:
+            break
+        shared += 1
+    return {"same_text": text == reference, "shared_prefix_tokens": shared, "reference_tokens": len(theirs)}
+
+
 def random_adapter(out: Path) -> str:
     """A LoRA of the shape medchat-train makes by default, random non-zero weights: speed is the same."""
     import torch
@@ -162,6 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated subset of candidate names")
     parser.add_argument("--llama-threads", type=int, default=None,
                         help="llama.cpp threads (default: medchat's, half the logical CPUs)")
+    parser.add_argument("--onnx-precisions", default="int8",
+                        help="comma-separated ONNX weight precisions for the engine-onnx rows (int8, int4, fp32)")
     parser.add_argument("--no-lora-export", action="store_true",
                         help="without a shipped adapter, skip the random-LoRA merge+export row")
     args = parser.parse_args(argv)
@@ -212,15 +275,30 @@ def main(argv=None) -> int:
         candidates["lean-compiled"] = lambda: compiled(input_ids, args.new_tokens)
     candidates["engine-torch*"] = lambda: measure_engine(engine_torch, messages, chat_settings)
 
+    from medchat.core import onnx_engine
+
+    if onnx_engine.available():
+        for precision in args.onnx_precisions.split(","):
+            _common.log(f"loading the ONNX engine ({precision}; converts once, then cached)")
+            started = time.perf_counter()
+            engine_onnx = onnx_engine.OnnxEngine.load(ModelSpec(adapter=adapter), n_threads=args.llama_threads,
+                                                      precision=precision)
+            notes.append(f"engine-onnx {precision}: loaded in {time.perf_counter() - started:.1f}s "
+                         f"({engine_onnx.info.extra['n_threads']} thread(s))")
+            if precision == "int8":
+                candidates["onnxruntime-genai int8"] = lambda m=engine_onnx._og_model: measure_onnx_plain(
+                    m, prompt_ids, args.new_tokens)
+            add_token_engine_rows(candidates, f"engine-onnx {precision}", engine_onnx, messages, chat_settings)
+    else:
+        notes.append("ONNX rows skipped: onnxruntime-genai is not installed")
+
     if fastdecode.llamacpp_available():
         import llama_cpp
 
         from medchat.core import bundled
 
         gguf = bundled.find_bundled_gguf()
-        from medchat.core.fastdecode import _threads
-
-        llama_threads = args.llama_threads or _threads()
+        llama_threads = args.llama_threads or fastdecode.cpu_threads()
         notes.append(f"llama.cpp rows: {llama_threads} thread(s); torch rows: {threads}")
         llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=2048, n_threads=llama_threads,
                               n_threads_batch=llama_threads, verbose=False)
@@ -231,21 +309,7 @@ def main(argv=None) -> int:
                                     n_threads_batch=llama_threads, verbose=False)
         candidates[f"llama.cpp, medchat's {layout} file"] = lambda: measure_llama_cpp(same_file, prompt_ids,
                                                                                       args.new_tokens)
-        candidates["engine-llamacpp cold*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
-                                                                     reset=engine_fast.llama.reset)
-
-        def first_question():  # as in the chat app: the system prompt was prefilled when the model loaded
-            engine_fast.llama.reset()
-            engine_fast.prefill(messages[:1])
-
-        candidates["engine-llamacpp first*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
-                                                                      reset=first_question)
-        def typed_question():  # as in the chat app: the draft was read at the user's last pause in typing
-            first_question()
-            engine_fast.prefill(messages[:1], draft=QUESTION[:QUESTION.rfind(" ")])
-
-        candidates["engine-llamacpp typed*"] = lambda: measure_engine(engine_fast, messages, chat_settings,
-                                                                      reset=typed_question)
+        add_token_engine_rows(candidates, "engine-llamacpp", engine_fast, messages, chat_settings)
         if adapter is None and export_adapter is not None:
             _common.log("exporting the merged random adapter to GGUF (once, cached)")
             started = time.perf_counter()
@@ -253,12 +317,12 @@ def main(argv=None) -> int:
             notes.append(f"merge + GGUF export of the LoRA took {time.perf_counter() - started:.1f}s (cached after)")
             candidates["engine-llamacpp+lora*"] = lambda: measure_engine(engine_lora, messages, chat_settings,
                                                                          reset=engine_lora.llama.reset)
-        # warm prompt: a follow-up turn in the chat reuses the KV cache of the shared prefix
-        candidates["engine-llamacpp warm*"] = lambda: measure_engine(engine_fast, messages, chat_settings)
         baseline = "llama.cpp"
     else:
-        notes.append("llama.cpp rows skipped: llama-cpp-python is not installed (pip install 'medchat[llamacpp]')")
-        baseline = "hf-generate"
+        notes.append("llama.cpp rows skipped: llama-cpp-python is not installed (pip install 'medchat[llamacpp]'); "
+                     f"recorded in the README on this machine: llama.cpp {RECORDED_LLAMACPP['llama.cpp']} tok/s "
+                     f"against the torch engine's {RECORDED_LLAMACPP['engine-torch*']} in the same run")
+        baseline = "engine-torch*"
     if args.only:
         keep = set(args.only.split(","))
         candidates = {k: v for k, v in candidates.items() if k in keep or k.rstrip("*") in keep}
@@ -291,12 +355,19 @@ def main(argv=None) -> int:
     for note in notes:
         print(f"- {note}")
     texts = {name: results[-1].get("text") for name, results in samples.items() if results[-1].get("text")}
+    reference = texts.get("engine-torch*")
+    agree = {name: agreement(tokenizer, reference, text) for name, text in texts.items()
+             if reference is not None and name != "engine-torch*"}
+    for name, result in agree.items():
+        print(f"- {name}: {'same answer as' if result['same_text'] else 'differs from'} the torch engine "
+              f"(first {result['shared_prefix_tokens']} of {result['reference_tokens']} tokens shared)")
     path = _common.write_json("decode", {
         "settings": {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads, "dtype": dtype,
                      "question_tokens": question_tokens, "prompt_tokens": len(prompt_ids),
                      "chat_settings": chat_settings.as_dict()},
         "baseline": baseline, "rows": rows, "samples": samples, "notes": notes, "table": table,
-        "answers": texts,
+        "answers": texts, "agreement_with_torch_engine": agree,
+        "recorded_llamacpp": None if fastdecode.llamacpp_available() else RECORDED_LLAMACPP,
     })
     print(f"\nJSON: {path}")
     tmp.cleanup()

@@ -179,3 +179,41 @@ def test_hub_id_without_network_fails_at_once_without_retry_noise(monkeypatch, c
         model_module.hub_unreachable.cache_clear()
     captured = capfd.readouterr()
     assert "Retrying" not in captured.out + captured.err
+
+
+def test_the_merged_model_is_cached_by_content(tiny_model_dir, adapter_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from medchat.core.model import resolve
+
+    monkeypatch.setenv("MEDCHAT_CACHE_DIR", str(tmp_path / "cache"))
+    spec = ModelSpec(base=str(tiny_model_dir), adapter=str(adapter_dir), dtype="fp32")
+    attached = load(ModelSpec(base=str(tiny_model_dir), adapter=str(adapter_dir), merge=False, dtype="fp32"))
+    first = load(spec)
+    (cached,) = (tmp_path / "cache" / "merged").iterdir()
+    assert first.info.base_path == str(cached) and first.info.merged
+    weights = cached / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    second = load(spec)  # warm: loads the cached merge as a plain model, writes nothing
+    assert second.info.base_path == str(cached) and weights.stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache" / "merged").iterdir()] == [cached.name]
+    assert type(second.model).__name__ == "LlamaForCausalLM"
+    assert torch.allclose(_logits(attached), _logits(second), atol=1e-5)
+    # the key is the content: a copy of the adapter is the same entry, a changed one another
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter_dir, copy)
+    key = resolve(spec).key()
+    assert resolve(ModelSpec(base=str(tiny_model_dir), adapter=str(copy))).key() == key
+    (copy / "adapter_config.json").write_text((copy / "adapter_config.json").read_text() + "\n")
+    assert resolve(ModelSpec(base=str(tiny_model_dir), adapter=str(copy))).key() != key
+    assert resolve(ModelSpec(base=str(tiny_model_dir))).key() != key
+
+
+def test_resolution_reads_the_spec_once(tiny_model_dir, adapter_dir):
+    from medchat.core.model import resolve
+
+    resolved = resolve(ModelSpec(base=str(tiny_model_dir), adapter=str(adapter_dir), trust_remote_code=True))
+    assert resolved.gguf is None and resolved.base_path == str(tiny_model_dir)
+    assert resolved.adapter_config["r"] == 4 and resolved.trust_remote_code is True
+    assert resolved.tokenizer_dir() == str(tiny_model_dir)
+    assert load(resolved).info.adapter == str(adapter_dir)  # load takes the resolved model as it is

@@ -224,8 +224,10 @@ def _gguf_into(source: Source, folder: Path, gguf_type: str | None) -> Path:
         qtype = gguf_export.run_type(gguf_type)
         path = folder / f"{source.name}-{qtype}.gguf"
         if source.base == "bundled" or source.base.endswith(".gguf"):
-            base_gguf = bundled.find_bundled_gguf() if source.base == "bundled" else Path(source.base).expanduser()
-            gguf_export.export_gguf(base_gguf, source.adapter, path, qtype)
+            from medchat.core.model import ModelSpec, resolve
+
+            resolved = resolve(ModelSpec(base=source.base, adapter=str(source.adapter)))
+            gguf_export.export_gguf(resolved, path, qtype)
             (folder / f"{path.name}.json").unlink(missing_ok=True)  # the fast-path cache's note; not part of it
         else:
             _hf_llama_gguf(_load_merged(source), path, qtype)

@@ -45,15 +45,46 @@ def converted_dir_for(gguf: Path) -> Path:
     return paths.cache_dir() / "converted" / f"{gguf.stem}-{file_sha256(gguf, memo=paths.hash_memo_file())[:16]}"
 
 
+def is_converted(gguf: Path) -> bool:
+    target = converted_dir_for(gguf)
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 def ensure_converted(gguf: Path) -> Path:
     """Return a safetensors checkpoint directory for `gguf`, converting it the first time."""
     target = converted_dir_for(gguf)
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if is_converted(gguf):
         return target
+    return _build_once(target, lambda staging: _convert(gguf, staging))
+
+
+def ensure_tokenizer(gguf: Path) -> Path:
+    """The tokenizer, chat template and model config of `gguf` alone (no weights), saved once: what an
+    engine that runs the GGUF itself needs from transformers."""
+    target = paths.cache_dir() / "tokenizers" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    return _build_once(target, lambda staging: _save_tokenizer(gguf, staging))
+
+
+def _save_tokenizer(gguf: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    try:
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # gguf raises many kinds of errors for a file that is not a model
+        raise BundledModelError(f"{gguf} is not a loadable GGUF language model ({type(exc).__name__}: {exc}).") from exc
+    GenerationConfig.from_model_config(config).save_pretrained(out)
+    config.save_pretrained(out)  # last: config.json marks the folder complete
+
+
+def _build_once(target: Path, build) -> Path:
+    """Build `target` in a staging folder beside it and move it into place whole (atomic)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        _convert(gguf, staging)
+        build(staging)
         if target.exists():  # a concurrent conversion won the race; keep theirs
             shutil.rmtree(staging)
         else:

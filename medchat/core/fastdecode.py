@@ -1,28 +1,30 @@
-"""The fast decoding path: llama.cpp (through llama-cpp-python) behind the same interface as `Engine`.
+"""The fast decoding paths behind the same interface as `Engine`, and the choice between backends.
 
-On CPU, llama.cpp runs the GGUF several times faster than transformers runs the bf16 model.
+On CPU, ONNX Runtime and llama.cpp run the model several times faster than transformers does.
 `load_engine(spec)` picks the backend:
 
-    auto      llama.cpp when llama-cpp-python is installed (`pip install 'medchat[llamacpp]'`), the base
-              is a GGUF (the bundled model, or --base FILE.gguf), and the device, dtype and quantization are
-              left on auto on a machine without CUDA; transformers otherwise
+    auto      on a machine without CUDA, with device, dtype and quantization left on auto:
+              llama.cpp when llama-cpp-python is installed (`make fast`) and the base is a GGUF,
+              else ONNX Runtime (onnxruntime-genai, a prebuilt wheel installed by default) for a
+              Llama-architecture base; transformers otherwise
+    onnx      ONNX Runtime (medchat.core.onnx_engine) or a clear error saying why not
     llamacpp  llama.cpp or a clear error saying what is missing
     torch     the transformers engine (medchat.core.engine.Engine)
 
 The backend comes from the argument, else `spec.backend` (the --backend flag, which also reads the
 environment variable MEDCHAT_BACKEND).
 
-What runs is a GGUF made once by medchat.core.gguf_export (cached by hash): with an adapter, the adapter is
-merged into an fp32 copy of the base and the layers are written in 8 bits (Q8_0; MEDCHAT_GGUF_TYPE=q4_0
-for the fastest, less faithful 4-bit layout), so what runs is the adapter-merged model.
+Both fast engines are `TokenEngine`s: the runtime only computes the next token's logits, and medchat
+picks every token itself with the same logits processors as transformers (repetition penalty over the
+whole sequence, then no repeated n-grams, then temperature/top-p), from prompts built by the same
+Hugging Face tokenizer and chat template, so greedy answers match the transformers engine's token for
+token as long as the runtime's arithmetic does. A question only pays for its own tokens: every turn
+reuses the KV cache of the prompt prefix it shares with the previous one, and `prefill` reads the system
+prompt once the model is loaded and the user's draft while they type (the chat app calls it).
 
-A question only pays for its own tokens: every turn reuses the KV cache of the prompt prefix it shares
-with the previous one, and `prefill` reads the system prompt once the model is loaded and the user's
-draft while they type (the chat app calls it). Prompts are built and tokenized by the same Hugging Face
-tokenizer and chat template as the transformers engine, and decoding applies the same logits processors
-as transformers (repetition penalty over the whole sequence, then no repeated n-grams, then
-temperature/top-p), so greedy answers match the transformers engine's token for token as long as the
-quantized arithmetic does.
+llama.cpp runs a GGUF made once by medchat.core.gguf_export (cached by hash): with an adapter, the adapter
+is merged in fp32 and the layers are written in 8 bits (Q8_0; MEDCHAT_GGUF_TYPE=q4_0 for the fastest,
+less faithful 4-bit layout), so what runs is the adapter-merged model.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from medchat.core.engine import BaseStream, Engine, GenerationSettings, shared_prefix_length
-from medchat.core.model import BACKENDS, BUNDLED, Loaded, ModelError, ModelInfo, ModelSpec
+from medchat.core.model import BACKENDS, Loaded, ModelError, ModelInfo, ModelSpec, ResolvedModel, resolve
 from medchat.core.tokens import context_length, ensure_pad_token, eos_ids
 
 INSTALL_HINT = "pip install 'medchat[llamacpp]' (or: pip install llama-cpp-python)"
@@ -50,20 +52,6 @@ def llamacpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def gguf_source(spec: ModelSpec) -> Path | None:
-    """The GGUF file behind the spec's base, if it has one."""
-    if spec.base == BUNDLED:
-        from medchat.core import bundled
-
-        try:
-            return bundled.find_bundled_gguf()
-        except bundled.BundledModelError:
-            return None
-    if spec.base.endswith(".gguf") and Path(spec.base).expanduser().is_file():
-        return Path(spec.base).expanduser()
-    return None
-
-
 def requested_backend(spec: ModelSpec, backend: str | None = None) -> str:
     chosen = backend or spec.backend
     if chosen not in BACKENDS:
@@ -71,46 +59,74 @@ def requested_backend(spec: ModelSpec, backend: str | None = None) -> str:
     return chosen
 
 
-def choose_backend(spec: ModelSpec, backend: str | None = None) -> tuple[str, str]:
-    """("torch"|"llamacpp", why). Raises ModelError when llamacpp is forced but cannot run."""
-    wanted = requested_backend(spec, backend)
-    if wanted == "torch":
-        return "torch", "transformers backend requested"
+def _torch_only(spec: ModelSpec) -> list[str]:
+    """What in the spec only the transformers backend does."""
     problems = []
-    if not llamacpp_available():
-        problems.append(f"llama-cpp-python is not installed ({INSTALL_HINT})")
-    if gguf_source(spec) is None:
-        problems.append(f"the base {spec.base!r} is not a GGUF file (use the bundled model or --base FILE.gguf)")
     if spec.quantization == "nf4":
         problems.append("4-bit NF4 (bitsandbytes) is a transformers-only format")
     if spec.device == "cuda":
-        problems.append("the llama.cpp backend in medchat runs on the CPU; --device cuda uses transformers")
-    if wanted == "llamacpp":
+        problems.append("medchat's ONNX and llama.cpp backends run on the CPU; --device cuda uses transformers")
+    return problems
+
+
+def _llamacpp_problems(resolved: ResolvedModel) -> list[str]:
+    problems = [] if llamacpp_available() else [f"llama-cpp-python is not installed ({INSTALL_HINT})"]
+    if resolved.gguf is None:
+        problems.append(f"the base {resolved.spec.base!r} is not a GGUF file (use the bundled model or --base FILE.gguf)")
+    return problems + _torch_only(resolved.spec)
+
+
+def _onnx_problems(resolved: ResolvedModel) -> list[str]:
+    from medchat.core import onnx_engine
+
+    return onnx_engine.problems(resolved) + _torch_only(resolved.spec)
+
+
+def choose_backend(spec: ModelSpec | ResolvedModel, backend: str | None = None) -> tuple[str, str]:
+    """("torch"|"onnx"|"llamacpp", why). Raises ModelError when a fast backend is forced but cannot run."""
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    spec = resolved.spec
+    wanted = requested_backend(spec, backend)
+    if wanted == "torch":
+        return "torch", "transformers backend requested"
+    checks = {"llamacpp": ("llama.cpp", _llamacpp_problems), "onnx": ("ONNX Runtime", _onnx_problems)}
+    if wanted in checks:
+        name, check = checks[wanted]
+        problems = check(resolved)
         if problems:
-            raise ModelError("The llama.cpp backend cannot run: " + "; ".join(problems) + ".")
-        return "llamacpp", "llama.cpp backend requested"
+            raise ModelError(f"The {name} backend cannot run: " + "; ".join(problems) + ".")
+        return wanted, f"{name} backend requested"
     # auto: only when nothing torch-specific was asked for, and no GPU would do better.
-    if spec.device == "auto" and spec.dtype == "auto" and spec.quantization == "auto" and not problems:
-        from medchat.core.model import cuda_available
+    if not (spec.device == "auto" and spec.dtype == "auto" and spec.quantization == "auto"):
+        return "torch", "transformers (device/dtype/quantization chosen explicitly)"
+    from medchat.core.model import cuda_available
 
-        if not cuda_available():
-            return "llamacpp", "llama.cpp: fastest on CPU for a GGUF base"
+    if cuda_available():
         return "torch", "CUDA GPU present: transformers"
-    if problems:
-        return "torch", "transformers (" + problems[0] + ")"
-    return "torch", "transformers (device/dtype/quantization chosen explicitly)"
+    if not _llamacpp_problems(resolved):
+        return "llamacpp", "llama.cpp: installed, and fastest on CPU for a GGUF base"
+    problems = _onnx_problems(resolved)
+    if not problems:
+        return "onnx", "ONNX Runtime: fastest installed backend on CPU"
+    return "torch", "transformers (" + problems[0] + ")"
 
 
-def load_engine(spec: ModelSpec, prompt_style: str = "chat", backend: str | None = None):
+def load_engine(spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", backend: str | None = None):
     """An engine for the spec on the fastest available backend (see the module doc)."""
-    chosen, reason = choose_backend(spec, backend)
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+    chosen, reason = choose_backend(resolved, backend)
     if chosen == "llamacpp":
-        engine = LlamaCppEngine.load(spec, prompt_style=prompt_style)
+        engine = LlamaCppEngine.load(resolved, prompt_style=prompt_style)
+    elif chosen == "onnx":
+        from medchat.core.onnx_engine import OnnxEngine
+
+        engine = OnnxEngine.load(resolved, prompt_style=prompt_style)
     else:
         from medchat.core.model import load
 
-        engine = Engine(load(spec), prompt_style=prompt_style)
-    engine.info.extra.setdefault("backend", "llama.cpp" if chosen == "llamacpp" else "transformers")
+        engine = Engine(load(resolved), prompt_style=prompt_style)
+    names = {"llamacpp": "llama.cpp", "onnx": "onnxruntime", "torch": "transformers"}
+    engine.info.extra.setdefault("backend", names[chosen])
     engine.info.extra.setdefault("backend_reason", reason)
     return engine
 
@@ -172,7 +188,7 @@ def pick_token(logits, settings: GenerationSettings, rng) -> int:
     return int(rng.choice(len(probs), p=probs))
 
 
-# ---------------------------------------------------------------- engine
+# ---------------------------------------------------------------- token-by-token engines
 
 
 class BackendInfo(ModelInfo):
@@ -180,16 +196,32 @@ class BackendInfo(ModelInfo):
         return super().summary() + f" | {self.extra.get('backend', 'llama.cpp')}"
 
 
-def _config_value(model_dir: str, file: str, key: str):
-    """A value of the converted checkpoint's config.json / generation_config.json, as the torch engine reads it."""
+def _config_value(model_dir: str | Path, file: str, key: str):
+    """A value of the checkpoint's config.json / generation_config.json, as the torch engine reads it."""
     try:
         return json.loads((Path(model_dir) / file).read_text()).get(key)
     except (OSError, ValueError):
         return None
 
 
-def _threads() -> int:
-    """MEDCHAT_THREADS, else llama-cpp-python's own default (half the logical CPUs: the physical cores).
+def checkpoint_eos_ids(tokenizer, model_dir: str | Path) -> list[int]:
+    """The tokenizer's EOS and those of the checkpoint's generation_config.json (as transformers stops)."""
+    return eos_ids(tokenizer, _config_value(model_dir, "generation_config.json", "eos_token_id"))
+
+
+def checkpoint_context_length(tokenizer, model_dir: str | Path) -> int:
+    """The same limit the transformers engine uses: min(max_position_embeddings, tokenizer limit)."""
+    return context_length(_config_value(model_dir, "config.json", "max_position_embeddings"), tokenizer)
+
+
+def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code))
+
+
+def cpu_threads() -> int:
+    """MEDCHAT_THREADS, else half the logical CPUs (the physical cores).
     More threads than free cores is catastrophic for llama.cpp (its threads spin-wait on each other):
     measured here on 2 busy cores, 2 threads took 147 s for a 7-token prompt, 1 thread 1.2 s."""
     try:
@@ -199,85 +231,43 @@ def _threads() -> int:
         return max(1, cpus // 2)
 
 
-class LlamaCppEngine(Engine):
-    """`Engine` on llama.cpp: same `stream`/`generate`/`generate_batch`/`fit_prompt`/`info`."""
+class TokenEngine(Engine):
+    """`Engine` on a runtime that computes next-token logits: medchat picks each token (see the module doc).
 
-    def __init__(self, llama, tokenizer, info: ModelInfo, eos_ids: list[int], prompt_style: str = "chat"):
+    A runtime supplies four primitives over its one KV cache: `_cached_ids` (the tokens in it),
+    `_truncate(n)` (keep the first n), `_feed(ids)` (evaluate more tokens) and `_logits()` (of the last)."""
+
+    def __init__(self, tokenizer, info: ModelInfo, eos_ids: list[int], prompt_style: str = "chat"):
         super().__init__(Loaded(model=None, tokenizer=tokenizer, info=info), prompt_style=prompt_style)
-        self.llama = llama
         self.eos_ids = set(eos_ids)
-        self._lock = threading.Lock()  # one llama.cpp context: one generation at a time
+        self._lock = threading.Lock()  # one KV cache: one generation at a time
 
-    @classmethod
-    def load(cls, spec: ModelSpec, prompt_style: str = "chat", n_threads: int | None = None,
-             gguf_type: str | None = None) -> "LlamaCppEngine":
-        """`gguf_type`: the layers' weight type (q8_0, q4_0, q4_1; default MEDCHAT_GGUF_TYPE, else q8_0)."""
-        started = time.perf_counter()
-        try:
-            import llama_cpp
-        except ImportError as exc:
-            raise ModelError(f"The llama.cpp backend needs llama-cpp-python: {INSTALL_HINT}.") from exc
-        from transformers import AutoTokenizer
+    def _cached_ids(self) -> list[int]:
+        raise NotImplementedError
 
-        from medchat.core import gguf_export
-        from medchat.core.model import _quiet_transformers, read_adapter_config, resolve_base
+    def _truncate(self, keep: int) -> None:
+        raise NotImplementedError
 
-        _quiet_transformers()
-        source = gguf_source(spec)
-        if source is None:
-            raise ModelError(f"The llama.cpp backend needs a GGUF base; {spec.base!r} is not one.")
-        if spec.adapter:
-            read_adapter_config(spec.adapter)
-        tokenizer_dir = resolve_base(spec.base)  # the converted checkpoint: same tokenizer + template as torch
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-        ensure_pad_token(tokenizer)
-        try:
-            gguf_path = gguf_export.runnable_gguf(source, spec.adapter, gguf_type)
-        except gguf_export.ExportError as exc:
-            raise ModelError(str(exc)) from exc
-        context = context_length(_config_value(tokenizer_dir, "config.json", "max_position_embeddings"), tokenizer)
-        threads = n_threads or _threads()
-        try:
-            llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=context, n_batch=512, n_threads=threads,
-                                    n_threads_batch=threads, logits_all=False, verbose=False)
-        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError for unreadable files
-            raise ModelError(f"llama.cpp could not load {gguf_path}: {exc}. Delete it to export it again.") from exc
-        file_type = llama.metadata.get("general.file_type")
-        quant = _file_type_name(file_type)
-        info = BackendInfo(
-            base=spec.base,
-            base_path=str(gguf_path),
-            adapter=str(Path(spec.adapter).expanduser()) if spec.adapter else None,
-            merged=bool(spec.adapter),
-            quantization=quant,
-            device="cpu",
-            dtype="llama.cpp",  # shown as "cpu llama.cpp · q8_0" in the status line
-            params_total=int(llama_cpp.llama_model_n_params(llama.model)),
-            params_trainable=0,
-            load_seconds=round(time.perf_counter() - started, 3),
-            context_length=context,
-            extra={"backend": "llama.cpp", "gguf": str(gguf_path), "n_threads": threads,
-                   "llama_cpp_version": getattr(llama_cpp, "__version__", None)},
-        )
-        eos = eos_ids(tokenizer, _config_value(tokenizer_dir, "generation_config.json", "eos_token_id"))
-        return cls(llama, tokenizer, info, eos, prompt_style)
+    def _feed(self, ids: list[int]) -> None:
+        raise NotImplementedError
+
+    def _logits(self):
+        raise NotImplementedError
 
     # -- generation
 
     def stream(self, messages: list[dict], settings: GenerationSettings | None = None,
-               cancel: threading.Event | None = None) -> "LlamaStream":
-        return LlamaStream(self, messages, settings or GenerationSettings(), cancel)
+               cancel: threading.Event | None = None) -> "TokenStream":
+        return TokenStream(self, messages, settings or GenerationSettings(), cancel)
 
     def generate_batch(self, conversations: list[list[dict]], settings: GenerationSettings | None = None,
                        batch_size: int = 16) -> list[str]:
-        """One after the other (llama.cpp's single sequence is already fast); same answers as stream()."""
+        """One after the other (a single sequence is already fast here); same answers as stream()."""
         settings = settings or GenerationSettings()
         answers = []
         for messages in conversations:
             ids = self.fit_prompt(messages, settings.max_new_tokens)
-            tokens: list[int] = []
-            for token in self.decode_tokens(ids, settings, threading.Event()):
-                tokens.append(token)
+            tokens = list(self.decode_tokens(ids, settings, threading.Event()))
             answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
         return answers
 
@@ -292,20 +282,17 @@ class LlamaCppEngine(Engine):
 
     def _evaluate(self, ids: list[int]) -> None:
         """Bring the KV cache to `ids`, keeping the part of it that already matches. Hold the lock."""
-        llama = self.llama
-        keep = shared_prefix_length(llama.input_ids[: llama.n_tokens].tolist(), ids)
+        keep = shared_prefix_length(self._cached_ids(), ids)
         keep = min(keep, len(ids) - 1)  # the last token is always evaluated again: its logits are needed
-        llama.n_tokens = keep
-        llama.eval(ids[keep:])
+        self._truncate(keep)
+        self._feed(ids[keep:])
 
     def decode_tokens(self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event,
                       seed: int | None = None) -> Iterator[int]:
         """Yield generated token ids (EOS excluded). Reuses the KV cache of a shared prompt prefix."""
         import numpy as np
 
-        llama = self.llama
         rng = np.random.default_rng(seed)
-        n_vocab = llama.n_vocab()
         with self._lock:
             self._evaluate(prompt_ids)
             history = list(prompt_ids)
@@ -314,8 +301,7 @@ class LlamaCppEngine(Engine):
             for step in range(settings.max_new_tokens):
                 if cancel.is_set():
                     return
-                pointer = llama._ctx.get_logits_ith(-1)
-                logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).copy()
+                logits = self._logits()
                 apply_repetition_penalty(logits, history, settings.repetition_penalty)
                 banned = blocker.banned()
                 if banned:
@@ -328,7 +314,77 @@ class LlamaCppEngine(Engine):
                     return  # the answer is complete: no need to evaluate its last token
                 history.append(token)
                 blocker.extend([token])
-                llama.eval([token])
+                self._feed([token])
+
+
+class LlamaCppEngine(TokenEngine):
+    """`TokenEngine` on llama.cpp (llama-cpp-python's `Llama`)."""
+
+    def __init__(self, llama, tokenizer, info: ModelInfo, eos_ids: list[int], prompt_style: str = "chat"):
+        super().__init__(tokenizer, info, eos_ids, prompt_style=prompt_style)
+        self.llama = llama
+        self._n_vocab = llama.n_vocab()
+
+    @classmethod
+    def load(cls, spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", n_threads: int | None = None,
+             gguf_type: str | None = None) -> "LlamaCppEngine":
+        """`gguf_type`: the layers' weight type (q8_0, q4_0, q4_1; default MEDCHAT_GGUF_TYPE, else q8_0)."""
+        started = time.perf_counter()
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise ModelError(f"The llama.cpp backend needs llama-cpp-python: {INSTALL_HINT}.") from exc
+        from medchat.core import gguf_export
+        from medchat.core.model import _quiet_transformers
+
+        _quiet_transformers()
+        resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+        if resolved.gguf is None:
+            raise ModelError(f"The llama.cpp backend needs a GGUF base; {resolved.spec.base!r} is not one.")
+        tokenizer_dir = resolved.tokenizer_dir()  # same tokenizer + template as the transformers engine
+        tokenizer = load_tokenizer(tokenizer_dir, resolved.trust_remote_code)
+        try:
+            gguf_path = gguf_export.runnable_gguf(resolved, gguf_type)
+        except gguf_export.ExportError as exc:
+            raise ModelError(str(exc)) from exc
+        context = checkpoint_context_length(tokenizer, tokenizer_dir)
+        threads = n_threads or cpu_threads()
+        try:
+            llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=context, n_batch=512, n_threads=threads,
+                                    n_threads_batch=threads, logits_all=False, verbose=False)
+        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError for unreadable files
+            raise ModelError(f"llama.cpp could not load {gguf_path}: {exc}. Delete it to export it again.") from exc
+        info = BackendInfo(
+            base=resolved.spec.base,
+            base_path=str(gguf_path),
+            adapter=str(resolved.adapter) if resolved.adapter else None,
+            merged=bool(resolved.adapter),
+            quantization=_file_type_name(llama.metadata.get("general.file_type")),
+            device="cpu",
+            dtype="llama.cpp",  # shown as "cpu llama.cpp · q8_0" in the status line
+            params_total=int(llama_cpp.llama_model_n_params(llama.model)),
+            params_trainable=0,
+            load_seconds=round(time.perf_counter() - started, 3),
+            context_length=context,
+            extra={"backend": "llama.cpp", "gguf": str(gguf_path), "n_threads": threads,
+                   "llama_cpp_version": getattr(llama_cpp, "__version__", None)},
+        )
+        return cls(llama, tokenizer, info, checkpoint_eos_ids(tokenizer, tokenizer_dir), prompt_style)
+
+    def _cached_ids(self) -> list[int]:
+        return self.llama.input_ids[: self.llama.n_tokens].tolist()
+
+    def _truncate(self, keep: int) -> None:
+        self.llama.n_tokens = keep
+
+    def _feed(self, ids: list[int]) -> None:
+        self.llama.eval(ids)
+
+    def _logits(self):
+        import numpy as np
+
+        pointer = self.llama._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).copy()
 
 
 def _file_type_name(file_type) -> str:
@@ -343,10 +399,10 @@ def _file_type_name(file_type) -> str:
 _END = object()
 
 
-class LlamaStream(BaseStream):
-    """The llama.cpp backend: tokens decoded in a thread, text handed over through a queue."""
+class TokenStream(BaseStream):
+    """A TokenEngine's answer: tokens decoded in a thread, text handed over through a queue."""
 
-    def __init__(self, engine: LlamaCppEngine, messages: list[dict], settings: GenerationSettings,
+    def __init__(self, engine: TokenEngine, messages: list[dict], settings: GenerationSettings,
                  cancel: threading.Event | None = None):
         super().__init__(settings, cancel)
         self._engine = engine
@@ -354,7 +410,7 @@ class LlamaStream(BaseStream):
         self._settings = settings
         self._queue: queue.Queue = queue.Queue()
         self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="medchat-generate-llamacpp")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="medchat-generate-tokens")
         self._thread.start()
 
     def _run(self) -> None:
@@ -375,6 +431,9 @@ class LlamaStream(BaseStream):
                 printed = len(text)
                 if text.endswith("\n"):
                     window, printed = [], 0
+            text = tokenizer.decode(window, skip_special_tokens=True)
+            if len(text) > printed:  # an answer that ends inside a character: show what it has, as transformers does
+                self._queue.put(text[printed:])
         except BaseException as exc:  # surfaced to the consumer
             self.error = exc
         finally:

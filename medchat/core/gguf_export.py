@@ -13,7 +13,7 @@ chat template, tensor order, the 8-bit token embedding and the fp32 norms (byte 
 layers already have the run type and no adapter is used as it is. Pure Python (the `gguf` package +
 numpy): no llama.cpp needed to export.
 
-    path = runnable_gguf(base_gguf, adapter_dir)   # cache_dir()/gguf/<base>-<merged|base>-<type>-<hash>.gguf
+    path = runnable_gguf(resolve(spec))   # cache_dir()/gguf/<base>-<merged|base>-<type>-<key>.gguf
 
 Supported: Llama-architecture GGUF bases (SmolLM2, TinyLlama, Llama 2/3, Mistral-style).
 """
@@ -26,11 +26,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medchat.core import paths
-from medchat.core.errors import MedchatError
 from medchat.core.fileio import file_sha256, write_text_atomic
+
+if TYPE_CHECKING:
+    from medchat.core.model import ResolvedModel
 
 EXPORTER_VERSION = 2  # bump when the output for the same inputs changes: invalidates the cache
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -57,7 +59,7 @@ _GLOBAL_MAP = {
 _BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.weight$")
 
 
-class ExportError(MedchatError):
+class ExportError(Exception):
     """The model cannot be exported to GGUF; the message says why and what to do."""
 
 
@@ -114,58 +116,49 @@ def _is_layer_matrix(tensor) -> bool:
     return tensor.name.startswith("blk.") and len(tensor.shape) == 2 and "_norm" not in tensor.name
 
 
-def cache_key(base_gguf: Path, adapter: str | os.PathLike | None, qtype: str) -> str:
-    digest = hashlib.sha256()
-    digest.update(f"v{EXPORTER_VERSION}|{qtype}|".encode())
-    digest.update(file_sha256(base_gguf, memo=paths.hash_memo_file()).encode())
-    if adapter is not None:
-        adapter = Path(adapter)
-        digest.update(file_sha256(adapter / "adapter_model.safetensors", memo=paths.hash_memo_file()).encode())
-        digest.update((adapter / "adapter_config.json").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def runnable_gguf_path(base_gguf: Path, adapter: str | os.PathLike | None, qtype: str | None = None) -> Path:
+def runnable_gguf_path(model: ResolvedModel, qtype: str | None = None) -> Path:
     qtype = run_type(qtype)
-    kind = "merged" if adapter is not None else "base"
-    key = cache_key(Path(base_gguf), adapter, qtype)
-    return paths.cache_dir() / "gguf" / f"{Path(base_gguf).stem}-{kind}-{qtype}-{key}.gguf"
+    kind = "merged" if model.adapter is not None else "base"
+    key = hashlib.sha256(f"v{EXPORTER_VERSION}|{qtype}|{model.key()}".encode()).hexdigest()[:16]
+    return paths.cache_dir() / "gguf" / f"{model.gguf.stem}-{kind}-{qtype}-{key}.gguf"
 
 
-def runnable_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None,
-                  qtype: str | None = None) -> Path:
-    """The GGUF to run for base (+ adapter) in the run type (see the module doc): made once, then reused
-    while the base and adapter files are unchanged. Without an adapter, a base already in the run type
-    is returned as it is."""
+def runnable_gguf(model: ResolvedModel, qtype: str | None = None) -> Path:
+    """The GGUF to run for the resolved GGUF base (+ adapter) in the run type (see the module doc): made
+    once, then reused while the base and adapter files are unchanged. Without an adapter, a base already
+    in the run type is returned as it is."""
     import gguf
 
-    base_gguf, qtype = Path(base_gguf), run_type(qtype)
-    if adapter is None:
-        layers = [t.tensor_type for t in gguf.GGUFReader(str(base_gguf)).tensors if _is_layer_matrix(t)]
+    qtype = run_type(qtype)
+    if model.gguf is None:
+        raise ExportError(f"{model.spec.base!r} is not a GGUF file; the GGUF export starts from one.")
+    if model.adapter is None:
+        layers = [t.tensor_type for t in gguf.GGUFReader(str(model.gguf)).tensors if _is_layer_matrix(t)]
         if layers and all(t == _ggml_type(qtype) for t in layers):
-            return base_gguf
-    target = runnable_gguf_path(base_gguf, adapter, qtype)
+            return model.gguf
+    target = runnable_gguf_path(model, qtype)
     if target.is_file():
         return target
-    return export_gguf(base_gguf, adapter, target, qtype)
+    return export_gguf(model, target, qtype)
 
 
-def _merged_state_dict(base_gguf: Path, adapter: str | os.PathLike) -> dict[str, Any]:
-    from medchat.core.model import ModelSpec, load
+def _merged_state_dict(model: ResolvedModel) -> dict[str, Any]:
+    """The adapter-merged weights in fp32, from the resolved model's merged-checkpoint cache."""
+    from safetensors.torch import load_file
 
-    spec = ModelSpec(base=str(base_gguf), adapter=str(adapter), merge=True, quantization="none", device="cpu",
-                     dtype="fp32")
-    loaded = load(spec)
-    return {k: v.detach() for k, v in loaded.model.state_dict().items()}
+    folder = Path(model.merged_checkpoint("fp32"))
+    state: dict[str, Any] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(shard)))
+    return state
 
 
-def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None, target: str | os.PathLike,
-                qtype: str | None = None) -> Path:
+def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | None = None) -> Path:
     """Write `target`: the base GGUF, layers in `qtype`, the adapter (if any) merged in. Atomic."""
     import gguf
     import numpy as np
 
-    base_gguf, target, qtype = Path(base_gguf), Path(target), run_type(qtype)
+    base_gguf, adapter, target, qtype = model.gguf, model.adapter, Path(target), run_type(qtype)
     layer_type = _ggml_type(qtype)
     reader = gguf.GGUFReader(str(base_gguf))
     arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
@@ -177,7 +170,7 @@ def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None,
     n_head_kv = int(kv_field.contents()) if kv_field else n_head
 
     changed = adapter_targets(adapter) if adapter is not None else set()
-    state_dict = _merged_state_dict(base_gguf, adapter) if changed else {}
+    state_dict = _merged_state_dict(model) if changed else {}
     unknown = sorted(name for name in changed if name not in state_dict)
     if unknown:
         raise ExportError(f"The adapter changes {unknown[0]!r}, which the base model does not have; wrong --base?")
@@ -198,8 +191,7 @@ def export_gguf(base_gguf: str | os.PathLike, adapter: str | os.PathLike | None,
             sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
         if adapter is not None:
-            adapter_sha = file_sha256(Path(adapter) / "adapter_model.safetensors", memo=paths.hash_memo_file())
-            writer.add_key_value("medchat.adapter_sha256", adapter_sha,
+            writer.add_key_value("medchat.adapter_sha256", file_sha256(adapter / "adapter_model.safetensors", memo=paths.hash_memo_file()),
                                  gguf.GGUFValueType.STRING)
         writer.add_key_value("medchat.exporter_version", EXPORTER_VERSION, gguf.GGUFValueType.UINT32)
 

@@ -1,8 +1,12 @@
 """The one model loader shared by the chat app, the trainer and the metrics.
 
-    load(ModelSpec(base=..., adapter=...)) -> Loaded(model, tokenizer, info)
+    resolve(ModelSpec(base=..., adapter=...)) -> ResolvedModel   # what every backend and the trainer take
+    load(spec or resolved) -> Loaded(model, tokenizer, info)     # the transformers model
 
-Safe by default: safetensors only, trust_remote_code=False unless the spec asks for it.
+A spec is resolved once: the base (a GGUF base becomes a safetensors checkpoint, converted once), the
+adapter and its config (read once), the cache key of base + adapter, and the trust setting. With an
+adapter, the merged model is cached on disk (`ResolvedModel.merged_checkpoint`), so only the first start
+merges. Safe by default: safetensors only, trust_remote_code=False unless the spec asks for it.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import Any
 
 from medchat.core import bundled, paths
 from medchat.core.errors import MedchatError
+from medchat.core.fileio import file_sha256
 from medchat.core.tokens import context_length, ensure_pad_token
 
 QUANTIZATIONS = ("auto", "nf4", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
-BACKENDS = ("auto", "torch", "llamacpp")  # generation backend; see medchat.core.fastdecode
+BACKENDS = ("auto", "torch", "onnx", "llamacpp")  # generation backend; see medchat.core.fastdecode
 BUNDLED = "bundled"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -45,7 +50,7 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
-    backend: str = "auto"  # auto = llama.cpp on CPU when installed and the base is a GGUF, else torch
+    backend: str = "auto"  # auto = on CPU llama.cpp when installed for a GGUF base, else ONNX Runtime; torch on CUDA
     # With NF4 the adapter stays unmerged on the 4-bit base (as QLoRA trains it): merging first and then
     # quantizing rounds most of a LoRA's delta away (bench/nf4_fidelity.py). True = merge in full precision,
     # cache that, quantize it (one model, no LoRA matmuls, at that cost). Never merged into 4-bit weights.
@@ -168,30 +173,113 @@ def torch_dtype(name: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-# ---------------------------------------------------------------- base resolution
+# ---------------------------------------------------------------- resolution
+
+MERGE_VERSION = 1  # bump when a merge writes something else for the same inputs: invalidates the cache
 
 
-def resolve_base(base: str) -> str:
-    """Turn the spec's base into something from_pretrained accepts: a local directory or a Hub id."""
+@dataclass
+class ResolvedModel:
+    """A spec resolved once: the base, the adapter and its config, the key that names what is derived from
+    them (merged checkpoint, GGUF, ONNX model) and the trust setting. Every backend and the trainer take it."""
+
+    spec: ModelSpec
+    gguf: Path | None  # the GGUF file the base comes from (the bundled model, --base FILE.gguf), else None
+    adapter: Path | None
+    adapter_config: dict[str, Any] | None
+    _base_path: str | None = field(default=None, repr=False)  # a GGUF base is converted on first use
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.spec.trust_remote_code
+
+    @property
+    def base_path(self) -> str:
+        """The base as from_pretrained takes it: a checkpoint directory or a Hub id."""
+        if self._base_path is None:
+            self._base_path = str(_bundled_call(bundled.ensure_converted, self.gguf))
+        return self._base_path
+
+    def tokenizer_dir(self) -> str:
+        """Where the tokenizer (and chat template, EOS and context length) is read from. A GGUF base whose
+        weights were never converted gives its tokenizer alone (small and quick), not a whole checkpoint."""
+        if self.gguf is not None and self._base_path is None and not bundled.is_converted(self.gguf):
+            return str(_bundled_call(bundled.ensure_tokenizer, self.gguf))
+        return self.base_path
+
+    def key(self) -> str:
+        """Names base + adapter in the caches of what is made from them: content hashes, not paths."""
+        digest = hashlib.sha256(self._base_identity().encode())
+        if self.adapter is not None:
+            digest.update(file_sha256(self.adapter / "adapter_model.safetensors", memo=paths.hash_memo_file()).encode())
+            digest.update((self.adapter / "adapter_config.json").read_bytes())
+        return digest.hexdigest()[:16]
+
+    def _base_identity(self) -> str:
+        if self.gguf is not None:
+            return "gguf:" + file_sha256(self.gguf, memo=paths.hash_memo_file())
+        folder = Path(self.base_path)
+        if folder.is_dir():  # a local checkpoint: its weight files as they are now
+            stamps = [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in sorted(folder.glob("*.safetensors"))]
+            return f"dir:{folder.resolve()}|" + "|".join(stamps)
+        return "hub:" + self.base_path
+
+    def merged_checkpoint(self, dtype: str = "fp32") -> str:
+        """The base with the adapter merged (in fp32), saved in `dtype` once and reused while base and
+        adapter are unchanged: a warm start loads it as a plain model, with no LoRA and no merge."""
+        if self.adapter is None:
+            return self.base_path
+        target = paths.cache_dir() / "merged" / f"{self.key()}-{dtype}-v{MERGE_VERSION}"
+        if (target / "config.json").is_file():
+            return str(target)
+        _quiet_transformers()
+        model, tokenizer = _from_pretrained(self.spec, self.base_path, "fp32", "none", "cpu")
+        model = _attach_adapter(model, self).merge_and_unload()
+        write_merged(Loaded(model=model.to(torch_dtype(dtype)), tokenizer=tokenizer, info=None), target)
+        return str(target)
+
+
+def resolve(spec: ModelSpec) -> ResolvedModel:
+    """Check the spec's files and say where everything is (cheap: nothing is converted or loaded here)."""
+    adapter = config = None
+    if spec.adapter:
+        adapter = Path(spec.adapter).expanduser()
+        config = read_adapter_config(adapter)
+        _check_adapter_weights(adapter)
+    gguf, base_path = _locate_base(spec.base)
+    return ResolvedModel(spec=spec, gguf=gguf, adapter=adapter, adapter_config=config, _base_path=base_path)
+
+
+def _bundled_call(function, *args):
     try:
-        if base == BUNDLED:
-            return str(bundled.ensure_converted(bundled.find_bundled_gguf()))
-        path = Path(base).expanduser()
-        if base.endswith(".gguf"):
-            if not path.is_file():
-                raise ModelError(f"GGUF file not found: {path}. Check the path passed as --base.")
-            return str(bundled.ensure_converted(path))
+        return function(*args)
     except bundled.BundledModelError as exc:
         raise ModelError(str(exc)) from exc
+
+
+def _locate_base(base: str) -> tuple[Path | None, str | None]:
+    """(the GGUF file, None) for a GGUF base, else (None, a local directory or a Hub id)."""
+    if base == BUNDLED:
+        return _bundled_call(bundled.find_bundled_gguf), None
+    path = Path(base).expanduser()
+    if base.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}. Check the path passed as --base.")
+        return path, None
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{path} is neither a model directory nor a .gguf file.")
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} has no config.json, so it is not a model directory.")
-        return str(path)
+        return None, str(path)
     if _HUB_ID.match(base) and not base.startswith((".", "/", "~")):
-        return base
+        return None, base
     raise ModelError(f"Model path does not exist: {path}. Pass an existing directory, a .gguf file or a Hub id.")
+
+
+def resolve_base(base: str) -> str:
+    """The spec's base as from_pretrained takes it (a GGUF base converted once)."""
+    return resolve(ModelSpec(base=base)).base_path
 
 
 @functools.cache
@@ -238,7 +326,7 @@ def _hub_error(base: str, exc: Exception) -> ModelError:
 # ---------------------------------------------------------------- adapters
 
 
-def read_adapter_config(adapter: str) -> dict[str, Any]:
+def read_adapter_config(adapter: str | Path) -> dict[str, Any]:
     folder = Path(adapter).expanduser()
     if not folder.is_dir():
         raise ModelError(f"Adapter directory not found: {folder}. Pass a directory made by `medchat-train`.")
@@ -258,7 +346,7 @@ def read_adapter_config(adapter: str) -> dict[str, Any]:
         raise ModelError(f"{config_file} is not valid JSON ({exc}); the adapter is corrupt, re-export it.") from exc
 
 
-def _check_adapter_weights(adapter: str) -> None:
+def _check_adapter_weights(adapter: str | Path) -> None:
     from safetensors import safe_open
 
     weights = Path(adapter).expanduser() / "adapter_model.safetensors"
@@ -270,58 +358,54 @@ def _check_adapter_weights(adapter: str) -> None:
         raise ModelError(f"{weights} is corrupt ({exc}); re-export the adapter or train it again.") from exc
 
 
-def _attach_adapter(model, adapter: str, base: str):
+def _attach_adapter(model, resolved: ResolvedModel):
     from peft import PeftModel
 
-    config = read_adapter_config(adapter)
-    _check_adapter_weights(adapter)
-    trained_on = config.get("base_model_name_or_path") or "unknown"
+    trained_on = resolved.adapter_config.get("base_model_name_or_path") or "unknown"
     try:
-        return PeftModel.from_pretrained(model, str(Path(adapter).expanduser()), is_trainable=False)
+        return PeftModel.from_pretrained(model, str(resolved.adapter), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelError(
-            f"The adapter {adapter} does not fit the base {base!r} (it was trained on {trained_on!r}): "
-            f"{str(exc).splitlines()[0][:300]}. Pass the matching --base."
+            f"The adapter {resolved.adapter} does not fit the base {resolved.spec.base!r} (it was trained on "
+            f"{trained_on!r}): {str(exc).splitlines()[0][:300]}. Pass the matching --base."
         ) from exc
 
 
 # ---------------------------------------------------------------- load
 
 
-def load(spec: ModelSpec) -> Loaded:
-    """Load base (+ adapter) as the spec says. Raises ModelError with a readable message."""
+def load(model: ModelSpec | ResolvedModel) -> Loaded:
+    """Load base (+ adapter) as the spec says. Raises ModelError with a readable message.
+
+    A merged adapter comes from the merged-model cache; unmerged (merge=False, or on an NF4 base as QLoRA
+    trains it) it is attached with PEFT."""
     started = time.perf_counter()
     _quiet_transformers()
+    resolved = model if isinstance(model, ResolvedModel) else resolve(model)
+    spec = resolved.spec
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     quantization = resolve_quantization(spec.quantization, device, spec.device)
-    if spec.adapter:
-        read_adapter_config(spec.adapter)  # fail early, before the base is loaded
-    base_path = resolve_base(spec.base)
     extra: dict[str, Any] = {}
     if quantization == "nf4" and device == "cpu":
         extra["notes"] = [CPU_NF4_NOTE]
 
-    if spec.adapter and quantization == "nf4" and spec.merge and spec.quantize_merged:
-        # Never merge into 4-bit weights: merge in full precision, save once, then quantize that.
-        base_path = _merged_checkpoint(spec, base_path, dtype)
-        model, tokenizer = _from_pretrained(spec, base_path, dtype, quantization, device)
-        merged = True
+    # Never merge into 4-bit weights: with quantize_merged the full-precision merge is quantized instead.
+    merged = bool(resolved.adapter) and spec.merge and (quantization != "nf4" or spec.quantize_merged)
+    if merged:
+        base_path = resolved.merged_checkpoint(dtype if quantization != "nf4" else ("fp32" if dtype == "fp32" else "bf16"))
     else:
-        model, tokenizer = _from_pretrained(spec, base_path, dtype, quantization, device)
-        merged = False
-        if spec.adapter:
-            model = _attach_adapter(model, spec.adapter, spec.base)
-            if spec.merge and quantization != "nf4":
-                model = model.merge_and_unload()
-                merged = True
-            elif quantization == "nf4":
-                extra["adapter_mode"] = "LoRA kept unmerged on the NF4 base (as QLoRA trains it)"
+        base_path = resolved.base_path
+    model, tokenizer = _from_pretrained(spec, base_path, dtype, quantization, device)
+    if resolved.adapter and not merged:
+        model = _attach_adapter(model, resolved)
+        if quantization == "nf4":
+            extra["adapter_mode"] = "LoRA kept unmerged on the NF4 base (as QLoRA trains it)"
     model.eval()
     info = ModelInfo(
         base=spec.base,
         base_path=base_path,
-        adapter=str(Path(spec.adapter).expanduser()) if spec.adapter else None,
+        adapter=str(resolved.adapter) if resolved.adapter else None,
         merged=merged,
         quantization=quantization,
         device=device,
@@ -397,24 +481,6 @@ def disable_cpu_packing(model) -> int:
             module.support_avx512bf16_for_cpu = False
             count += 1
     return count
-
-
-def _merged_checkpoint(spec: ModelSpec, base_path: str, dtype: str) -> str:
-    """Merge the adapter into a full-precision copy of the base and cache it as safetensors."""
-    adapter = Path(spec.adapter).expanduser()
-    key = hashlib.sha256(
-        f"{base_path}|{(adapter / 'adapter_model.safetensors').stat().st_mtime_ns}|{adapter.resolve()}".encode()
-    ).hexdigest()[:16]
-    target = paths.cache_dir() / "merged" / key
-    if (target / "config.json").is_file():
-        return str(target)
-    full = ModelSpec(
-        base=base_path, adapter=str(adapter), merge=True, quantization="none", device="cpu",
-        dtype="fp32" if dtype == "fp32" else "bf16", trust_remote_code=spec.trust_remote_code,
-    )
-    loaded = load(full)
-    write_merged(loaded, target)
-    return str(target)
 
 
 def write_merged(loaded: Loaded, target: Path) -> Path:

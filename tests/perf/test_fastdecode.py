@@ -76,9 +76,12 @@ def test_pick_token_greedy_and_sampling():
 
 
 def test_backend_choice_without_llama_cpp(monkeypatch, tiny_model_dir):
+    import medchat.core.model
+
     monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: False)
+    monkeypatch.setattr(medchat.core.model, "cuda_available", lambda: False)
     backend, why = fastdecode.choose_backend(ModelSpec())
-    assert backend == "torch" and "llama-cpp-python is not installed" in why
+    assert backend == "onnx" and "ONNX Runtime" in why  # installed by default: the fresh clone's fast path
     with pytest.raises(ModelError, match=r"medchat\[llamacpp\]"):
         fastdecode.choose_backend(ModelSpec(), "llamacpp")
     with pytest.raises(ModelError, match="cannot run"):
@@ -103,9 +106,10 @@ def test_backend_flag_reads_the_environment(monkeypatch):
     assert seen["spec"].backend == "llamacpp"
 
 
-def test_backend_choice_rules(monkeypatch, tiny_model_dir):
+def test_backend_choice_rules(monkeypatch, tiny_model_dir, tiny_nf4_model_dir, tmp_path):
     monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: True)
     import medchat.core.model
+    from medchat.core import onnx_engine
 
     monkeypatch.setattr(medchat.core.model, "cuda_available", lambda: False)
     assert fastdecode.choose_backend(ModelSpec())[0] == "llamacpp"
@@ -113,17 +117,33 @@ def test_backend_choice_rules(monkeypatch, tiny_model_dir):
     assert fastdecode.choose_backend(ModelSpec(dtype="fp32"))[0] == "torch"
     assert fastdecode.choose_backend(ModelSpec(device="cpu"))[0] == "torch"
     assert fastdecode.choose_backend(ModelSpec(), "torch")[0] == "torch"
-    # a base that is not a GGUF cannot go to llama.cpp
-    backend, why = fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir)))
-    assert backend == "torch" and "not a GGUF" in why
+    # a Llama checkpoint that is not a GGUF goes to ONNX Runtime, not llama.cpp (head size 16 here)
+    assert fastdecode.choose_backend(ModelSpec(base=str(tiny_nf4_model_dir))) == (
+        "onnx", "ONNX Runtime: fastest installed backend on CPU")
+    backend, why = fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir)))  # head size 8
+    assert backend == "torch" and "multiple of 16, not 8" in why
     with pytest.raises(ModelError, match="not a GGUF"):
         fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir)), "llamacpp")
+    # an architecture the ONNX conversion was not checked on stays on transformers, or fails when forced
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    backend, why = fastdecode.choose_backend(ModelSpec(base=str(other)))
+    assert backend == "torch" and "supports LlamaForCausalLM, not GPT2LMHeadModel" in why
+    with pytest.raises(ModelError, match="The ONNX Runtime backend cannot run: .*GPT2LMHeadModel"):
+        fastdecode.choose_backend(ModelSpec(base=str(other), backend="onnx"))
+    with pytest.raises(ModelError, match="NF4"):
+        fastdecode.choose_backend(ModelSpec(base=str(tiny_model_dir), quantization="nf4"), "onnx")
+    monkeypatch.setattr(onnx_engine, "available", lambda: False)
+    monkeypatch.setattr(fastdecode, "llamacpp_available", lambda: False)
+    backend, why = fastdecode.choose_backend(ModelSpec())
+    assert backend == "torch" and "onnxruntime-genai is not installed" in why
     monkeypatch.setattr(medchat.core.model, "cuda_available", lambda: True)
     assert fastdecode.choose_backend(ModelSpec())[0] == "torch"
 
 
-def test_load_engine_falls_back_to_transformers(tiny_model_dir, monkeypatch):
-    engine = fastdecode.load_engine(ModelSpec(base=str(tiny_model_dir)))
+def test_load_engine_on_transformers(tiny_model_dir):
+    engine = fastdecode.load_engine(ModelSpec(base=str(tiny_model_dir), backend="torch"))
     assert type(engine) is Engine
     assert engine.info.extra["backend"] == "transformers"
     text, stats = engine.generate([{"role": "user", "content": "hi"}], GenerationSettings(max_new_tokens=3))

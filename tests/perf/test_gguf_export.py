@@ -10,6 +10,12 @@ from medchat.core import gguf_export
 pytestmark = pytest.mark.bundled
 
 
+def _resolved(base, adapter):
+    from medchat.core.model import ModelSpec, resolve
+
+    return resolve(ModelSpec(base=str(base), adapter=str(adapter) if adapter is not None else None))
+
+
 @pytest.fixture(scope="module")
 def small_adapter(tmp_path_factory):
     """A LoRA with non-zero weights on layer 0's q/k/v projections of the bundled model."""
@@ -77,11 +83,11 @@ def test_export_in_the_base_type_changes_only_adapted_tensors(small_adapter):
 
     adapter, merged = small_adapter
     base = bundled.find_bundled_gguf()
-    first = gguf_export.runnable_gguf(base, adapter, "q4_1")
+    first = gguf_export.runnable_gguf(_resolved(base, adapter), "q4_1")
     assert first.is_file() and first.parent.name == "gguf"
     stamp = first.stat().st_mtime_ns
-    assert gguf_export.runnable_gguf(base, adapter, "q4_1") == first and first.stat().st_mtime_ns == stamp  # cached
-    assert gguf_export.runnable_gguf(base, None, "q4_1") == base  # no adapter, already that type: the base itself
+    assert gguf_export.runnable_gguf(_resolved(base, adapter), "q4_1") == first and first.stat().st_mtime_ns == stamp  # cached
+    assert gguf_export.runnable_gguf(_resolved(base, None), "q4_1") == base  # no adapter, already that type: the base itself
 
     exported, original = gguf.GGUFReader(str(first)), gguf.GGUFReader(str(base))
     assert exported.get_field("tokenizer.chat_template").contents() == original.get_field("tokenizer.chat_template").contents()
@@ -119,8 +125,8 @@ def test_run_type_applies_to_every_layer_matrix(small_adapter, qtype):
     base = bundled.find_bundled_gguf()
     original = {t.name: t for t in gguf.GGUFReader(str(base)).tensors}
     processor = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
-    for path, adapted in ((gguf_export.runnable_gguf(base, adapter, qtype), True),
-                          (gguf_export.runnable_gguf(base, None, qtype), False)):
+    for path, adapted in ((gguf_export.runnable_gguf(_resolved(base, adapter), qtype), True),
+                          (gguf_export.runnable_gguf(_resolved(base, None), qtype), False)):
         assert path != base and path.name.endswith(".gguf") and f"-{qtype}-" in path.name
         reader = gguf.GGUFReader(str(path))
         assert gguf.LlamaFileType(int(reader.get_field("general.file_type").contents())).name == f"MOSTLY_{qtype.upper()}"
@@ -163,9 +169,9 @@ def test_cache_key_follows_the_adapter(small_adapter, tmp_path):
     base = bundled.find_bundled_gguf()
     copy = tmp_path / "adapter"
     shutil.copytree(adapter, copy)
-    assert gguf_export.runnable_gguf_path(base, copy) == gguf_export.runnable_gguf_path(base, adapter)
+    assert gguf_export.runnable_gguf_path(_resolved(base, copy)) == gguf_export.runnable_gguf_path(_resolved(base, adapter))
     config = (copy / "adapter_config.json").read_text().replace('"r": 4', '"r": 4 ')
     (copy / "adapter_config.json").write_text(config)
-    assert gguf_export.runnable_gguf_path(base, copy) != gguf_export.runnable_gguf_path(base, adapter)
-    assert gguf_export.runnable_gguf_path(base, adapter, "q4_0") != gguf_export.runnable_gguf_path(base, adapter, "q8_0")
-    assert gguf_export.runnable_gguf_path(base, None) != gguf_export.runnable_gguf_path(base, adapter)
+    assert gguf_export.runnable_gguf_path(_resolved(base, copy)) != gguf_export.runnable_gguf_path(_resolved(base, adapter))
+    assert gguf_export.runnable_gguf_path(_resolved(base, adapter), "q4_0") != gguf_export.runnable_gguf_path(_resolved(base, adapter), "q8_0")
+    assert gguf_export.runnable_gguf_path(_resolved(base, None)) != gguf_export.runnable_gguf_path(_resolved(base, adapter))

@@ -1,0 +1,146 @@
+"""The default CPU engine: ONNX Runtime (onnxruntime-genai, prebuilt wheels) behind the `Engine` interface.
+
+onnxruntime-genai runs the model converted by medchat.core.onnx_export and keeps its KV cache; medchat
+drives it one token at a time (append_tokens / get_logits / rewind_to) and picks every token itself with
+the transformers engine's logits processors (medchat.core.fastdecode.TokenEngine). Its own search
+options cannot do that: its repetition penalty and n-gram ban are not transformers' rules.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+from medchat.core import onnx_export
+from medchat.core.fastdecode import (BackendInfo, TokenEngine, checkpoint_context_length, checkpoint_eos_ids, cpu_threads,
+                                     load_tokenizer)
+from medchat.core.model import ModelError, ModelSpec, ResolvedModel, resolve
+
+INSTALL_HINT = "pip install onnxruntime-genai onnx onnx-ir (medchat installs them by default)"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
+def problems(resolved: ResolvedModel) -> list[str]:
+    """Why this model cannot run on the ONNX backend (empty: it can)."""
+    if not available():
+        return [f"onnxruntime-genai is not installed ({INSTALL_HINT})"]
+    if onnx_export.is_converted(onnx_export.runnable_onnx_dir(resolved)):
+        return []
+    if resolved.gguf is not None:
+        return _gguf_problems(resolved.gguf)
+    config_file = Path(resolved.base_path) / "config.json"
+    if not config_file.is_file():
+        return [f"the base {resolved.spec.base!r} is not a local checkpoint (ONNX converts local directories)"]
+    config = json.loads(config_file.read_text())
+    architecture = (config.get("architectures") or ["unknown"])[0]
+    heads = config.get("num_attention_heads") or 1
+    return _shape_problems(architecture, config.get("head_dim") or (config.get("hidden_size") or 0) // heads)
+
+
+def _gguf_problems(path: Path) -> list[str]:
+    """The same checks on a GGUF's metadata, without converting it."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.get_field("general.architecture")
+    arch = field.contents() if field else "unknown"
+    width, heads = (reader.get_field(f"{arch}.{key}") for key in ("embedding_length", "attention.head_count"))
+    head_size = int(width.contents()) // int(heads.contents()) if width and heads else 0
+    return _shape_problems({"llama": "LlamaForCausalLM"}.get(arch, arch), head_size)
+
+
+def _shape_problems(architecture: str, head_size: int) -> list[str]:
+    if architecture not in onnx_export.SUPPORTED_ARCHITECTURES:
+        return [f"the ONNX conversion supports {', '.join(onnx_export.SUPPORTED_ARCHITECTURES)}, not {architecture}"]
+    if head_size % 16:
+        return [f"ONNX Runtime's CPU attention needs a head size that is a multiple of 16, not {head_size}"]
+    return []
+
+
+class OnnxEngine(TokenEngine):
+    """`TokenEngine` on onnxruntime-genai: one Generator, whose KV cache is kept across turns."""
+
+    def __init__(self, og_model, tokenizer, info, eos: list[int], prompt_style: str = "chat"):
+        super().__init__(tokenizer, info, eos, prompt_style=prompt_style)
+        self._og_model = og_model
+        self._generator = None
+        self._ids: list[int] = []
+
+    @classmethod
+    def load(cls, spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", n_threads: int | None = None,
+             precision: str | None = None) -> "OnnxEngine":
+        """`precision`: int8 (default), int4 or fp32 (MEDCHAT_ONNX_PRECISION)."""
+        started = time.perf_counter()
+        try:
+            import onnxruntime_genai as og
+        except ImportError as exc:
+            raise ModelError(f"The ONNX backend needs onnxruntime-genai: {INSTALL_HINT}.") from exc
+        from medchat.core.model import _quiet_transformers
+
+        og.disable_telemetry_events()  # medical text stays local: nothing optional leaves the machine
+        _quiet_transformers()
+        resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
+        try:
+            folder = onnx_export.runnable_onnx(resolved, precision)
+        except onnx_export.OnnxExportError as exc:
+            raise ModelError(str(exc)) from exc
+        converted = onnx_export.record(folder)
+        tokenizer = load_tokenizer(folder / "hf", resolved.trust_remote_code)
+        threads = n_threads or cpu_threads()
+        config = og.Config(str(folder))
+        # A KV cache that grows with the text instead of one preallocated for the whole context: creating
+        # the generator then costs nothing, and decoding was measured no slower (bench/decode.py).
+        config.overlay(json.dumps({
+            "model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}},
+            "search": {"past_present_share_buffer": False},
+        }))
+        try:
+            og_model = og.Model(config)
+        except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException for a damaged folder
+            raise ModelError(f"ONNX Runtime could not load {folder}: {exc}. Delete the folder to convert again.") from exc
+        context = checkpoint_context_length(tokenizer, folder / "hf")
+        info = BackendInfo(
+            base=resolved.spec.base,
+            base_path=str(folder),
+            adapter=str(resolved.adapter) if resolved.adapter else None,
+            merged=bool(resolved.adapter),
+            quantization=converted["precision"],
+            device="cpu",
+            dtype="onnxruntime",
+            params_total=int(converted["params"]),
+            params_trainable=0,
+            load_seconds=round(time.perf_counter() - started, 3),
+            context_length=context,
+            extra={"backend": "onnxruntime", "onnx": str(folder), "n_threads": threads,
+                   "builder": converted["builder"]},
+        )
+        return cls(og_model, tokenizer, info, checkpoint_eos_ids(tokenizer, folder / "hf"), prompt_style)
+
+    def _cached_ids(self) -> list[int]:
+        return self._ids
+
+    def _truncate(self, keep: int) -> None:
+        if self._generator is None:
+            import onnxruntime_genai as og
+
+            params = og.GeneratorParams(self._og_model)
+            params.set_search_options(max_length=self.info.context_length, batch_size=1)
+            self._generator = og.Generator(self._og_model, params)
+        elif keep < len(self._ids):
+            self._generator.rewind_to(keep)
+        self._ids = self._ids[:keep]
+
+    def _feed(self, ids: list[int]) -> None:
+        import numpy as np
+
+        self._generator.append_tokens(np.asarray(ids, dtype=np.int32))
+        self._ids = self._ids + list(ids)
+
+    def _logits(self):
+        logits = self._generator.get_logits()
+        return logits.reshape(-1, logits.shape[-1])[-1].copy()
