@@ -479,7 +479,9 @@ def _writer_alive(writer: str | None) -> bool:
 
     pid, _, started = (writer or "").partition(":")
     try:
-        return bool(pid) and _start_time(int(pid)) == started
+        # A killed writer lingers as a zombie until its parent reaps it: it still has a start time.
+        return (bool(pid) and _start_time(int(pid)) == started
+                and psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE)
     except (ValueError, psutil.Error):
         return False
 

@@ -211,7 +211,7 @@ def test_ollama_export_modelfile_renders_like_the_chat_template(tiny_run, tmp_pa
 def test_bad_input_is_one_clear_line_and_leaves_nothing(tiny_run, tmp_path):
     runner = CliRunner()
     proc = runner.invoke(main, ["export", "no-such-run", "--format", "merged"])
-    assert proc.exit_code == 1 and "no run 'no-such-run'" in proc.output and "Traceback" not in proc.output
+    assert proc.exit_code == 1 and "No run directory 'no-such-run'" in proc.output and "Traceback" not in proc.output
 
     taken = tmp_path / "taken"
     taken.mkdir()

@@ -32,11 +32,12 @@ async def test_bundled_model_answers_and_stops(bundled_spec):
 
         app.settings = ChatSettings(max_new_tokens=400)
         await send(app, pilot, "Explain in detail how the heart works.")
-        second = app.query(AssistantMessage).last()
-        for _ in range(3000):
-            if second.text:
+        for _ in range(3000):  # the second answer's widget may mount a moment after the send
+            answers = list(app.query(AssistantMessage))
+            if len(answers) == 2 and answers[1].text:
                 break
             await pilot.pause(0.01)
+        second = answers[1]
         await pilot.press("escape")
         await wait_idle(app, pilot)
         if app.chat_view.draining is not None:  # a loaded CPU may take longer than the UI waits for one step

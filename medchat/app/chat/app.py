@@ -186,7 +186,7 @@ class MedchatApp(App):
         self._start_loading()
         if not self.is_headless and _is_tty(sys.__stdin__):
             self.set_interval(1.0, self._quit_if_terminal_hung_up)
-        if not self.is_headless and hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+        if not self.is_headless and os.name == "posix" and threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._leave, 129)
 
     def _start_loading(self) -> None:
