@@ -80,11 +80,13 @@ def test_follow_up_turns_reuse_the_kv_cache(tiny_onnx, tiny_torch):
 
 
 def test_cancel_stops_the_model(tiny_onnx):
+    # Set before the stream starts: the tiny model writes 200 tokens in milliseconds, faster than a consumer
+    # could set it after the first chunk, so only this order says that the decode loop honours it.
     cancel = threading.Event()
+    cancel.set()
     stream = tiny_onnx.stream(MESSAGES, GenerationSettings(max_new_tokens=200, repetition_penalty=1.0,
                                                            no_repeat_ngram_size=0), cancel=cancel)
-    for _ in stream:
-        cancel.set()
+    list(stream)
     assert stream.stats.stop_reason == "cancelled" and stream.stats.tokens < 200
 
 
