@@ -3,7 +3,7 @@
 Reads the run directories bench/learning_curve.sh made (curve-N under MEDCHAT_RUNS_DIR, default /work/runs),
 checks that every point was held out on the same split, and writes bench/results/learning_curve.json and
 assets/report/learning-curve.png. Each evaluated point also gets a paired bootstrap 95% interval of the
-fine-tuned minus base difference (resampling held-out questions, 2000 draws, seed 0).
+fine-tuned minus base difference (resampling held-out questions; metrics.bootstrap, as the report shows it).
 
     python bench/learning_curve.py [--runs-dir /work/runs] [--prefix curve-]
 """
@@ -22,8 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, log, write_json  # noqa: E402
 
 PNG = REPO / "assets" / "report" / "learning-curve.png"
-METRICS = ("rougeL", "token_f1")
-DRAWS = 2000
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -33,27 +31,15 @@ def _read(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def paired_bootstrap(rows: list[dict], metric: str, draws: int = DRAWS, seed: int = 0) -> dict[str, float]:
-    """Mean and 95% percentile interval of finetuned - base over resampled questions (perplexity: the
-    ratio of corpus perplexities minus 1, the way the README states it)."""
-    import numpy as np
+def intervals(results: dict, rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Paired bootstrap intervals of fine-tuned minus base: the ones `medchat-metrics evaluate` stored, else the
+    same computation from the examples (metrics.bootstrap, its default resamples and seed)."""
+    stored = results.get("intervals")
+    if stored:
+        return stored
+    from metrics.bootstrap import BootstrapConfig, text_metric_intervals
 
-    rng = np.random.default_rng(seed)
-    n = len(rows)
-    picks = rng.integers(0, n, size=(draws, n))
-    if metric == "perplexity":
-        nll = {w: np.array([r[w]["nll"] for r in rows]) for w in ("base", "finetuned")}
-        tok = {w: np.array([r[w]["answer_tokens"] for r in rows], dtype=float) for w in ("base", "finetuned")}
-        ppl = {w: np.exp(nll[w][picks].sum(1) / tok[w][picks].sum(1)) for w in nll}
-        stat = ppl["finetuned"] / ppl["base"] - 1
-        point = math.exp(nll["finetuned"].sum() / tok["finetuned"].sum() - nll["base"].sum() / tok["base"].sum()) - 1
-    else:
-        base = np.array([r["base"][metric] for r in rows])
-        tuned = np.array([r["finetuned"][metric] for r in rows])
-        stat = (tuned[picks] - base[picks]).mean(1)
-        point = float((tuned - base).mean())
-    low, high = np.percentile(stat, [2.5, 97.5])
-    return {"delta": round(float(point), 5), "low": round(float(low), 5), "high": round(float(high), 5)}
+    return text_metric_intervals(rows, BootstrapConfig())
 
 
 def collect(runs_dir: Path, prefix: str) -> list[dict[str, Any]]:
@@ -81,7 +67,7 @@ def collect(runs_dir: Path, prefix: str) -> list[dict[str, Any]]:
                 settings=results["settings"], batch_size=results["batch_size"],
                 base={k: results["base"][k] for k in ("rougeL", "token_f1", "rouge1", "bleu", "perplexity")},
                 finetuned={k: results["finetuned"][k] for k in ("rougeL", "token_f1", "rouge1", "bleu", "perplexity")},
-                intervals={m: paired_bootstrap(rows, m) for m in (*METRICS, "perplexity")},
+                intervals=intervals(results, rows),
             )
             point["answer_loss"] = {w: round(math.log(point[w]["perplexity"]), 5) for w in ("base", "finetuned")}
         points.append(point)
@@ -158,7 +144,7 @@ def main() -> None:
     if any("finetuned" in p for p in points):
         plot(points, args.png)
         log(f"wrote {args.png}")
-    out = write_json("learning_curve", {"runs_dir": str(args.runs_dir), "bootstrap_draws": DRAWS,
+    out = write_json("learning_curve", {"runs_dir": str(args.runs_dir),
                                         "png": str(args.png.relative_to(REPO)) if args.png.is_relative_to(REPO)
                                         else str(args.png), "points": points})
     log(f"wrote {out}")
