@@ -117,6 +117,7 @@ class TrainResult:
     final: dict[str, Any]
 
 
+# RANK and WORLD_SIZE are set per process by torchrun / accelerate launch, not by the user.
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -232,7 +233,7 @@ def train(
 
     console = console or Console(stderr=True)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizers library reads it at its first fork
     started = time.time()
     if resume:
         job = _resumed_job(resume)

@@ -11,6 +11,7 @@ import click
 from medchat.app.cli_options import MedchatGroup, hardware_options, model_flag, runs_dir_option
 from medchat.core.quiet import quiet_known_warnings
 
+# Libraries' own variables, set before transformers / huggingface_hub are first imported (they read them then).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

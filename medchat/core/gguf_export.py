@@ -98,8 +98,8 @@ def adapter_targets(adapter: str | os.PathLike) -> set[str]:
 
 
 def run_type(name: str | None = None) -> str:
-    """The layers' weight type: the argument, else MEDCHAT_GGUF_TYPE, else q8_0."""
-    chosen = (name or os.environ.get("MEDCHAT_GGUF_TYPE") or DEFAULT_RUN_TYPE).lower()
+    """The layers' weight type: the argument (ModelSpec.gguf_type, from MEDCHAT_GGUF_TYPE), else q8_0."""
+    chosen = (name or DEFAULT_RUN_TYPE).lower()
     if chosen not in RUN_TYPES:
         raise ExportError(f"Unknown GGUF type {chosen!r} (MEDCHAT_GGUF_TYPE); choose one of {', '.join(RUN_TYPES)}.")
     return chosen
@@ -117,7 +117,7 @@ def _is_layer_matrix(tensor) -> bool:
 
 
 def runnable_gguf_path(model: ResolvedModel, qtype: str | None = None) -> Path:
-    qtype = run_type(qtype)
+    qtype = run_type(qtype or model.spec.gguf_type)
     kind = "merged" if model.adapter is not None else "base"
     key = hashlib.sha256(f"v{EXPORTER_VERSION}|{qtype}|{model.key()}".encode()).hexdigest()[:16]
     return paths.cache_dir() / "gguf" / f"{model.gguf.stem}-{kind}-{qtype}-{key}.gguf"
@@ -129,7 +129,7 @@ def runnable_gguf(model: ResolvedModel, qtype: str | None = None) -> Path:
     in the run type is returned as it is."""
     import gguf
 
-    qtype = run_type(qtype)
+    qtype = run_type(qtype or model.spec.gguf_type)
     if model.gguf is None:
         raise ExportError(f"{model.spec.base!r} is not a GGUF file; the GGUF export starts from one.")
     if model.adapter is None:

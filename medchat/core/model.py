@@ -55,6 +55,11 @@ class ModelSpec:
     # quantizing rounds most of a LoRA's delta away (bench/nf4_fidelity.py). True = merge in full precision,
     # cache that, quantize it (one model, no LoRA matmuls, at that cost). Never merged into 4-bit weights.
     quantize_merged: bool = False
+    # The fast backends' own choices (None: their defaults): decoding threads, the llama.cpp GGUF's layer
+    # weight type (gguf_export.RUN_TYPES), the ONNX weights' precision (onnx_export.PRECISIONS).
+    threads: int | None = None
+    gguf_type: str | None = None
+    onnx_precision: str | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in (("quantization", QUANTIZATIONS), ("device", DEVICES), ("dtype", DTYPES),
@@ -288,6 +293,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 
     Asked once per process: without it, an offline machine retries every file for about a minute, printing
     each retry, before it fails."""
+    # HF_* are huggingface_hub's own variables: read here to say in advance what the library will do.
     offline = os.environ.get("HF_HUB_OFFLINE", "")
     if offline.lower() in ("1", "true", "yes", "on"):
         return f"HF_HUB_OFFLINE={offline} is set"
@@ -435,7 +441,8 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype),
-            # FSDP shards the 4-bit weights together with the others only if they are stored in the same dtype.
+            # FSDP shards the 4-bit weights together with the others only if they are stored in the same dtype
+            # (ACCELERATE_USE_FSDP and LOCAL_RANK are set per process by the launcher, not by the user).
             **({"bnb_4bit_quant_storage": torch_dtype(dtype)} if os.environ.get("ACCELERATE_USE_FSDP") == "true"
                else {}),
         )

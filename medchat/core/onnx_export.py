@@ -49,8 +49,8 @@ class OnnxExportError(Exception):
 
 
 def precision(name: str | None = None) -> str:
-    """The weights' precision: the argument, else MEDCHAT_ONNX_PRECISION, else int8."""
-    chosen = (name or os.environ.get("MEDCHAT_ONNX_PRECISION") or DEFAULT_PRECISION).lower()
+    """The weights' precision: the argument (ModelSpec.onnx_precision, from MEDCHAT_ONNX_PRECISION), else int8."""
+    chosen = (name or DEFAULT_PRECISION).lower()
     if chosen not in PRECISIONS:
         raise OnnxExportError(
             f"Unknown ONNX precision {chosen!r} (MEDCHAT_ONNX_PRECISION); choose one of {', '.join(PRECISIONS)}.")
@@ -64,7 +64,7 @@ def builder_version() -> str:
 
 
 def runnable_onnx_dir(model: ResolvedModel, chosen: str | None = None) -> Path:
-    chosen = precision(chosen)
+    chosen = precision(chosen or model.spec.onnx_precision)
     key = hashlib.sha256(f"v{CONVERTER_VERSION}|{builder_version()}|{chosen}|{model.key()}".encode()).hexdigest()[:16]
     name = model.gguf.stem if model.gguf is not None else Path(model.base_path).name
     kind = "merged" if model.adapter is not None else "base"
@@ -77,6 +77,7 @@ def is_converted(folder: Path) -> bool:
 
 def runnable_onnx(model: ResolvedModel, chosen: str | None = None) -> Path:
     """The converted model folder for base (+ adapter): made once, then reused while nothing changed."""
+    chosen = precision(chosen or model.spec.onnx_precision)
     target = runnable_onnx_dir(model, chosen)
     if is_converted(target):
         return target
