@@ -24,12 +24,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medchat.core import paths
-from medchat.core.fileio import file_sha256, write_text_atomic
+from medchat.core.fileio import file_sha256, staged_file, write_text_atomic
 
 if TYPE_CHECKING:
     from medchat.core.model import ResolvedModel
@@ -175,11 +174,7 @@ def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | No
     if unknown:
         raise ExportError(f"The adapter changes {unknown[0]!r}, which the base model does not have; wrong --base?")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with staged_file(target) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
         for field in reader.fields.values():
             if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
@@ -216,10 +211,6 @@ def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | No
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     write_text_atomic(target.parent / (target.name + ".json"), json.dumps({
         "base": str(base_gguf), "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
         "changed_tensors": len(changed), "layer_type": qtype, "exporter_version": EXPORTER_VERSION,

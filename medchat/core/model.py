@@ -16,9 +16,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 from medchat.core import bundled, paths
 from medchat.core.errors import MedchatError
-from medchat.core.fileio import file_sha256
+from medchat.core.fileio import file_sha256, staged_dir
 from medchat.core.tokens import context_length, ensure_pad_token
 
 QUANTIZATIONS = ("auto", "nf4", "none")
@@ -492,17 +490,9 @@ def disable_cpu_packing(model) -> int:
 
 def write_merged(loaded: Loaded, target: Path) -> Path:
     """Save a merged model + tokenizer atomically (the trainer's `merge` command uses this too)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         loaded.model.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

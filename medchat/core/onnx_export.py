@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medchat.core import paths
-from medchat.core.fileio import write_text_atomic
+from medchat.core.fileio import staged_dir, write_text_atomic
 
 if TYPE_CHECKING:
     from medchat.core.model import ResolvedModel
@@ -85,9 +85,7 @@ def runnable_onnx(model: ResolvedModel, chosen: str | None = None) -> Path:
     if not source.is_dir():
         raise OnnxExportError(f"The ONNX backend converts a local checkpoint; {model.spec.base!r} is not one "
                               "(download it with `hf download` and pass the directory, or use --backend torch).")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:  # over an earlier, unfinished or concurrent conversion
         seconds = _build(source, staging, precision(chosen), model.trust_remote_code)
         _save_hf_side(source, staging / "hf", model.trust_remote_code)
         write_text_atomic(staging / RECORD, json.dumps({
@@ -97,12 +95,6 @@ def runnable_onnx(model: ResolvedModel, chosen: str | None = None) -> Path:
             "converter_version": CONVERTER_VERSION, "params": _count_params(source),
             "convert_seconds": round(seconds, 1),
         }, indent=2))
-        if target.exists():  # an earlier, unfinished or concurrent conversion
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
