@@ -84,7 +84,7 @@ def resolve_source(ref: str | os.PathLike) -> Source:
                               f"with `medchat-train train --resume {run.path}` first.")
         adapter, home = run.adapter, run.path
         if run.path.resolve() == paths.DEFAULT_RUN_DIR.resolve():  # the shipped run is part of the installation
-            home = paths.runs_root() / run.id
+            home = paths.runs_root() / run.path.name
     meta_file = adapter / "medchat.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))

@@ -148,7 +148,7 @@ def prepare_run_dir(cfg: TrainConfig, output_dir: str | Path | None, name: str |
     run = RunDir(path)
     if _is_main():
         if path.exists() and any(path.iterdir()):
-            status = run.status() if run.run_json.exists() else None
+            status = run.read().get("status") if run.run_json.exists() else None
             if not overwrite:
                 if status == "complete":
                     raise TrainError(f"{path} already holds a complete run. Pick another --output-dir/--name, "

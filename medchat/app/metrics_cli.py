@@ -134,13 +134,13 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
 
 
 def _just_measured(target, results: dict, eval_dir: Path):
-    """A Run whose results are the ones just written (its eval_dir is where they went)."""
-    from medchat.core.runs import Run, load_run
+    """A RunDir whose results are the ones just written (its eval_dir is where they went)."""
+    from medchat.core.runs import RunDir, load_run
 
     if target.run_dir is not None:
         run = load_run(target.run_dir)
     else:
-        run = Run(path=Path(target.adapter), meta={"id": Path(target.adapter).name, "status": "complete",
+        run = RunDir(Path(target.adapter), record={"id": Path(target.adapter).name, "status": "complete",
                                                    "base": target.base})
     run.results, run.results_problem, run.eval_path = results, None, Path(eval_dir)
     return run
