@@ -1,5 +1,5 @@
-"""Run directories: the one layout, record and lookup (one class, RunDir) shared by medchat-train (which writes them) and
-medchat-metrics (which reads them and writes the evaluation into them).
+"""Run directories: the one layout, record and lookup (one class, RunDir) shared by medchat-train (which
+writes them) and medchat-metrics (which reads them and writes the evaluation into them).
 
 A run directory holds run.json (the record), config.yaml, data_manifest.json, loss_log.jsonl, splits/,
 checkpoints/, adapter/, guard_index/ and eval/. Nothing here loads a model or imports torch.
