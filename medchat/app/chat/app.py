@@ -512,23 +512,11 @@ class MedchatApp(App):
     @on(ChatView.TurnEnded)
     def _turn_ended(self, event: ChatView.TurnEnded) -> None:
         self.turns = list(event.session.messages)
-        self._record_model(event.session, event.answer)
         if event.error:
             self.notify(event.error, title="Generation failed", severity="error", timeout=15)
         if event.session.history_error:
             self._history_failed(event.session.history_error)
         self.refresh_history()
-
-    def _record_model(self, session: ChatSession, answer: AssistantMessage) -> None:
-        """Which model wrote the answer, saved with it: the run can change within a conversation (F8)."""
-        if self.store is None or answer.message_id is None:
-            return
-        info = session.engine.info
-        answer.stats = (answer.stats or {}) | {"model": {"base": info.base, "adapter": info.adapter}}
-        try:
-            self.store.update_message_stats(answer.message_id, answer.stats)
-        except HistoryError as exc:
-            self._history_failed(exc)
 
     def _history_failed(self, exc: Exception | str) -> None:
         self.notify(f"Could not save to the history: {exc}", severity="error", timeout=10)
