@@ -141,14 +141,11 @@ def ood_policy_option(func):
 def resolve_ood_policy(flag: str | None) -> str:
     """The flag, else config.toml, else "note"; a bad config value is a one-line error naming the file."""
     from medchat.core.guard.policy import DEFAULT_POLICY
-    from medchat.core.settings import SettingsError, load_ood_policy
+    from medchat.core.settings import load_ood_policy
 
     if flag is not None:
         return flag
-    try:
-        return load_ood_policy() or DEFAULT_POLICY
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_ood_policy() or DEFAULT_POLICY  # a SettingsError: one line, printed by _PrintsUserErrors
 
 
 # ---------------------------------------------------------------- OpenAI-compatible servers
@@ -187,12 +184,9 @@ def endpoint_options(func):
 
 def resolve_endpoint(url: str | None, model: str | None, api_key_env: str | None) -> dict | None:
     from medchat.core.remote import DEFAULT_API_KEY_ENV
-    from medchat.core.settings import SettingsError, load_endpoint
+    from medchat.core.settings import load_endpoint
 
-    try:
-        config = load_endpoint()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_endpoint()
     url = url or config.get("url")
     if not url:
         if model or api_key_env:
