@@ -715,7 +715,8 @@ def loss_series(run: RunDir) -> dict[str, tuple[list[float], list[float]]]:
 
 
 def write_charts(all_runs: list[RunDir], selected: list[RunDir], out_dir: Path, stem: str = "report") -> dict[str, str]:
-    """Loss curves (one panel per run) and a base-vs-fine-tuned bar chart per selected run; names relative to out_dir."""
+    """Loss curves (one panel per run) and a base-vs-fine-tuned bar chart per selected run; names relative to out_dir.
+    Its length is matplotlib's: two figures, each a run of plotting calls with nothing to share between them."""
     import matplotlib
 
     matplotlib.use("Agg")

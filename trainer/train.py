@@ -710,6 +710,8 @@ def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
 
 
 def _make_trainer_class():
+    """The Trainer subclass, made on first use so that transformers is imported only when training. Long only
+    because the class body is inside it; each of its methods is short and does one thing."""
     from transformers import Trainer
 
     class _MedchatTrainer(Trainer):

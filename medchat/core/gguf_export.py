@@ -153,7 +153,9 @@ def _merged_state_dict(model: ResolvedModel) -> dict[str, Any]:
 
 
 def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | None = None) -> Path:
-    """Write `target`: the base GGUF, layers in `qtype`, the adapter (if any) merged in. Atomic."""
+    """Write `target`: the base GGUF, layers in `qtype`, the adapter (if any) merged in. Atomic.
+    One function for one pass in file order (metadata, then every tensor) through one reader and one writer:
+    split, the pieces would hand the open reader, writer and merged weights to each other."""
     import gguf
     import numpy as np
 
