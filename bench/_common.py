@@ -32,6 +32,9 @@ def setup(niceness: int = 10) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from medchat.app import environment
+
+    environment.start()  # what a command does first: MEDCHAT_CACHE_DIR & co. for the core the bench calls
     try:
         current = os.nice(0)
         if current < niceness:

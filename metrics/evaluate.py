@@ -113,8 +113,6 @@ def resolve_target(
     allow_incomplete: bool = False,
 ) -> Target:
     """A run directory (or its adapter/ folder), a run id, or a bare adapter directory."""
-    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
-
     path = Path(ref).expanduser()
     if not path.exists():
         try:
@@ -125,50 +123,60 @@ def resolve_target(
         raise EvalError(f"{path} is not a directory: pass a run directory or a LoRA adapter directory.")
     if not is_run_dir(path) and is_run_dir(path.parent) and path.name == "adapter":
         path = path.parent
-
     if is_run_dir(path):
-        meta = _read_json(path / "run.json")
-        run_id = str(meta.get("id") or path.name)
-        status = meta.get("status") or "unknown"
-        if status != "complete":
-            if status == "running":
-                what = "is still running (or was killed without recording it)"
-            else:
-                what = f"is {status}"
-            if not allow_incomplete:
-                raise EvalError(
-                    f"Run {run_id} {what}: its adapter is not a finished result, so it is not evaluated as one. "
-                    f"Finish it (medchat-train train --resume {run_ref(path)}) or pass --allow-incomplete to score it, "
-                    "marked as incomplete."
-                )
-        adapter = path / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
-            raise EvalError(
-                f"Run {run_id} has no adapter ({adapter}/adapter_config.json is missing)"
-                + (f"; it is {status}." if status != "complete" else ".")
-                + " Point evaluate at an adapter directory (for example a checkpoint) and pass --data."
-            )
-        recorded_base = meta.get("base") or "bundled"
-        target = Target(
-            adapter=adapter,
-            base=base or recorded_base,
-            data_path=Path(data).expanduser() if data else path / "splits" / "eval.jsonl",
-            out_dir=Path(out).expanduser() if out else path / EVAL_DIR,
-            prompt_style=meta.get("prompt_style") or "chat",
-            system_prompt=meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
-            max_length=int((meta.get("hyperparameters") or {}).get("max_length") or 512),
-            run_dir=path,
-            run_id=run_id,
-            run_status=status,
-        )
-        if base and base != recorded_base:
-            target.notes.append(f"--base {base} overrides the run's recorded base {recorded_base!r}.")
-        if not data and not target.data_path.is_file():
-            raise EvalError(
-                f"Run {run_id} has no held-out split ({target.data_path} is missing). Pass --data FILE.jsonl."
-            )
-        return target
+        return _run_target(path, base, data, out, allow_incomplete)
+    return _adapter_target(path, base, data, out)
 
+
+def _run_target(path: Path, base: str | None, data, out, allow_incomplete: bool) -> Target:
+    """The target for a run directory: its adapter, recorded base, prompt and held-out split."""
+    from medchat.core.prompting import DEFAULT_SYSTEM_PROMPT
+
+    meta = _read_json(path / "run.json")
+    run_id = str(meta.get("id") or path.name)
+    status = meta.get("status") or "unknown"
+    if status != "complete":
+        if status == "running":
+            what = "is still running (or was killed without recording it)"
+        else:
+            what = f"is {status}"
+        if not allow_incomplete:
+            raise EvalError(
+                f"Run {run_id} {what}: its adapter is not a finished result, so it is not evaluated as one. "
+                f"Finish it (medchat-train train --resume {run_ref(path)}) or pass --allow-incomplete to score it, "
+                "marked as incomplete."
+            )
+    adapter = path / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise EvalError(
+            f"Run {run_id} has no adapter ({adapter}/adapter_config.json is missing)"
+            + (f"; it is {status}." if status != "complete" else ".")
+            + " Point evaluate at an adapter directory (for example a checkpoint) and pass --data."
+        )
+    recorded_base = meta.get("base") or "bundled"
+    target = Target(
+        adapter=adapter,
+        base=base or recorded_base,
+        data_path=Path(data).expanduser() if data else path / "splits" / "eval.jsonl",
+        out_dir=Path(out).expanduser() if out else path / EVAL_DIR,
+        prompt_style=meta.get("prompt_style") or "chat",
+        system_prompt=meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
+        max_length=int((meta.get("hyperparameters") or {}).get("max_length") or 512),
+        run_dir=path,
+        run_id=run_id,
+        run_status=status,
+    )
+    if base and base != recorded_base:
+        target.notes.append(f"--base {base} overrides the run's recorded base {recorded_base!r}.")
+    if not data and not target.data_path.is_file():
+        raise EvalError(
+            f"Run {run_id} has no held-out split ({target.data_path} is missing). Pass --data FILE.jsonl."
+        )
+    return target
+
+
+def _adapter_target(path: Path, base: str | None, data, out) -> Target:
+    """The target for a bare adapter directory: --data is required, the base from the flag or its config."""
     if not (path / "adapter_config.json").is_file():
         raise EvalError(
             f"{path} is neither a run directory (no run.json) nor a LoRA adapter directory (no adapter_config.json)."

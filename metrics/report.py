@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medchat.core.fileio import json_finite
-from medchat.core.runs import Run, evaluate_command
+from medchat.core.runs import RunDir, evaluate_command
 from metrics.scores import ALL_METRICS, LOWER_IS_BETTER, METRIC_LABELS, is_improvement, relative_change
 
 EXPERIMENT_COLUMNS = [
@@ -134,13 +134,13 @@ class Report:
     details: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)
-    selected: list[Run] = field(default_factory=list, repr=False)  # the runs behind `details` (not serialised)
+    selected: list[RunDir] = field(default_factory=list, repr=False)  # the runs behind `details` (not serialised)
 
     def as_dict(self) -> dict[str, Any]:
         return {"experiments": self.experiments, "details": self.details, "notes": self.notes, "charts": self.charts}
 
 
-def run_intervals(run: Run) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def run_intervals(run: RunDir) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(intervals by metric, bootstrap settings): stored by `evaluate`, else recomputed from examples.jsonl (seeded,
     so the same every time); ({}, None) when neither exists (results.json files from before intervals)."""
     if not run.results:
@@ -190,7 +190,7 @@ def fmt_pct(value: Any) -> str:
     return f"{value * 100:.1f}" if isinstance(value, (int, float)) else "—"
 
 
-def mcq_cell(run: Run) -> str:
+def mcq_cell(run: RunDir) -> str:
     """The experiment table's MCQ column: each task's fine-tuned accuracy and its change against the base."""
     parts = []
     for row in mcq_rows(run.mcq()):
@@ -200,7 +200,7 @@ def mcq_cell(run: Run) -> str:
     return "; ".join(parts)
 
 
-def experiment_row(run: Run) -> dict[str, Any]:
+def experiment_row(run: RunDir) -> dict[str, Any]:
     h = run.hyper
     eff = h.get("effective_batch")
     if eff is None and isinstance(h.get("batch_size"), int) and isinstance(h.get("grad_accum"), int):
@@ -230,7 +230,7 @@ def experiment_row(run: Run) -> dict[str, Any]:
     return row
 
 
-def comparison_rows(run: Run) -> list[dict[str, Any]]:
+def comparison_rows(run: RunDir) -> list[dict[str, Any]]:
     rows = []
     intervals, _ = run_intervals(run)
     for name in ALL_METRICS:
@@ -253,7 +253,7 @@ def comparison_rows(run: Run) -> list[dict[str, Any]]:
     return rows
 
 
-def detail(run: Run) -> dict[str, Any]:
+def detail(run: RunDir) -> dict[str, Any]:
     out: dict[str, Any] = {
         "run": run.id,
         "path": str(run.path),
@@ -282,7 +282,7 @@ def detail(run: Run) -> dict[str, Any]:
     return out
 
 
-def build_report(all_runs: list[Run], selected: list[Run] | None = None) -> Report:
+def build_report(all_runs: list[RunDir], selected: list[RunDir] | None = None) -> Report:
     """Experiment table over `all_runs`; detail sections for `selected` (default: newest evaluated run)."""
     notes: list[str] = []
     if selected is None:
@@ -632,7 +632,7 @@ def _render_experiments(report: Report, console, wide: bool) -> None:
 # --------------------------------------------------------------------------- compare
 
 
-def compare_table(runs: list[Run]) -> dict[str, Any]:
+def compare_table(runs: list[RunDir]) -> dict[str, Any]:
     """Runs side by side (fine-tuned scores and change against each run's base), with comparability warnings."""
     rows, warnings = [], []
     for run in runs:
@@ -701,10 +701,10 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def loss_series(run: Run) -> dict[str, tuple[list[float], list[float]]]:
+def loss_series(run: RunDir) -> dict[str, tuple[list[float], list[float]]]:
     """{"train": (steps, losses), "eval": (steps, losses)} from loss_log.jsonl."""
     series: dict[str, tuple[list[float], list[float]]] = {"train": ([], []), "eval": ([], [])}
-    for i, row in enumerate(run.loss_log()):
+    for i, row in enumerate(run.loss_rows()):
         step = row.get("step", i)
         for kind in ("train", "eval"):
             value = row.get(f"{kind}_loss")
@@ -714,8 +714,9 @@ def loss_series(run: Run) -> dict[str, tuple[list[float], list[float]]]:
     return series
 
 
-def write_charts(all_runs: list[Run], selected: list[Run], out_dir: Path, stem: str = "report") -> dict[str, str]:
-    """Loss curves (one panel per run) and a base-vs-fine-tuned bar chart per selected run; names relative to out_dir."""
+def write_charts(all_runs: list[RunDir], selected: list[RunDir], out_dir: Path, stem: str = "report") -> dict[str, str]:
+    """Loss curves (one panel per run) and a base-vs-fine-tuned bar chart per selected run; names relative to out_dir.
+    Its length is matplotlib's: two figures, each a run of plotting calls with nothing to share between them."""
     import matplotlib
 
     matplotlib.use("Agg")

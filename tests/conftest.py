@@ -40,9 +40,11 @@ def isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDCHAT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MEDCHAT_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("MEDCHAT_RUNS_DIR", str(tmp_path / "runs"))
-    from medchat.core import paths
+    from medchat.app import environment
 
-    paths.use_runs_root(None)  # a --runs-dir given to an earlier test's command holds for that command only
+    # What every command does first: the directories above (and no earlier test's --runs-dir) for the core
+    # functions a test calls directly; subprocesses read the same variables themselves.
+    environment.start()
     return tmp_path
 
 

@@ -10,7 +10,9 @@ pytestmark = pytest.mark.bundled
 
 
 def test_first_load_converts_and_caches_second_load_reuses(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDCHAT_CACHE_DIR", str(tmp_path / "cache"))
+    from medchat.core import paths
+
+    paths.configure(cache=tmp_path / "cache")  # until the next test's start (conftest)
     conversions = []
     real_convert = bundled._convert
     monkeypatch.setattr(bundled, "_convert", lambda *a: conversions.append(a) or real_convert(*a))

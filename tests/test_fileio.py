@@ -1,4 +1,4 @@
-"""medchat.core.fileio: the one JSON Lines reader and the one file hash."""
+"""medchat.core.fileio: the one JSON Lines reader, the one file hash, the one staged write."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from medchat.core.fileio import file_sha256, read_jsonl
+from medchat.core.fileio import file_sha256, read_jsonl, staged_dir, staged_file
 
 
 class BadFile(Exception):
@@ -38,3 +38,40 @@ def test_the_memo_remembers_a_digest_until_the_file_changes(tmp_path):
     assert file_sha256(path, memo=memo) == "remembered"  # not read again
     path.write_bytes(b"y")  # size and mtime change: hashed again
     assert file_sha256(path, memo=memo) == hashlib.sha256(b"y").hexdigest()
+
+
+def test_a_staged_folder_replaces_the_target_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_dir(target) as staging:
+            (staging / "new.txt").write_text("half")
+            raise RuntimeError("the build failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (target / "old.txt").is_file()  # nothing left over
+    with staged_dir(target) as staging:
+        assert not target.joinpath("new.txt").exists()
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_keep_existing_keeps_a_folder_made_meanwhile(tmp_path):
+    target = tmp_path / "converted"
+    with staged_dir(target, keep_existing=True) as staging:
+        (staging / "mine").write_text("mine")
+        target.mkdir()
+        (target / "theirs").write_text("theirs")
+    assert [p.name for p in target.iterdir()] == ["theirs"] and [p.name for p in tmp_path.iterdir()] == ["converted"]
+
+
+def test_a_staged_file_appears_only_when_written(tmp_path):
+    path = tmp_path / "sub" / "a.bin"
+    with pytest.raises(OSError):
+        with staged_file(path) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError("disk full")
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    with staged_file(path, suffix=".tmp.npy") as tmp:
+        assert tmp.name.endswith(".tmp.npy")
+        tmp.write_bytes(b"done")
+    assert path.read_bytes() == b"done" and list(path.parent.iterdir()) == [path]

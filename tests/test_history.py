@@ -128,6 +128,30 @@ def test_export_markdown_and_json(store, tmp_path):
     assert data["title"] == "Chest pain" and [m["content"] for m in data["messages"]] == ["I have chest pain", "Partial"]
 
 
+
+def test_every_answer_reads_back_with_one_model_shape_old_rows_too(store):
+    conv = store.create_conversation("Old rows")
+    stats = {"ttft_s": 0.1, "tokens": 2, "tokens_per_s": 20.0, "stop_reason": "eos"}
+    written = [
+        "fake-upstream",  # `medchat ask` / `serve` sessions saved the endpoint's name
+        {"base": "bundled", "adapter": "/runs/r/adapter"},  # the chat app saved base and adapter
+        {"base": "bundled", "adapter": None, "name": None},  # what ChatSession saves now
+    ]
+    for model in written:
+        store.add_message(conv.id, "assistant", "An answer.", stats=stats | {"model": model})
+    store.add_message(conv.id, "assistant", "No stats.")
+    read = [m.stats for m in store.messages(conv.id)]
+    assert [s["model"] for s in read[:3]] == [
+        {"base": "fake-upstream", "adapter": None, "name": "fake-upstream"},
+        {"base": "bundled", "adapter": "/runs/r/adapter", "name": None},
+        {"base": "bundled", "adapter": None, "name": None},
+    ]
+    assert read[3] is None
+    exported = store.export_dict(conv.id)["messages"]
+    assert [m["stats"]["model"]["base"] for m in exported[:3]] == ["fake-upstream", "bundled", "bundled"]
+    assert store.export_markdown(conv.id).count("first token 0.10 s") == 3
+
+
 WRITER = textwrap.dedent(
     """
     import sys

@@ -186,7 +186,9 @@ def test_the_merged_model_is_cached_by_content(tiny_model_dir, adapter_dir, tmp_
 
     from medchat.core.model import resolve
 
-    monkeypatch.setenv("MEDCHAT_CACHE_DIR", str(tmp_path / "cache"))
+    from medchat.core import paths
+
+    paths.configure(cache=tmp_path / "cache")  # until the next test's start (conftest)
     spec = ModelSpec(base=str(tiny_model_dir), adapter=str(adapter_dir), dtype="fp32")
     attached = load(ModelSpec(base=str(tiny_model_dir), adapter=str(adapter_dir), merge=False, dtype="fp32"))
     first = load(spec)

@@ -129,7 +129,7 @@ def test_history_records_the_model_per_answer_and_never_the_key(tmp_path, monkey
     conversation = store.get_conversation(session.conversation_id)
     assert conversation.model["device"] == api_base(url)
     answer_row = store.messages(session.conversation_id)[-1]
-    assert answer_row.stats["model"] == "fake-upstream"
+    assert answer_row.stats["model"] == {"base": "fake-upstream", "adapter": None, "name": "fake-upstream"}
     store.close()
     assert b"sk-never-stored" not in (tmp_path / "history.db").read_bytes()
 

@@ -24,11 +24,11 @@ def test_the_record_is_held_in_memory_and_rewritten_atomically_only_when_it_chan
 
     copy = run.read()
     copy["status"] = "edited"
-    assert run.status() == "complete"  # read() hands out a copy
+    assert run.status == "complete"  # read() hands out a copy
 
     other = RunDir(run.path)  # another process resumes the run: this handle sees it
     other.update(status="running")
-    assert run.status() == "running"
+    assert run.status == "running"
 
 
 def test_a_broken_run_json_is_a_medchat_error_naming_the_file(tmp_path):

@@ -174,6 +174,8 @@ def test_persists_each_message_once_with_verdict_and_stats(isolated_user_dirs):
         assert stored[0].guard["notices"] == [{"kind": "emergency", "text": EMERGENCY_NOTICE["emergency"]}]
         assert stored_notices(stored[0].guard) == [Notice("emergency", EMERGENCY_NOTICE["emergency"])]
         assert stored[1].stats["stop_reason"] == "eos" and stored[1].stats["tokens"] == 1
+        # One shape for every front end (the chat, ask, serve): what ran, and the name an endpoint gave.
+        assert stored[1].stats["model"] == {"base": "fake-base", "adapter": "/nowhere/run/adapter", "name": None}
         assert PHYSICIAN_REMINDER not in stored[1].content
         assert (session.last_user_message_id, session.last_answer_message_id) == (stored[2].id, stored[3].id)
         # a second session resumes the conversation: the model reads the earlier turns

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medchat.core.errors import MedchatError
+from medchat.core.fileio import staged_dir
 
 FORMATS = ("merged", "vllm", "gguf", "ollama")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's accepted --max-lora-rank values
@@ -83,7 +84,7 @@ def resolve_source(ref: str | os.PathLike) -> Source:
                               f"with `medchat-train train --resume {run.path}` first.")
         adapter, home = run.adapter, run.path
         if run.path.resolve() == paths.DEFAULT_RUN_DIR.resolve():  # the shipped run is part of the installation
-            home = paths.runs_root() / run.id
+            home = paths.runs_root() / run.path.name
     meta_file = adapter / "medchat.json"
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
@@ -112,27 +113,10 @@ def export(ref: str | os.PathLike, fmt: str, out: str | os.PathLike | None = Non
                           "another --out.")
     if fmt == "vllm":  # the cheap checks come before any model is loaded
         _check_vllm_adapter(source, max_lora_rank)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        writer = {"merged": _write_merged, "vllm": _write_vllm, "gguf": _write_gguf, "ollama": _write_ollama}[fmt]
+    writer = {"merged": _write_merged, "vllm": _write_vllm, "gguf": _write_gguf, "ollama": _write_ollama}[fmt]
+    with staged_dir(target) as staging:  # an old export is removed only once the new one is in place
         command, notes = writer(source, staging, target, max_lora_rank=max_lora_rank, gguf_type=gguf_type)
-        _replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ExportResult(target, sorted(p.name for p in target.iterdir()), command, notes)
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished export into place; an old one is removed only once the new one is there."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 # ---------------------------------------------------------------- merged

@@ -117,6 +117,7 @@ class TrainResult:
     final: dict[str, Any]
 
 
+# RANK and WORLD_SIZE are set per process by torchrun / accelerate launch, not by the user.
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -147,7 +148,7 @@ def prepare_run_dir(cfg: TrainConfig, output_dir: str | Path | None, name: str |
     run = RunDir(path)
     if _is_main():
         if path.exists() and any(path.iterdir()):
-            status = run.status() if run.run_json.exists() else None
+            status = run.read().get("status") if run.run_json.exists() else None
             if not overwrite:
                 if status == "complete":
                     raise TrainError(f"{path} already holds a complete run. Pick another --output-dir/--name, "
@@ -232,7 +233,7 @@ def train(
 
     console = console or Console(stderr=True)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizers library reads it at its first fork
     started = time.time()
     if resume:
         job = _resumed_job(resume)
@@ -709,6 +710,8 @@ def answer_only_loss(model, inputs: dict[str, Any], num_items_in_batch=None):
 
 
 def _make_trainer_class():
+    """The Trainer subclass, made on first use so that transformers is imported only when training. Long only
+    because the class body is inside it; each of its methods is short and does one thing."""
     from transformers import Trainer
 
     class _MedchatTrainer(Trainer):

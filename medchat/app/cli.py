@@ -153,8 +153,6 @@ def serve(run, host, port, upstream, model_name, api_key_env, served_model_name,
     llama.cpp server...). Every answer carries the emergency notice first and the physician reminder last.
     """
     from medchat.app.serve import load_gateway, run_server
-    from medchat.core.engine import EngineError
-    from medchat.core.model import ModelError
     from medchat.core.remote import DEFAULT_API_KEY_ENV
 
     if upstream and run:
@@ -164,12 +162,9 @@ def serve(run, host, port, upstream, model_name, api_key_env, served_model_name,
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"medchat serve: listening on {host} with no authentication; anyone who reaches it can use "
                    "the model.", err=True)
-    try:
-        gateway = load_gateway(spec, upstream=upstream, model=model_name, api_key_env=api_key_env or DEFAULT_API_KEY_ENV,
-                               served_model=served_model_name, policy=resolve_ood_policy(ood_policy),
-                               max_concurrent=max_concurrent, max_request_bytes=max_request_bytes)
-    except (ModelError, EngineError) as exc:
-        raise click.ClickException(str(exc)) from None
+    gateway = load_gateway(spec, upstream=upstream, model=model_name, api_key_env=api_key_env or DEFAULT_API_KEY_ENV,
+                           served_model=served_model_name, policy=resolve_ood_policy(ood_policy),
+                           max_concurrent=max_concurrent, max_request_bytes=max_request_bytes)
     run_server(gateway, host, port)
 
 

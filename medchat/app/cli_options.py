@@ -7,6 +7,7 @@ import functools
 
 import click
 
+from medchat.app import environment
 from medchat.core import paths
 from medchat.core.errors import MedchatError
 from medchat.core.model import BACKENDS, BUNDLED, DEVICES, DTYPES, QUANTIZATIONS, ModelSpec
@@ -15,7 +16,16 @@ from medchat.core.paths import default_adapter_dir
 
 class _PrintsUserErrors:
     """A MedchatError from any subcommand becomes click's one-line `Error: ...` with exit status 1 (usage
-    errors keep click's exit status 2); a bug still shows its traceback."""
+    errors keep click's exit status 2); a bug still shows its traceback. The top command reads the
+    environment first (medchat.app.environment), before its options' callbacks run."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if parent is None:
+            try:
+                environment.start()
+            except MedchatError as exc:
+                raise click.ClickException(str(exc)) from None
+        return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -82,7 +92,8 @@ def runs_dir_option(func):
     """--runs-dir: where run ids are looked up, runs are listed and new runs are written."""
 
     def apply(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-        paths.use_runs_root(value)
+        if value:  # over MEDCHAT_RUNS_DIR, which the command read when it started
+            paths.configure(runs=value)
 
     return click.option("--runs-dir", type=click.Path(file_okay=False), default=None, expose_value=False,
                         is_eager=True, callback=apply,
@@ -111,7 +122,8 @@ def spec_from_options(base, adapter, no_adapter, quantization, device, dtype, tr
         shipped = default_adapter_dir()
         adapter = str(shipped) if shipped else None
     return ModelSpec(base=base, adapter=None if no_adapter else adapter, quantization=quantization,
-                     device=device, dtype=dtype, trust_remote_code=trust_remote_code, backend=backend)
+                     device=device, dtype=dtype, trust_remote_code=trust_remote_code, backend=backend,
+                     **environment.current().model_settings())
 
 
 def ood_policy_option(func):
@@ -129,14 +141,11 @@ def ood_policy_option(func):
 def resolve_ood_policy(flag: str | None) -> str:
     """The flag, else config.toml, else "note"; a bad config value is a one-line error naming the file."""
     from medchat.core.guard.policy import DEFAULT_POLICY
-    from medchat.core.settings import SettingsError, load_ood_policy
+    from medchat.core.settings import load_ood_policy
 
     if flag is not None:
         return flag
-    try:
-        return load_ood_policy() or DEFAULT_POLICY
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_ood_policy() or DEFAULT_POLICY  # a SettingsError: one line, printed by _PrintsUserErrors
 
 
 # ---------------------------------------------------------------- OpenAI-compatible servers
@@ -175,12 +184,9 @@ def endpoint_options(func):
 
 def resolve_endpoint(url: str | None, model: str | None, api_key_env: str | None) -> dict | None:
     from medchat.core.remote import DEFAULT_API_KEY_ENV
-    from medchat.core.settings import SettingsError, load_endpoint
+    from medchat.core.settings import load_endpoint
 
-    try:
-        config = load_endpoint()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = load_endpoint()
     url = url or config.get("url")
     if not url:
         if model or api_key_env:

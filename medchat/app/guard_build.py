@@ -37,10 +37,10 @@ MAX_PER_GROUP = 1500  # per source or CLINC150 domain: more costs embedding time
 @click.option("--seed", type=int, default=42, show_default=True)
 def main(data_dir, out_dir, question_files, max_per_group, cache, seed):
     """Build the guard index: fit the score, calibrate thresholds on left-out groups, save."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # huggingface_hub reads it when it is first imported
     from medchat.core.guard.build import build_index
-    from medchat.core.guard.embedder import EmbedderError, shared_embedder
-    from medchat.core.guard.questions import QuestionFileError, asset_groups, data_groups, dedupe, read_questions, sample
+    from medchat.core.guard.embedder import shared_embedder
+    from medchat.core.guard.questions import asset_groups, data_groups, dedupe, read_questions, sample
     from medchat.core.paths import ASSETS_DIR, cache_dir
 
     try:
@@ -52,7 +52,7 @@ def main(data_dir, out_dir, question_files, max_per_group, cache, seed):
                             cache_dir=cache or cache_dir() / "guard",
                             source=f"{data_dir} (at most {max_per_group} per group, seed {seed}) and assets/guard",
                             log=lambda m: click.echo(m, err=True))
-    except (QuestionFileError, EmbedderError, ValueError) as exc:
+    except ValueError as exc:  # too few texts to calibrate on, say (a MedchatError is printed by MedchatCommand)
         raise click.ClickException(str(exc)) from None
     index.save(out_dir)
     cal, t = index.meta["calibration"], index.thresholds

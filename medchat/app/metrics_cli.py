@@ -11,6 +11,7 @@ import click
 from medchat.app.cli_options import MedchatGroup, hardware_options, model_flag, runs_dir_option
 from medchat.core.quiet import quiet_known_warnings
 
+# Libraries' own variables, set before transformers / huggingface_hub are first imported (they read them then).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -20,10 +21,6 @@ FORMATS = ("rich", "markdown", "json")
 def _wide_option(func):
     return click.option("--wide", is_flag=True,
                         help="Every column, however wide the terminal (default: the columns that fit).")(func)
-
-
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
 
 
 @click.group(cls=MedchatGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,21 +70,14 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     from rich.console import Console
 
     from medchat.core import tracking
-    from metrics.evaluate import EvalError, default_settings, resolve_target
+    from metrics.evaluate import default_settings, resolve_target
     from metrics.evaluate import evaluate as run_evaluation
     from metrics.report import build_report, render_rich
-    from medchat.core.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
-    try:
-        target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
-    except (EvalError, RunError) as exc:
-        raise _fail(exc) from None
-    try:
-        trackers = tracking.run_trackers(target.run_dir, report_to)  # checked before the models load
-    except tracking.TrackingError as exc:
-        raise _fail(exc) from None
+    target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
+    trackers = tracking.run_trackers(target.run_dir, report_to)  # checked before the models load
     for note in target.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
     if target.run_status not in (None, "complete"):
@@ -111,8 +101,6 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
         try:
             summary = run_evaluation(target, settings, limit=limit, batch_size=batch_size, probes=probes,
                                      device=device, dtype=dtype, quantization=quantization, progress=progress)
-        except EvalError as exc:
-            raise _fail(exc) from None
         except KeyboardInterrupt:
             err.print("Interrupted. Finished batches are cached: run the same command again to resume.")
             sys.exit(130)
@@ -121,11 +109,8 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
     cached = "all cached, nothing generated" if not summary.loaded else (
         f"generated {gen['base']} base and {gen['finetuned']} fine-tuned answers")
     err.print(f"{cached}; results in {summary.results_path}", highlight=False)
-    try:
-        for line in tracking.log_evaluation(target.run_dir, trackers, summary.results):
-            err.print(f"logged to {line}", highlight=False, markup=False)
-    except tracking.TrackingError as exc:
-        raise _fail(exc) from None
+    for line in tracking.log_evaluation(target.run_dir, trackers, summary.results):
+        err.print(f"logged to {line}", highlight=False, markup=False)
     # Print what was just measured (summary.results), never what the run directory held before: with --out or
     # --data the run's own eval/results.json is another evaluation.
     report = build_report([], [_just_measured(target, summary.results, summary.results_path.parent)])
@@ -133,13 +118,13 @@ def evaluate(run_or_adapter, base, data, limit, batch_size, max_new_tokens, repe
 
 
 def _just_measured(target, results: dict, eval_dir: Path):
-    """A Run whose results are the ones just written (its eval_dir is where they went)."""
-    from medchat.core.runs import Run, load_run
+    """A RunDir whose results are the ones just written (its eval_dir is where they went)."""
+    from medchat.core.runs import RunDir, load_run
 
     if target.run_dir is not None:
         run = load_run(target.run_dir)
     else:
-        run = Run(path=Path(target.adapter), meta={"id": Path(target.adapter).name, "status": "complete",
+        run = RunDir(Path(target.adapter), record={"id": Path(target.adapter).name, "status": "complete",
                                                    "base": target.base})
     run.results, run.results_problem, run.eval_path = results, None, Path(eval_dir)
     return run
@@ -192,22 +177,18 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
     from rich.console import Console
 
     from metrics.bootstrap import BootstrapConfig
-    from metrics.evaluate import EvalError, resolve_target
+    from metrics.evaluate import resolve_target
     from metrics.mcq import TaskError, run_mcq
     from metrics.mcq_tasks import resolve_task
     from metrics.report import render_mcq_rich
-    from medchat.core.runs import RunError
 
     _quiet_libraries()
     err = Console(stderr=True)
-    try:
-        spec = resolve_task(task_name)
-        data = data or spec.defaults.get("data")
-        if data is None:
-            raise TaskError(f"--data FILE.jsonl is required for task {spec.name}.")
-        target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
-    except (TaskError, EvalError, RunError) as exc:
-        raise _fail(exc) from None
+    spec = resolve_task(task_name)
+    data = data or spec.defaults.get("data")
+    if data is None:
+        raise TaskError(f"--data FILE.jsonl is required for task {spec.name}.")
+    target = resolve_target(run_or_adapter, base=base, data=data, out=out, allow_incomplete=allow_incomplete)
     for note in target.notes:
         err.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
 
@@ -228,8 +209,6 @@ def mcq(run_or_adapter, task_name, data, fewshot_data, num_fewshot, fewshot_seed
                               max_batch_tokens=max_batch_tokens,
                               bootstrap=BootstrapConfig(resamples=bootstrap_resamples, seed=bootstrap_seed),
                               device=device, dtype=dtype, quantization=quantization, progress=progress)
-        except (TaskError, EvalError) as exc:
-            raise _fail(exc) from None
         except KeyboardInterrupt:
             err.print("Interrupted; nothing was written.")
             sys.exit(130)
@@ -253,18 +232,15 @@ def report(runs, fmt, output, charts, all_runs, wide) -> None:
     RUNS are run directories or run ids (default: every run; details for the newest evaluated one).
     """
     from metrics.report import build_report, render_json, render_markdown, render_rich, write_charts
-    from medchat.core.runs import RunError, discover_runs, load_run, load_runs
+    from medchat.core.runs import discover_runs, load_run, load_runs
 
-    try:
-        selected = load_runs(list(runs)) if runs else None
-        if all_runs or not runs:
-            every = [load_run(p) for p in discover_runs()]
-            known = {r.path.resolve() for r in every}
-            every += [r for r in (selected or []) if r.path.resolve() not in known]
-        else:
-            every = list(selected or [])
-    except RunError as exc:
-        raise _fail(exc) from None
+    selected = load_runs(list(runs)) if runs else None
+    if all_runs or not runs:
+        every = [load_run(p) for p in discover_runs()]
+        known = {r.path.resolve() for r in every}
+        every += [r for r in (selected or []) if r.path.resolve() not in known]
+    else:
+        every = list(selected or [])
     rep = build_report(every, selected)
     if fmt == "rich" and output is None:
         from rich.console import Console
@@ -302,12 +278,9 @@ def report(runs, fmt, output, charts, all_runs, wide) -> None:
 def compare(runs, fmt, wide) -> None:
     """Evaluated runs side by side: every metric, base and each run's fine-tuned model."""
     from metrics.report import compare_table, render_compare
-    from medchat.core.runs import RunError, load_runs
+    from medchat.core.runs import load_runs
 
-    try:
-        loaded = load_runs(list(runs))
-    except RunError as exc:
-        raise _fail(exc) from None
+    loaded = load_runs(list(runs))
     table = compare_table(loaded)
     if fmt == "json":
         import json
@@ -327,12 +300,9 @@ def compare(runs, fmt, wide) -> None:
 @click.argument("runs", nargs=-1)
 def show(runs) -> None:
     """Open the report view (runs, metrics tables, loss chart, per-example browser)."""
-    from medchat.core.runs import RunError, resolve_run
+    from medchat.core.runs import resolve_run
 
-    try:
-        paths = [resolve_run(r) for r in runs] if runs else None
-    except RunError as exc:
-        raise _fail(exc) from None
+    paths = [resolve_run(r) for r in runs] if runs else None
     from medchat.app.report import ReportApp
 
     ReportApp(runs=paths).run()

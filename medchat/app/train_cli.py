@@ -108,7 +108,7 @@ def _load(ctx, params, skip=()):
 @click.version_option(package_name="medchat", prog_name="medchat-train")
 def main() -> None:
     """Fine-tune a chat LLM on medical Q&A with LoRA / QLoRA, and record every run."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizers library reads it at its first fork
     quiet_known_warnings()
 
 
@@ -317,7 +317,10 @@ def export_cmd(run, fmt, out, force, max_lora_rank, gguf_type):
     """Export RUN (id, path, 'default', or an adapter directory) in a format another engine loads."""
     from trainer.export import export
 
-    result = export(run, fmt, out, force=force, max_lora_rank=int(max_lora_rank), gguf_type=gguf_type)
+    from medchat.app import environment
+
+    result = export(run, fmt, out, force=force, max_lora_rank=int(max_lora_rank),
+                    gguf_type=gguf_type or environment.current().gguf_type)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"{result.path}: {', '.join(result.files)}", err=True)

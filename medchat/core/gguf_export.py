@@ -24,12 +24,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medchat.core import paths
-from medchat.core.fileio import file_sha256, write_text_atomic
+from medchat.core.fileio import file_sha256, staged_file, write_text_atomic
 
 if TYPE_CHECKING:
     from medchat.core.model import ResolvedModel
@@ -98,8 +97,8 @@ def adapter_targets(adapter: str | os.PathLike) -> set[str]:
 
 
 def run_type(name: str | None = None) -> str:
-    """The layers' weight type: the argument, else MEDCHAT_GGUF_TYPE, else q8_0."""
-    chosen = (name or os.environ.get("MEDCHAT_GGUF_TYPE") or DEFAULT_RUN_TYPE).lower()
+    """The layers' weight type: the argument (ModelSpec.gguf_type, from MEDCHAT_GGUF_TYPE), else q8_0."""
+    chosen = (name or DEFAULT_RUN_TYPE).lower()
     if chosen not in RUN_TYPES:
         raise ExportError(f"Unknown GGUF type {chosen!r} (MEDCHAT_GGUF_TYPE); choose one of {', '.join(RUN_TYPES)}.")
     return chosen
@@ -117,7 +116,7 @@ def _is_layer_matrix(tensor) -> bool:
 
 
 def runnable_gguf_path(model: ResolvedModel, qtype: str | None = None) -> Path:
-    qtype = run_type(qtype)
+    qtype = run_type(qtype or model.spec.gguf_type)
     kind = "merged" if model.adapter is not None else "base"
     key = hashlib.sha256(f"v{EXPORTER_VERSION}|{qtype}|{model.key()}".encode()).hexdigest()[:16]
     return paths.cache_dir() / "gguf" / f"{model.gguf.stem}-{kind}-{qtype}-{key}.gguf"
@@ -129,7 +128,7 @@ def runnable_gguf(model: ResolvedModel, qtype: str | None = None) -> Path:
     in the run type is returned as it is."""
     import gguf
 
-    qtype = run_type(qtype)
+    qtype = run_type(qtype or model.spec.gguf_type)
     if model.gguf is None:
         raise ExportError(f"{model.spec.base!r} is not a GGUF file; the GGUF export starts from one.")
     if model.adapter is None:
@@ -154,7 +153,9 @@ def _merged_state_dict(model: ResolvedModel) -> dict[str, Any]:
 
 
 def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | None = None) -> Path:
-    """Write `target`: the base GGUF, layers in `qtype`, the adapter (if any) merged in. Atomic."""
+    """Write `target`: the base GGUF, layers in `qtype`, the adapter (if any) merged in. Atomic.
+    One function for one pass in file order (metadata, then every tensor) through one reader and one writer:
+    split, the pieces would hand the open reader, writer and merged weights to each other."""
     import gguf
     import numpy as np
 
@@ -175,11 +176,7 @@ def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | No
     if unknown:
         raise ExportError(f"The adapter changes {unknown[0]!r}, which the base model does not have; wrong --base?")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with staged_file(target) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch=arch, endianess=reader.endianess)
         for field in reader.fields.values():
             if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
@@ -216,10 +213,6 @@ def export_gguf(model: ResolvedModel, target: str | os.PathLike, qtype: str | No
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     write_text_atomic(target.parent / (target.name + ".json"), json.dumps({
         "base": str(base_gguf), "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
         "changed_tensors": len(changed), "layer_type": qtype, "exporter_version": EXPORTER_VERSION,

@@ -371,10 +371,6 @@ class HistoryStore:
         with self._db:
             self._db.execute("UPDATE messages SET guard = ? WHERE id = ?", (_dumps(guard), message_id))
 
-    def update_message_stats(self, message_id: int, stats: dict | None) -> None:
-        with self._db:
-            self._db.execute("UPDATE messages SET stats = ? WHERE id = ?", (_dumps(stats), message_id))
-
     def messages(self, conversation_id: int) -> list[Message]:
         rows = self._db.execute(
             "SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)
@@ -387,7 +383,7 @@ class HistoryStore:
                 content=r["content"],
                 created=r["created"],
                 status=r["status"],
-                stats=_loads(r["stats"]),
+                stats=_with_answer_model(_loads(r["stats"])),
                 guard=_loads(r["guard"]),
                 updated=r["updated"],
             )
@@ -459,7 +455,7 @@ def _serialised(method):
 for _name in ("close", "create_conversation", "get_conversation", "list_conversations", "rename_conversation",
               "update_settings", "delete_conversation", "add_message", "save_partial", "finish_message",
               "delete_messages_from", "update_message_guard",
-              "update_message_stats", "messages", "search", "export_dict"):
+              "messages", "search", "export_dict"):
     setattr(HistoryStore, _name, _serialised(getattr(HistoryStore, _name)))
 
 
@@ -511,6 +507,27 @@ def _snippet(text: str, query: str, width: int = 60) -> str:
 def export_filename(conversation: Conversation, fmt: str = "md") -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", conversation.title).strip("-").lower()[:40] or "conversation"
     return f"medchat-{conversation.id}-{slug}.{'json' if fmt == 'json' else 'md'}"
+
+
+def answer_model(base: str | None, adapter: str | None, name: str | None = None) -> dict:
+    """The model saved with each answer, one shape for every front end: the base and adapter that ran and
+    `name`, the name an endpoint answered as (None for a local model)."""
+    return {"base": base, "adapter": adapter, "name": name}
+
+
+def _with_answer_model(stats: dict | None) -> dict | None:
+    """Stats as read back, their "model" in answer_model's shape. Rows saved before it hold a bare name (the
+    endpoint's, from `medchat ask`/`serve` sessions) or {base, adapter} (the chat app's)."""
+    if not isinstance(stats, dict) or "model" not in stats:
+        return stats
+    old = stats["model"]
+    if isinstance(old, str):
+        model = answer_model(old, None, old)
+    elif isinstance(old, dict):
+        model = answer_model(old.get("base"), old.get("adapter"), old.get("name"))
+    else:
+        model = None
+    return stats | {"model": model}
 
 
 def format_stats(stats: dict | None) -> str:

@@ -16,9 +16,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 
 from medchat.core import bundled, paths
 from medchat.core.errors import MedchatError
-from medchat.core.fileio import file_sha256
+from medchat.core.fileio import file_sha256, staged_dir
 from medchat.core.tokens import context_length, ensure_pad_token
 
 QUANTIZATIONS = ("auto", "nf4", "none")
@@ -55,6 +53,11 @@ class ModelSpec:
     # quantizing rounds most of a LoRA's delta away (bench/nf4_fidelity.py). True = merge in full precision,
     # cache that, quantize it (one model, no LoRA matmuls, at that cost). Never merged into 4-bit weights.
     quantize_merged: bool = False
+    # The fast backends' own choices (None: their defaults): decoding threads, the llama.cpp GGUF's layer
+    # weight type (gguf_export.RUN_TYPES), the ONNX weights' precision (onnx_export.PRECISIONS).
+    threads: int | None = None
+    gguf_type: str | None = None
+    onnx_precision: str | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in (("quantization", QUANTIZATIONS), ("device", DEVICES), ("dtype", DTYPES),
@@ -288,6 +291,7 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 
     Asked once per process: without it, an offline machine retries every file for about a minute, printing
     each retry, before it fails."""
+    # HF_* are huggingface_hub's own variables: read here to say in advance what the library will do.
     offline = os.environ.get("HF_HUB_OFFLINE", "")
     if offline.lower() in ("1", "true", "yes", "on"):
         return f"HF_HUB_OFFLINE={offline} is set"
@@ -435,7 +439,8 @@ def _from_pretrained(spec: ModelSpec, base_path: str, dtype: str, quantization: 
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(dtype),
-            # FSDP shards the 4-bit weights together with the others only if they are stored in the same dtype.
+            # FSDP shards the 4-bit weights together with the others only if they are stored in the same dtype
+            # (ACCELERATE_USE_FSDP and LOCAL_RANK are set per process by the launcher, not by the user).
             **({"bnb_4bit_quant_storage": torch_dtype(dtype)} if os.environ.get("ACCELERATE_USE_FSDP") == "true"
                else {}),
         )
@@ -485,17 +490,9 @@ def disable_cpu_packing(model) -> int:
 
 def write_merged(loaded: Loaded, target: Path) -> Path:
     """Save a merged model + tokenizer atomically (the trainer's `merge` command uses this too)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".merging-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:
         loaded.model.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

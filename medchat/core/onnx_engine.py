@@ -74,7 +74,7 @@ class OnnxEngine(TokenEngine):
     @classmethod
     def load(cls, spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", n_threads: int | None = None,
              precision: str | None = None) -> "OnnxEngine":
-        """`precision`: int8 (default), int4 or fp32 (MEDCHAT_ONNX_PRECISION)."""
+        """`precision`: int8 (default), int4 or fp32 (default spec.onnx_precision, else int8)."""
         started = time.perf_counter()
         try:
             import onnxruntime_genai as og
@@ -91,7 +91,7 @@ class OnnxEngine(TokenEngine):
             raise ModelError(str(exc)) from exc
         converted = onnx_export.record(folder)
         tokenizer = load_tokenizer(folder / "hf", resolved.trust_remote_code)
-        threads = n_threads or cpu_threads()
+        threads = n_threads or cpu_threads(resolved.spec.threads)
         config = og.Config(str(folder))
         # A KV cache that grows with the text instead of one preallocated for the whole context: creating
         # the generator then costs nothing, and decoding was measured no slower (bench/decode.py).

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medchat.core import paths
-from medchat.core.fileio import write_text_atomic
+from medchat.core.fileio import staged_dir, write_text_atomic
 
 if TYPE_CHECKING:
     from medchat.core.model import ResolvedModel
@@ -49,8 +49,8 @@ class OnnxExportError(Exception):
 
 
 def precision(name: str | None = None) -> str:
-    """The weights' precision: the argument, else MEDCHAT_ONNX_PRECISION, else int8."""
-    chosen = (name or os.environ.get("MEDCHAT_ONNX_PRECISION") or DEFAULT_PRECISION).lower()
+    """The weights' precision: the argument (ModelSpec.onnx_precision, from MEDCHAT_ONNX_PRECISION), else int8."""
+    chosen = (name or DEFAULT_PRECISION).lower()
     if chosen not in PRECISIONS:
         raise OnnxExportError(
             f"Unknown ONNX precision {chosen!r} (MEDCHAT_ONNX_PRECISION); choose one of {', '.join(PRECISIONS)}.")
@@ -64,7 +64,7 @@ def builder_version() -> str:
 
 
 def runnable_onnx_dir(model: ResolvedModel, chosen: str | None = None) -> Path:
-    chosen = precision(chosen)
+    chosen = precision(chosen or model.spec.onnx_precision)
     key = hashlib.sha256(f"v{CONVERTER_VERSION}|{builder_version()}|{chosen}|{model.key()}".encode()).hexdigest()[:16]
     name = model.gguf.stem if model.gguf is not None else Path(model.base_path).name
     kind = "merged" if model.adapter is not None else "base"
@@ -77,6 +77,7 @@ def is_converted(folder: Path) -> bool:
 
 def runnable_onnx(model: ResolvedModel, chosen: str | None = None) -> Path:
     """The converted model folder for base (+ adapter): made once, then reused while nothing changed."""
+    chosen = precision(chosen or model.spec.onnx_precision)
     target = runnable_onnx_dir(model, chosen)
     if is_converted(target):
         return target
@@ -84,9 +85,7 @@ def runnable_onnx(model: ResolvedModel, chosen: str | None = None) -> Path:
     if not source.is_dir():
         raise OnnxExportError(f"The ONNX backend converts a local checkpoint; {model.spec.base!r} is not one "
                               "(download it with `hf download` and pass the directory, or use --backend torch).")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
+    with staged_dir(target) as staging:  # over an earlier, unfinished or concurrent conversion
         seconds = _build(source, staging, precision(chosen), model.trust_remote_code)
         _save_hf_side(source, staging / "hf", model.trust_remote_code)
         write_text_atomic(staging / RECORD, json.dumps({
@@ -96,12 +95,6 @@ def runnable_onnx(model: ResolvedModel, chosen: str | None = None) -> Path:
             "converter_version": CONVERTER_VERSION, "params": _count_params(source),
             "convert_seconds": round(seconds, 1),
         }, indent=2))
-        if target.exists():  # an earlier, unfinished or concurrent conversion
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

@@ -1,4 +1,4 @@
-"""Where medchat keeps things: user dirs (platformdirs, overridable by env) and the shipped assets."""
+"""Where medchat keeps things: user dirs (platformdirs, or what the entry point configured) and the shipped assets."""
 
 from __future__ import annotations
 
@@ -14,33 +14,37 @@ APP = "medchat"
 ASSETS_DIR = Path(str(resources.files("medchat") / "assets")).resolve()
 
 
-def _dir(env: str, default: str) -> Path:
-    return Path(os.environ.get(env) or default).expanduser()
+# The user's choices of directory (MEDCHAT_*_DIR, --runs-dir): the entry points read them
+# (medchat.app.environment) and set them here with `configure`; the core reads no MEDCHAT_* variable.
+_chosen: dict[str, Path] = {}
+DIRS = ("cache", "data", "config", "runs")
+
+
+def configure(**dirs: str | os.PathLike | None) -> None:
+    """Set the directories named by DIRS (cache=, data=, config=, runs=); None or "" goes back to the default."""
+    for name, value in dirs.items():
+        if name not in DIRS:
+            raise TypeError(f"configure() takes {', '.join(DIRS)}, not {name!r}")
+        if value:
+            _chosen[name] = Path(value).expanduser()
+        else:
+            _chosen.pop(name, None)
 
 
 def cache_dir() -> Path:
-    return _dir("MEDCHAT_CACHE_DIR", platformdirs.user_cache_dir(APP))
+    return _chosen.get("cache") or Path(platformdirs.user_cache_dir(APP))
 
 
 def data_dir() -> Path:
-    return _dir("MEDCHAT_DATA_DIR", platformdirs.user_data_dir(APP))
+    return _chosen.get("data") or Path(platformdirs.user_data_dir(APP))
 
 
 def config_dir() -> Path:
-    return _dir("MEDCHAT_CONFIG_DIR", platformdirs.user_config_dir(APP))
-
-
-_chosen_runs_root: Path | None = None
-
-
-def use_runs_root(path: str | os.PathLike | None) -> None:
-    """--runs-dir: the runs root for this command, over MEDCHAT_RUNS_DIR (None: back to the default)."""
-    global _chosen_runs_root
-    _chosen_runs_root = Path(path).expanduser() if path else None
+    return _chosen.get("config") or Path(platformdirs.user_config_dir(APP))
 
 
 def runs_root() -> Path:
-    return _chosen_runs_root or _dir("MEDCHAT_RUNS_DIR", str(data_dir() / "runs"))
+    return _chosen.get("runs") or data_dir() / "runs"
 
 
 def history_db_path() -> Path:

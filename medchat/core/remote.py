@@ -76,6 +76,7 @@ class RemoteEngine:
         self.url = api_base(url)
         self.timeout_s = timeout_s
         # No retries: a retry after a dropped stream would silently answer twice; the user sends again.
+        # The key is read here, from the variable the user named, so that no settings object ever holds it.
         self.client_options = dict(base_url=self.url, api_key=os.environ.get(api_key_env) or "not-needed",
                                    timeout=openai.Timeout(timeout_s, connect=min(timeout_s, 10.0)), max_retries=0)
         self.client = openai.OpenAI(**self.client_options)

@@ -1,5 +1,5 @@
-"""Run directories: the one layout, record and lookup shared by medchat-train (which writes them) and
-medchat-metrics (which reads them and writes the evaluation into them).
+"""Run directories: the one layout, record and lookup (one class, RunDir) shared by medchat-train (which
+writes them) and medchat-metrics (which reads them and writes the evaluation into them).
 
 A run directory holds run.json (the record), config.yaml, data_manifest.json, loss_log.jsonl, splits/,
 checkpoints/, adapter/, guard_index/ and eval/. Nothing here loads a model or imports torch.
@@ -92,13 +92,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 @dataclass
 class RunDir:
-    """One run directory's layout and its record. The record is held in memory and read again only when
-    run.json changed on disk (another process resumed the run, say); `write` and `update` replace the file
-    atomically, and only when the record changed."""
+    """One run directory: its layout, its record, and (for the report) its evaluation and what is wrong
+    with either. The record is held in memory and read again only when run.json changed on disk (another
+    process resumed the run, say); `write` and `update` replace the file atomically, and only when the
+    record changed. `record`: a record to hold before any run.json exists (a bare adapter's)."""
 
     path: Path
-    _record: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    record: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # What load_run fills in for the report:
+    results: dict[str, Any] | None = None
+    results_problem: str | None = None  # why `results` is None (no evaluation yet, unreadable file...)
+    problems: list[str] = field(default_factory=list)  # things wrong with the run itself
+    eval_path: Path | None = None  # where results.json was read from, when not <run>/eval (evaluate --out)
     _stamp: tuple[int, int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
 
     @property
     def run_json(self) -> Path:
@@ -133,20 +142,22 @@ class RunDir:
         return self.path / "guard_index"
 
     @property
-    def id(self) -> str:
-        return self.path.name
+    def eval_dir(self) -> Path:
+        return self.eval_path if self.eval_path is not None else self.path / EVAL_DIR
+
+    # ------------------------------------------------ the record
 
     def read(self) -> dict[str, Any]:
         """A copy of the record ({} before run.json exists)."""
         stamp = self._disk_stamp()
-        if self._record is None or stamp != self._stamp:
-            self._record = _read_json(self.run_json) if stamp is not None else {}
+        if self.record is None or stamp != self._stamp:
+            self.record = _read_json(self.run_json) if stamp is not None else {}
             self._stamp = stamp
-        return dict(self._record)
+        return dict(self.record)
 
     def write(self, data: dict[str, Any]) -> None:
-        self._record = dict(data)
-        atomic_write_json(self.run_json, self._record)
+        self.record = dict(data)
+        atomic_write_json(self.run_json, self.record)
         self._stamp = self._disk_stamp()
 
     def _disk_stamp(self) -> tuple[int, int, int] | None:
@@ -163,8 +174,113 @@ class RunDir:
             self.write(record)
         return dict(record)
 
-    def status(self) -> str | None:
-        return self.read().get("status")
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The record for readers that carry on without one: {} when run.json cannot be read (load_run
+        says why in `problems`)."""
+        try:
+            return self.read()
+        except RunError:
+            return {}
+
+    @property
+    def id(self) -> str:
+        """The id in the record, else the folder's name (a new run's id)."""
+        return str(self.meta.get("id") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        """The recorded status, "unknown" when there is none (or none of STATUSES)."""
+        status = self.meta.get("status")
+        return status if status in STATUS_LABELS else "unknown"
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS[self.status]
+
+    @property
+    def hyper(self) -> dict[str, Any]:
+        return dict(self.meta.get("hyperparameters") or {})
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return dict(self.meta.get("final") or {})
+
+    @property
+    def created(self) -> str:
+        return str(self.meta.get("created") or "")
+
+    # ------------------------------------------------ the evaluation, as the report reads it
+
+    @property
+    def evaluated(self) -> bool:
+        return self.results is not None
+
+    def metric(self, which: str, name: str) -> float | None:
+        """An aggregate score for "base" or "finetuned", or None."""
+        if not self.results:
+            return None
+        value = (self.results.get(which) or {}).get(name)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def loss_rows(self) -> list[dict[str, Any]]:
+        """The training log's rows ([] when there is none or it cannot be read)."""
+        path = self.loss_log
+        if not path.is_file():
+            return []
+        try:
+            return read_jsonl(path)
+        except RunError:
+            return []
+
+    def examples(self) -> list[dict[str, Any]]:
+        path = self.eval_dir / EXAMPLES_FILE
+        if not self.results or not path.is_file():
+            return []
+        return read_jsonl(path)
+
+    def mcq(self) -> list[dict[str, Any]]:
+        """Every multiple-choice result (eval/mcq_<task>.json, written by `medchat-metrics mcq`), by task name."""
+        out = []
+        if not self.eval_dir.is_dir():
+            return out
+        for path in sorted(self.eval_dir.glob(f"{MCQ_PREFIX}*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("kind") == "mcq":
+                data["_path"] = str(path)
+                out.append(data)
+        return out
+
+    def notice(self) -> str | None:
+        """What a reader must be told before trusting this run's numbers (None when all is well)."""
+        lines = []
+        if self.status != "complete":
+            lines.append(
+                f"Run {self.id} is {self.status_label}: it did not finish, so it is not scored as a complete run."
+            )
+        lines.extend(self.problems)
+        if self.results is None and self.results_problem:
+            lines.append(self.results_problem)
+        elif self.results is not None:
+            if self.results.get("run_status") not in (None, "complete"):
+                lines.append(
+                    f"These scores were computed while the run was {self.results.get('run_status')} "
+                    "(an adapter from an unfinished run)."
+                )
+            trained_on, scored_on = self.meta.get("base"), self.results.get("base_model_name")
+            if trained_on and scored_on and trained_on != scored_on:
+                lines.append(
+                    f"Base mismatch: the run was trained on {trained_on!r} but evaluated against {scored_on!r}. "
+                    f"Re-evaluate with the run's own base: {evaluate_command(self.path)}"
+                )
+        return "\n".join(lines) or None
 
     def latest_checkpoint(self) -> Path | None:
         if not self.checkpoints.is_dir():
@@ -307,138 +423,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_jsonl_rows(path, RunError)]
 
 
-# ---------------------------------------------------------------- a run as the report reads it
-
-
-@dataclass
-class Run:
-    """One run directory as the report sees it: the record, the evaluation, and what is wrong with either."""
-
-    path: Path
-    meta: dict[str, Any] = field(default_factory=dict)
-    results: dict[str, Any] | None = None
-    results_problem: str | None = None  # why `results` is None (no evaluation yet, unreadable file...)
-    problems: list[str] = field(default_factory=list)  # things wrong with the run itself
-    eval_path: Path | None = None  # where results.json was read from, when not <run>/eval (evaluate --out)
-
-    @property
-    def id(self) -> str:
-        return str(self.meta.get("id") or self.path.name)
-
-    @property
-    def status(self) -> str:
-        status = self.meta.get("status")
-        return status if status in STATUS_LABELS else "unknown"
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
-
-    @property
-    def status_label(self) -> str:
-        return STATUS_LABELS[self.status]
-
-    @property
-    def hyper(self) -> dict[str, Any]:
-        return dict(self.meta.get("hyperparameters") or {})
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return dict(self.meta.get("final") or {})
-
-    @property
-    def created(self) -> str:
-        return str(self.meta.get("created") or "")
-
-    @property
-    def adapter_dir(self) -> Path:
-        return RunDir(self.path).adapter
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.eval_path if self.eval_path is not None else self.path / EVAL_DIR
-
-    @property
-    def evaluated(self) -> bool:
-        return self.results is not None
-
-    def metric(self, which: str, name: str) -> float | None:
-        """An aggregate score for "base" or "finetuned", or None."""
-        if not self.results:
-            return None
-        value = (self.results.get(which) or {}).get(name)
-        return float(value) if isinstance(value, (int, float)) else None
-
-    def loss_log(self) -> list[dict[str, Any]]:
-        path = RunDir(self.path).loss_log
-        if not path.is_file():
-            return []
-        try:
-            return read_jsonl(path)
-        except RunError:
-            return []
-
-    def examples(self) -> list[dict[str, Any]]:
-        path = self.eval_dir / EXAMPLES_FILE
-        if not self.results or not path.is_file():
-            return []
-        return read_jsonl(path)
-
-    def mcq(self) -> list[dict[str, Any]]:
-        """Every multiple-choice result (eval/mcq_<task>.json, written by `medchat-metrics mcq`), by task name."""
-        out = []
-        if not self.eval_dir.is_dir():
-            return out
-        for path in sorted(self.eval_dir.glob(f"{MCQ_PREFIX}*.json")):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("kind") == "mcq":
-                data["_path"] = str(path)
-                out.append(data)
-        return out
-
-    def notice(self) -> str | None:
-        """What a reader must be told before trusting this run's numbers (None when all is well)."""
-        lines = []
-        if self.status != "complete":
-            lines.append(
-                f"Run {self.id} is {self.status_label}: it did not finish, so it is not scored as a complete run."
-            )
-        lines.extend(self.problems)
-        if self.results is None and self.results_problem:
-            lines.append(self.results_problem)
-        elif self.results is not None:
-            if self.results.get("run_status") not in (None, "complete"):
-                lines.append(
-                    f"These scores were computed while the run was {self.results.get('run_status')} "
-                    "(an adapter from an unfinished run)."
-                )
-            trained_on, scored_on = self.meta.get("base"), self.results.get("base_model_name")
-            if trained_on and scored_on and trained_on != scored_on:
-                lines.append(
-                    f"Base mismatch: the run was trained on {trained_on!r} but evaluated against {scored_on!r}. "
-                    f"Re-evaluate with the run's own base: {evaluate_command(self.path)}"
-                )
-        return "\n".join(lines) or None
-
-
-def load_run(path: Path) -> Run:
+def load_run(path: Path) -> RunDir:
     """Read a run directory. Missing pieces become `problems` / `results_problem`, not exceptions."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path} is not a directory.")
-    run, layout = Run(path=path), RunDir(path)
-    if layout.run_json.is_file():
+    run = RunDir(path)
+    if run.run_json.is_file():
         try:
-            run.meta = layout.read()
+            run.read()
         except RunError as exc:
             run.problems.append(str(exc))
     else:
-        run.problems.append(f"{layout.run_json} is missing: this is not a complete medchat-train run directory.")
-    if not (layout.adapter / "adapter_config.json").is_file() and run.status == "complete":
-        run.problems.append(f"{layout.adapter} holds no adapter_config.json.")
+        run.problems.append(f"{run.run_json} is missing: this is not a complete medchat-train run directory.")
+    if not (run.adapter / "adapter_config.json").is_file() and run.status == "complete":
+        run.problems.append(f"{run.adapter} holds no adapter_config.json.")
     results_path = path / EVAL_DIR / RESULTS_FILE
     if results_path.is_file():
         try:
@@ -450,6 +449,6 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def load_runs(args: list[str] | None = None) -> list[Run]:
+def load_runs(args: list[str] | None = None) -> list[RunDir]:
     found = [resolve_run(a) for a in args] if args else discover_runs()
     return [load_run(p) for p in found]

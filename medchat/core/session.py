@@ -433,6 +433,10 @@ class ChatSession:
     # ---- state and persistence
 
     def _finish_turn(self, text: str, answer: str, status: str, stats: dict, live: _LiveAnswer | None = None) -> None:
+        from medchat.core.history import answer_model
+
+        info = self.engine.info  # which model wrote the answer: the chat can switch runs within a conversation
+        stats = stats | {"model": answer_model(info.base, info.adapter, stats.get("model"))}
         self.messages.append({"role": "user", "content": text})
         if answer:
             self.messages.append({"role": "assistant", "content": answer})

@@ -242,7 +242,8 @@ def _start_tensorboard(run_dir, run_name, previous, env, quiet):
 def _start_mlflow(run_dir, run_name, previous, env, quiet):
     """A SQLite store in the run directory unless MLFLOW_TRACKING_URI (or the caller's set_tracking_uri) names one:
     MLflow 3 refuses its old plain-file store by default, and its own default is a database in the current
-    directory. The run is started here; the Trainer's MLflow callback logs into the active run."""
+    directory. The run is started here; the Trainer's MLflow callback logs into the active run. Its length is
+    MLflow's: finding or creating the experiment, resuming the run and logging the parameters, in that order."""
     import mlflow
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient

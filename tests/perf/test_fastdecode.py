@@ -189,7 +189,6 @@ def test_llama_engine_runs_the_default_layout(llama_engine, monkeypatch):
     from medchat.core import gguf_export
     from medchat.core.prompting import build_messages
 
-    monkeypatch.delenv("MEDCHAT_GGUF_TYPE", raising=False)
     engine = fastdecode.LlamaCppEngine.load(ModelSpec(), n_threads=1)
     assert engine.info.quantization == gguf_export.DEFAULT_RUN_TYPE
     assert "".join(engine.stream(build_messages("What is asthma?"), GenerationSettings(max_new_tokens=8))).strip()

@@ -147,17 +147,23 @@ def test_run_type_applies_to_every_layer_matrix(small_adapter, qtype):
 
 
 def test_default_run_type_is_8_bit(monkeypatch):
-    monkeypatch.delenv("MEDCHAT_GGUF_TYPE", raising=False)
+    monkeypatch.setenv("MEDCHAT_GGUF_TYPE", "q4_0")  # the core reads no MEDCHAT_* variable; the spec carries it
     assert gguf_export.run_type() == "q8_0"
 
 
-def test_run_type_choice(monkeypatch):
-    monkeypatch.setenv("MEDCHAT_GGUF_TYPE", "Q8_0")
-    assert gguf_export.run_type() == "q8_0"
+def test_run_type_choice():
+    assert gguf_export.run_type("Q8_0") == "q8_0"
     assert gguf_export.run_type("q4_1") == "q4_1"
-    monkeypatch.setenv("MEDCHAT_GGUF_TYPE", "q3_k")
     with pytest.raises(gguf_export.ExportError, match="MEDCHAT_GGUF_TYPE.*q4_0, q4_1, q8_0"):
-        gguf_export.run_type()
+        gguf_export.run_type("q3_k")
+
+
+def test_the_specs_gguf_type_names_the_runnable_file(small_adapter):
+    from medchat.core.model import ModelSpec, resolve
+
+    adapter, _ = small_adapter
+    assert "-q4_1-" in gguf_export.runnable_gguf_path(resolve(ModelSpec(adapter=str(adapter), gguf_type="q4_1"))).name
+    assert "-q8_0-" in gguf_export.runnable_gguf_path(resolve(ModelSpec(adapter=str(adapter)))).name
 
 
 def test_cache_key_follows_the_adapter(small_adapter, tmp_path):

@@ -26,6 +26,9 @@ class CtrlCAt(TrainerCallback):
 
 
 if __name__ == "__main__":
+    from medchat.app import environment
+
+    environment.start()  # an entry point: MEDCHAT_RUNS_DIR (the test's) as a command would read it
     base, data, name, step = sys.argv[1:5]
     cfg = load_config("cpu-smollm2", overrides={
         "base": base, "data": [data], "target_modules": "q_proj,v_proj", "batch_size": 2, "max_length": 256,

@@ -28,6 +28,9 @@ def fixed_paths(monkeypatch):
     monkeypatch.setenv("MEDCHAT_DATA_DIR", "/home/user/.local/share/medchat")
     monkeypatch.setenv("MEDCHAT_CONFIG_DIR", "/home/user/.config/medchat")
     monkeypatch.setenv("MEDCHAT_CACHE_DIR", "/home/user/.cache/medchat")
+    from medchat.app import environment
+
+    environment.start()  # as the command would have at its start
 
 
 ANSWER = [

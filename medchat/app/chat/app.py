@@ -3,7 +3,9 @@
 The app is thin: every turn runs through the headless chat session (`medchat.core.session`: the guard's
 whole verdict before the model starts, the policy, the reminder, the history), which the conversation pane
 (widgets/chat.py) renders; the model and the guard load in `loader.py`, dialogs live in `screens/`, export
-in `export.py`, settings in `medchat.core.settings`. The app wires them together and holds the actions.
+in `export.py`, settings in `medchat.core.settings`; the actions on a message on screen (edit, regenerate,
+resend, copy) in `message_actions.py`, on a saved conversation (rename, delete, export) in
+`conversation_actions.py`. The app wires them together and routes the keys.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from textual.widgets import Footer, Header, Input, TextArea
 from textual.worker import Worker, WorkerState
 
 from medchat.core.guard.notices import PHYSICIAN_REMINDER
-from medchat.core.history import Conversation, HistoryError, HistoryStore, export_filename
+from medchat.core.history import Conversation, HistoryError, HistoryStore
 from medchat.core.model import ModelSpec
 from medchat.core.session import ChatSession
 from medchat.core.settings import (
@@ -37,12 +39,11 @@ from medchat.core.settings import (
     load_keys,
     load_ood_policy,
     load_theme,
-    save_defaults,
     save_theme,
 )
 from medchat.core.textsafe import strip_control
+from medchat.app.chat.conversation_actions import ConversationActions
 from medchat.app.chat.editor import EditorError, edit_text
-from medchat.app.chat.export import export_conversation
 from medchat.app.chat.loader import (
     EngineFactory,
     GuardFactory,
@@ -51,18 +52,9 @@ from medchat.app.chat.loader import (
     default_engine_factory,
     default_guard_factory,
 )
+from medchat.app.chat.message_actions import MessageActions
 from medchat.app.chat.paste import use_paste_safe_parser
-from medchat.app.chat.screens import (
-    ConfirmScreen,
-    ExportScreen,
-    HelpScreen,
-    MessageMenuScreen,
-    ModelInfoScreen,
-    RunPickerScreen,
-    SettingsScreen,
-    TextPromptScreen,
-    known_adapters,
-)
+from medchat.app.chat.screens import HelpScreen, ModelInfoScreen, RunPickerScreen, SettingsScreen, known_adapters
 from medchat.app.chat.widgets import (
     AssistantMessage,
     ChatInput,
@@ -142,7 +134,8 @@ class MedchatApp(App):
             self.ood_policy = ood_policy or "note"
             self.settings_error = str(exc)
         self.settings = self.default_settings
-        self._editing: UserMessage | None = None  # the earlier message being edited, resent from on Enter
+        self.message_actions = MessageActions(self)  # edit, regenerate, resend, copy
+        self.conversation_actions = ConversationActions(self)  # rename, delete, export
         self._pending: str | None = None
         self._draft_timer = None
 
@@ -181,7 +174,7 @@ class MedchatApp(App):
         self._apply_config()
         if self.settings_error:
             self.notify(self.settings_error, title="Settings", severity="warning", timeout=15)
-        self._update_title()
+        self.update_title()
         self.refresh_history()
         self._start_loading()
         if not self.is_headless and _is_tty(sys.__stdin__):
@@ -255,7 +248,7 @@ class MedchatApp(App):
             self.action_stop()
         self.exit(return_code=return_code)
 
-    def _update_title(self) -> None:
+    def update_title(self) -> None:
         title = strip_control(self.conversation.title) if self.conversation else "New conversation"
         self.title = f"medchat — {title}"
         self.sub_title = "incognito" if self.incognito else ("not saved" if self.store is None else "")
@@ -320,8 +313,7 @@ class MedchatApp(App):
 
     @on(ConversationList.Action)
     def _history_action(self, event: ConversationList.Action) -> None:
-        {"rename": self._ask_rename, "delete": self._ask_delete, "export": self._ask_export}[event.action](
-            event.conversation)
+        self.conversation_actions.run(event.action, event.conversation)
 
     async def open_conversation(self, conversation_id: int) -> None:
         if self.store is None:
@@ -343,82 +335,16 @@ class MedchatApp(App):
         await self.chat_view.show_messages(messages, self.reminder)
         self.turns = [{"role": m.role, "content": m.content} for m in messages if m.content]
         self.query_one(ChatInput).set_history([t["content"] for t in self.turns if t["role"] == "user"])
-        self._update_title()
+        self.update_title()
         self.refresh_history()
         self.query_one(ChatInput).focus()
 
-    def _ask_rename(self, conv: Conversation | None) -> None:
-        if conv is None or self.store is None:
-            self.notify("Nothing to rename yet: send a message first." if self.store else "History is off.")
-            return
-
-        def done(title: str | None) -> None:
-            title = strip_control(title or "").strip()
-            if not title:
-                return
-            try:
-                renamed = self.store.rename_conversation(conv.id, title)
-            except HistoryError as exc:
-                self.notify(str(exc), severity="error")
-                return
-            if self.conversation and self.conversation.id == conv.id:
-                self.conversation = renamed
-                self._update_title()
-            self.refresh_history(highlight=conv.id)
-
-        self.push_screen(TextPromptScreen("Rename conversation", conv.title), done)
-
-    def _ask_delete(self, conv: Conversation | None) -> None:
-        if conv is None or self.store is None:
-            return
-
-        async def done(yes: bool | None) -> None:
-            if not yes:
-                return
-            if self.generating and self.conversation and self.conversation.id == conv.id:
-                self.notify("Stop the answer (Esc) before deleting this conversation.", severity="warning")
-                return
-            try:
-                self.store.delete_conversation(conv.id)
-            except HistoryError as exc:
-                self.notify(str(exc), severity="error")
-                return
-            if self.conversation and self.conversation.id == conv.id:
-                await self._reset_conversation()
-            self.refresh_history()
-            self.notify(f"Deleted “{conv.title}”.")
-
-        self.push_screen(ConfirmScreen(f"Delete “{conv.title}” and all its messages?"), done)
-
-    def _ask_export(self, conv: Conversation | None) -> None:
-        if self.store is None and self.turns:
-            conv = None  # incognito: export from memory
-        elif conv is None:
-            self.notify("Nothing to export yet: send a message first.")
-            return
-        default = Path.cwd() / (export_filename(conv) if conv else "medchat-incognito.md")
-
-        def done(choice: tuple[str, Path] | None) -> None:
-            if choice is None:
-                return
-            fmt, path = choice
-            shown = self.chat_view.query("UserMessage, AssistantMessage")
-            try:
-                out = export_conversation(self.store, conv, path, fmt, reminder=self.reminder, shown=shown,
-                                          settings=self.settings)
-            except HistoryError as exc:
-                self.notify(str(exc), severity="error", timeout=10)
-                return
-            self.notify(f"Exported to {out}", title="Export", timeout=8)
-
-        self.push_screen(ExportScreen(default), done)
-
-    async def _reset_conversation(self) -> None:
+    async def reset_conversation(self) -> None:
         self.conversation, self.session, self.turns = None, None, []
         self.settings = self.default_settings
         await self.chat_view.clear_messages()
         self.query_one(ChatInput).set_history([])
-        self._update_title()
+        self.update_title()
 
     # ---------------------------------------------------------------- sending
 
@@ -429,14 +355,12 @@ class MedchatApp(App):
     @on(ChatInput.Submitted)
     def _submitted(self, event: ChatInput.Submitted) -> None:
         text = strip_control(event.text).strip()
-        if not text or not self._can_send():
+        if not text or not self.can_send():
             return
         prompt = event.chat_input
         prompt.remember(text)
         prompt.clear()
-        if self._editing is not None:
-            edited, self._editing = self._editing, None
-            self.resend_from(edited, text)
+        if self.message_actions.submit_edit(text):
             return
         if self.loader.engine is None:
             self._pending = text
@@ -448,7 +372,7 @@ class MedchatApp(App):
             return
         self.start_turn(text)
 
-    def _can_send(self) -> bool:
+    def can_send(self) -> bool:
         """Say why a message cannot be sent now, if it cannot."""
         if self.generating:
             self.notify("An answer is still being generated: press Esc to stop it first.", severity="warning")
@@ -460,22 +384,6 @@ class MedchatApp(App):
         else:
             return True
         return False
-
-    @work(exclusive=True, group="resend", exit_on_error=False)
-    async def resend_from(self, question: UserMessage, text: str) -> None:
-        """Edit or regenerate: drop `question` and every later turn (screen and history), then send `text`.
-        The conversation stays one line of turns, the same in the history as on screen."""
-        if not self._can_send() or self.loader.engine is None:
-            return
-        if self.store is not None and self.conversation is not None and question.message_id is not None:
-            try:
-                self.store.delete_messages_from(self.conversation.id, question.message_id)
-            except HistoryError as exc:
-                self._history_failed(exc)
-                return
-        self.turns = await self.chat_view.drop_from(question)
-        self.session = None  # the next turn starts from the turns that are left
-        self.start_turn(text)
 
     def start_turn(self, text: str) -> None:
         self.chat_view.generating = True  # at once: a second Enter before the worker starts is refused
@@ -504,40 +412,28 @@ class MedchatApp(App):
             try:
                 self.conversation = self.store.get_conversation(session.conversation_id)
             except HistoryError as exc:
-                self._history_failed(exc)
+                self.history_failed(exc)
                 return
-            self._update_title()
+            self.update_title()
             self.refresh_history()
 
     @on(ChatView.TurnEnded)
     def _turn_ended(self, event: ChatView.TurnEnded) -> None:
         self.turns = list(event.session.messages)
-        self._record_model(event.session, event.answer)
         if event.error:
             self.notify(event.error, title="Generation failed", severity="error", timeout=15)
         if event.session.history_error:
-            self._history_failed(event.session.history_error)
+            self.history_failed(event.session.history_error)
         self.refresh_history()
 
-    def _record_model(self, session: ChatSession, answer: AssistantMessage) -> None:
-        """Which model wrote the answer, saved with it: the run can change within a conversation (F8)."""
-        if self.store is None or answer.message_id is None:
-            return
-        info = session.engine.info
-        answer.stats = (answer.stats or {}) | {"model": {"base": info.base, "adapter": info.adapter}}
-        try:
-            self.store.update_message_stats(answer.message_id, answer.stats)
-        except HistoryError as exc:
-            self._history_failed(exc)
-
-    def _history_failed(self, exc: Exception | str) -> None:
+    def history_failed(self, exc: Exception | str) -> None:
         self.notify(f"Could not save to the history: {exc}", severity="error", timeout=10)
 
     # ---------------------------------------------------------------- actions
 
     def action_stop(self) -> None:
-        if self._editing is not None and not self.generating:
-            self._end_edit()
+        if self.message_actions.editing is not None and not self.generating:
+            self.message_actions.end_edit()
             return
         if not self.generating:
             if isinstance(self.focused, (ConversationList, Input)):
@@ -555,7 +451,7 @@ class MedchatApp(App):
         if self.generating:
             self.notify("Wait for the answer or press Esc to stop it first.", severity="warning")
             return
-        await self._reset_conversation()
+        await self.reset_conversation()
         self.refresh_history()
         self.query_one(ChatInput).focus()
 
@@ -576,48 +472,20 @@ class MedchatApp(App):
         self.query_one("#history-search", Input).focus()
 
     def action_rename(self) -> None:
-        self._ask_rename(self.conversation)
+        self.conversation_actions.rename(self.conversation)
 
     def action_export(self) -> None:
-        self._ask_export(self.conversation)
+        self.conversation_actions.export(self.conversation)
 
     def action_delete(self) -> None:
-        self._ask_delete(self.conversation)
+        self.conversation_actions.delete(self.conversation)
 
     def action_regenerate(self) -> None:
-        answers = self.chat_view.answers()
-        if not answers:
-            self.notify("No answer to regenerate yet.")
-            return
-        self._regenerate(answers[-1])
-
-    def _regenerate(self, answer: AssistantMessage) -> None:
-        question = self.chat_view.question_before(answer)
-        if question is not None:
-            self.resend_from(question, question.text)
+        self.message_actions.regenerate_last()
 
     @on(UserMessage.EditRequested)
     def _edit_requested(self, event: UserMessage.EditRequested) -> None:
-        self._start_edit(event.widget)
-
-    def _start_edit(self, question: UserMessage) -> None:
-        if self.generating:
-            self.notify("Wait for the answer or press Esc to stop it first.", severity="warning")
-            return
-        self._editing = question
-        question.add_class("editing")
-        prompt = self.query_one(ChatInput)
-        prompt.load_text(question.text)
-        prompt.move_cursor(prompt.document.end)
-        prompt.focus()
-        self.status_bar.show("Editing an earlier message: Enter resends from there (the later turns are "
-                             "dropped) · Esc cancels")
-
-    def _end_edit(self) -> None:
-        self._editing.remove_class("editing")
-        self._editing = None
-        self.query_one(ChatInput).clear()
-        self.status_bar.show_ready()
+        self.message_actions.start_edit(event.widget)
 
     def action_compose_in_editor(self) -> None:
         """Write the message in $EDITOR; what is saved there replaces the draft (not sent until Enter)."""
@@ -654,37 +522,15 @@ class MedchatApp(App):
         self.push_screen(RunPickerScreen(known_adapters(), current), done)
 
     def action_copy_last(self) -> None:
-        answers = self.chat_view.answers()
-        if not answers:
-            self.notify("No answer to copy yet.")
-            return
-        self._copy(answers[-1].copy_text(), "the last answer")
-
-    def _copy(self, text: str, what: str) -> None:
-        self.copy_to_clipboard(text)
-        self.notify(f"Copied {what} ({len(text):,} characters) to the clipboard.")
+        self.message_actions.copy_last()
 
     @on(AssistantMessage.CopyRequested)
     def _copy_requested(self, event: AssistantMessage.CopyRequested) -> None:
-        self._copy(event.widget.copy_text(), "this answer")
+        self.message_actions.copy(event.widget.copy_text(), "this answer")
 
     @on(AssistantMessage.MenuRequested)
     def _menu_requested(self, event: AssistantMessage.MenuRequested) -> None:
-        widget = event.widget
-
-        def done(choice: str | None) -> None:
-            if choice == "copy":
-                self._copy(widget.copy_text(), "this answer")
-            elif choice == "copy_raw":
-                self._copy(widget.text, "this answer")
-            elif choice == "copy_question":
-                self._copy(widget.question, "the question")
-            elif choice == "regenerate":
-                self._regenerate(widget)
-            elif choice == "edit" and (question := self.chat_view.question_before(widget)) is not None:
-                self._start_edit(question)
-
-        self.push_screen(MessageMenuScreen(classes="dialog"), done)
+        self.message_actions.open_menu(event.widget)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self._paths()))
@@ -716,29 +562,9 @@ class MedchatApp(App):
     def action_settings(self) -> None:
         def done(result: tuple[ChatSettings, bool] | None) -> None:
             if result is not None:
-                self._apply_settings(*result)
+                self.conversation_actions.apply_settings(*result)
 
         self.push_screen(SettingsScreen(self.settings, allow_default=not self.incognito), done)
-
-    def _apply_settings(self, settings: ChatSettings, as_default: bool) -> None:
-        self.settings = settings
-        if self.conversation is not None and self.store is not None:
-            data = settings.as_dict() | {"system_prompt": settings.effective_system_prompt}
-            try:
-                self.store.update_settings(self.conversation.id, data)
-            except HistoryError as exc:
-                self._history_failed(exc)
-        if not as_default:
-            self.notify("Settings saved for this conversation." if self.conversation else
-                        "Settings apply to this conversation.")
-            return
-        try:
-            path = save_defaults(settings)
-        except OSError as exc:
-            self.notify(f"Could not write the config file: {exc}", severity="error")
-            return
-        self.default_settings = settings
-        self.notify(f"Saved as defaults in {path}")
 
     def action_metrics_report(self) -> None:
         from medchat.app.report import ReportScreen

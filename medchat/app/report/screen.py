@@ -11,7 +11,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
-from medchat.core.runs import Run, RunError, discover_runs, load_run
+from medchat.core.runs import RunDir, RunError, discover_runs, load_run
 from medchat.app.report.widgets import (
     ExampleBrowser,
     ExperimentsTable,
@@ -50,8 +50,8 @@ class ReportScreen(Screen):
     def __init__(self, runs: list[Path] | None = None, *, name: str | None = None, id: str | None = None) -> None:
         super().__init__(name=name, id=id)
         self.run_paths = [Path(p) for p in runs] if runs is not None else None
-        self.runs: list[Run] = []
-        self.current: Run | None = None
+        self.runs: list[RunDir] = []
+        self.current: RunDir | None = None
         self.load_errors: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -107,7 +107,7 @@ class ReportScreen(Screen):
         run_list.highlighted = newest_evaluated
         self.show_run(runs[newest_evaluated])
 
-    def show_run(self, run: Run | None) -> None:
+    def show_run(self, run: RunDir | None) -> None:
         self.current = run
         title = self.query_one("#report-title", Static)
         if run is None:

@@ -37,7 +37,7 @@ from metrics.report import (
     mcq_rows,
     run_intervals,
 )
-from medchat.core.runs import Run, RunError, evaluate_command
+from medchat.core.runs import RunDir, RunError, evaluate_command
 from metrics.scores import LOWER_IS_BETTER, METRIC_LABELS
 
 STATUS_MARK = {"complete": "●", "running": "◌", "interrupted": "◐", "failed": "✕", "unknown": "?"}
@@ -65,7 +65,7 @@ class RunList(OptionList):
             super().__init__()
             self.index = index
 
-    def set_runs(self, runs: list[Run]) -> None:
+    def set_runs(self, runs: list[RunDir]) -> None:
         self.clear_options()
         options = []
         for i, run in enumerate(runs):
@@ -118,7 +118,7 @@ class MetricsPanel(VerticalScroll):
         yield Static(id="metrics-settings")
         yield PlotextPlot(id="metrics-chart")
 
-    def draw_chart(self, run: Run | None) -> None:
+    def draw_chart(self, run: RunDir | None) -> None:
         chart = self.query_one("#metrics-chart", PlotextPlot)
         chart.display = bool(run is not None and run.evaluated)
         if not chart.display:
@@ -143,7 +143,7 @@ class MetricsPanel(VerticalScroll):
         table.add_column("95% CI of Δ", key="interval")
         table.add_column("verdict", key="verdict")
 
-    def show_run(self, run: Run | None) -> None:
+    def show_run(self, run: RunDir | None) -> None:
         table = self.query_one(DataTable)
         table.clear()
         title = self.query_one("#metrics-title", Static)
@@ -193,7 +193,7 @@ class ExperimentsTable(DataTable):
         for key, label in EXPERIMENT_COLUMNS:
             self.add_column(label, key=key)
 
-    def set_runs(self, runs: list[Run]) -> None:
+    def set_runs(self, runs: list[RunDir]) -> None:
         self.clear()
         for i, run in enumerate(runs):
             row = experiment_row(run)
@@ -226,7 +226,7 @@ class McqPanel(VerticalScroll):
         yield Static(id="mcq-baselines", classes="mcq-table")
         yield Static(id="mcq-note")
 
-    def show_run(self, run: Run | None) -> None:
+    def show_run(self, run: RunDir | None) -> None:
         rows = mcq_rows(run.mcq()) if run is not None else []
         accuracy, baselines = self.query_one("#mcq-accuracy", Static), self.query_one("#mcq-baselines", Static)
         accuracy.display = baselines.display = bool(rows)
@@ -296,7 +296,7 @@ class LossChart(Vertical):
         yield Static(id="loss-empty")
         yield PlotextPlot(id="loss-plot")
 
-    def show_run(self, run: Run | None) -> None:
+    def show_run(self, run: RunDir | None) -> None:
         plot = self.query_one(PlotextPlot)
         empty = self.query_one("#loss-empty", Static)
         plt = plot.plt
@@ -356,7 +356,7 @@ class ExampleBrowser(Vertical):
         with VerticalScroll(id="example-detail"):
             yield Static(id="example-text")
 
-    def show_run(self, run: Run | None) -> None:
+    def show_run(self, run: RunDir | None) -> None:
         try:
             self.examples = run.examples() if run is not None and run.evaluated else []
         except RunError as exc:
@@ -466,7 +466,7 @@ class ProbesPanel(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static(id="probes-text")
 
-    def show_run(self, run: Run | None) -> None:
+    def show_run(self, run: RunDir | None) -> None:
         probes = list((run.results or {}).get("probes") or []) if run is not None else []
         text = Text()
         if not probes:

@@ -7,7 +7,6 @@ downloaded. torch and transformers are imported only when the model is first nee
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from medchat.core.errors import MedchatError
+from medchat.core.fileio import staged_file
 
 EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
@@ -143,11 +143,9 @@ def embed_cached(embedder, texts: Sequence[str], cache_dir: Path | None = None) 
     missing = list(dict.fromkeys(t for t in texts if t not in known))
     if missing:
         known.update(zip(missing, embedder.encode(missing)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
         keys = list(known)
-        np.savez(tmp, texts=np.array(keys), vectors=np.stack([known[k] for k in keys]).astype(np.float16))
-        os.replace(tmp, path)
+        with staged_file(path, suffix=".tmp.npz") as tmp:
+            np.savez(tmp, texts=np.array(keys), vectors=np.stack([known[k] for k in keys]).astype(np.float16))
     if not texts:
         return np.zeros((0, getattr(embedder, "dim", EMBEDDING_DIM)), dtype=np.float32)
     return np.stack([known[t] for t in texts]).astype(np.float32)

@@ -12,14 +12,13 @@ A directory holding
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from medchat.core.errors import MedchatError
-from medchat.core.fileio import write_text_atomic
+from medchat.core.fileio import staged_file, write_text_atomic
 from medchat.core.guard.calibration import Thresholds
 from medchat.core.guard.embedder import EMBEDDER_NAME
 from medchat.core.guard.score import GuardScore
@@ -116,9 +115,8 @@ class GuardIndex:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with staged_file(path, suffix=".tmp.npy") as tmp:
+        np.save(tmp, arr)
 
 
 def _load_npy(path: Path, index_dir: Path) -> np.ndarray:
