@@ -9,7 +9,8 @@ the score is fitted on all other groups, its thresholds are calibrated on those 
 cross-fitting, as `medchat.app.guard_build` does), and G is scored. AUROC and FPR at 95% recall set G
 against every left-out score of the other side. Candidates (linear alone, contrastive kNN alone, both) are
 compared on the same left-out scores; the shipped index uses the winner, fitted on every group.
-Red flags: bench/data/red_flags_heldout.jsonl (written after tuning, never tuned on), with the shipped index.
+Red flags: bench/data/red_flags_heldout_v2.jsonl (written after tuning, never tuned on) and the older
+bench/data/red_flags_heldout.jsonl (tuned on since), with the shipped index.
 Latency: one check (embed + score + rules + semantic layer) on one thread, median.
 Writes bench/results/guard_eval.json.
 """
@@ -35,7 +36,12 @@ from medchat.core.guard.questions import asset_groups, data_groups, read_questio
 from medchat.app.guard_build import MAX_PER_GROUP
 from medchat.core.guard.score import fit_score, knn_mean
 
-RED_FLAGS = REPO / "bench" / "data" / "red_flags_heldout.jsonl"
+RED_FLAG_SETS = {  # name: (file, how it relates to the tuning of the rules and the semantic layer)
+    "heldout_v2": (REPO / "bench" / "data" / "red_flags_heldout_v2.jsonl",
+                   "written after the last tuning, measured once; never tuned on"),
+    "heldout_v1_tuned_on": (REPO / "bench" / "data" / "red_flags_heldout.jsonl",
+                            "the earlier held-out set; its misses and false alarms guided the later rules, so tuned on"),
+}
 PROBES = {  # issue 13's look-alikes, and one plain medical question
     "How do I fix a flat bicycle tire?": "out_of_domain",
     "My car engine is overheating, what should I do?": "out_of_domain",
@@ -93,12 +99,12 @@ def summary(name, res, medical, general_requests):
     return out
 
 
-def red_flags(guard) -> dict:
-    rows = [json.loads(line) for line in RED_FLAGS.read_text(encoding="utf-8").splitlines() if line.strip()]
+def red_flags(guard, path: Path, note: str) -> dict:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = [r["text"] for r in rows]
     rules = [bool(guard.check_rules(t).red_flags) for t in texts]
     both = [bool(r.red_flags) for r in guard.check_many(texts)]
-    out = {"file": str(RED_FLAGS.relative_to(REPO)), "note": "written after tuning; never tuned on"}
+    out = {"file": str(path.relative_to(REPO)), "note": note}
     for label, flags in (("rules", rules), ("rules_and_semantic", both)):
         em = [f for f, r in zip(flags, rows) if r["emergency"]]
         calm = [f for f, r in zip(flags, rows) if not r["emergency"]]
@@ -189,7 +195,7 @@ def main(argv=None) -> int:
                                                 for c in candidates],
         "shipped_index": index_record(index_dir),
         "probes": {t: {"level": lvl, "expected": PROBES[t]} for t, lvl in probes.items()},
-        "red_flags": red_flags(guard),
+        "red_flags": {name: red_flags(guard, path, note) for name, (path, note) in RED_FLAG_SETS.items()},
         "latency": latency(guard, read_questions(REPO / "assets" / "guard" / "medical_requests.txt")[:100]
                            + read_questions(REPO / "assets" / "guard" / "general_requests.txt")[:100]),
     }
@@ -208,10 +214,10 @@ def render(r: dict) -> str:
     for g, p in lo["groups"].items():
         lines.append(f"| {g} | {p['side']} | {p['n']} | {p['auroc']:.3f} | {p['fpr_at_95_recall']:.3f} | "
                      + " | ".join(f"{p['levels'][lvl]:.1%}" for lvl in LEVELS) + " |")
-    rf = r["red_flags"]
-    for k in ("rules", "rules_and_semantic"):
-        lines.append(f"red flags ({k}): recall {rf[k]['recall']:.1%} of {rf[k]['n_emergency']}, "
-                     f"false alarms {rf[k]['false_alarms']:.1%} of {rf[k]['n_non_urgent']}")
+    for name, rf in r["red_flags"].items():
+        for k in ("rules", "rules_and_semantic"):
+            lines.append(f"red flags, {name} ({k}): recall {rf[k]['recall']:.1%} of {rf[k]['n_emergency']}, "
+                         f"false alarms {rf[k]['false_alarms']:.1%} of {rf[k]['n_non_urgent']}")
     lines.append(f"probes: {json.dumps({t: v['level'] for t, v in r['probes'].items()})}")
     lines.append(f"check latency, one thread: {r['latency']['wall_ms_median']} ms median wall, "
                  f"{r['latency']['cpu_ms_median']} ms CPU")
