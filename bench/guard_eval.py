@@ -1,6 +1,7 @@
 """The guard on what it never saw: every out-of-domain number on a group left out of fitting AND calibration.
 
     nice -n 5 python bench/guard_eval.py [--data-dir ../shared/data] [--cache /tmp/guard_cache]
+    nice -n 5 python bench/guard_eval.py --sweep     # the fit settings tried, same protocol: guard_sweep.json
 
 Groups: each medical source (Wikidoc, MedQuAD, MedMCQA, MMLU medical, PubMedQA, medchat's own lay medical
 messages), each general source (Natural Questions, WebQuestions, MMLU non-medical exam questions), each
@@ -28,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from _common import REPO, SHARED_DATA, log, machine, ratio_table, setup, write_json
-from medchat.core.guard.build import calibrate
+from medchat.core.guard.build import DEFAULT_FIT, calibrate
 from medchat.core.guard.calibration import LEVELS, auroc, fpr_at_recall, level_counts
 from medchat.core.guard.embedder import Embedder, embed_cached
 from medchat.core.guard.index import GuardIndex, default_index_dir
 from medchat.core.guard.questions import asset_groups, data_groups, read_questions
 from medchat.app.guard_build import MAX_PER_GROUP
-from medchat.core.guard.score import fit_score, knn_mean
+from medchat.core.guard.score import DEFAULT_K, REFERENCE_PER_GROUP, fit_score, knn_mean
 
 RED_FLAG_SETS = {  # name: (file, how it relates to the tuning of the rules and the semantic layer)
     "heldout_v2": (REPO / "bench" / "data" / "red_flags_heldout_v2.jsonl",
@@ -66,10 +67,29 @@ def left_out(vectors, medical, fit_args, start, with_thresholds):
     return out
 
 
-def knn_only(vectors, medical, k=10):
+SWEEP = [  # fit settings compared on the same leave-one-group-out scores; the defaults are the first
+    {}, {"per_group": 250}, {"per_group": 250, "k": 10, "l2": 1.5e-3}, {"per_group": 750}, {"k": 10}, {"k": 30},
+    {"l2": 1e-3}, {"l2": 1e-2}, {"knn_weight": 5.0}, {"knn_weight": 15.0},
+]
+
+
+def sweep(vectors, medical, full, requests) -> int:
+    rows = []
+    for fa in SWEEP:
+        s = summary(json.dumps(fa) if fa else "defaults", left_out(vectors, medical, fa, full, False), medical, requests)
+        rows.append({"fit": {**DEFAULT_FIT, **fa}, **{k: s[k] for k in ("auroc_overall", "auroc_min_group", "fpr_at_95_recall")},
+                     "groups": {g: p["auroc"] for g, p in s["groups"].items()}})
+        print(f"{s['name']}: AUROC {s['auroc_overall']:.4f}, worst group {s['auroc_min_group']:.4f}, "
+              f"FPR@95 {s['fpr_at_95_recall']:.4f}", flush=True)
+    print(f"wrote {write_json('guard_sweep', {'protocol': 'leave-one-group-out scores as in guard_eval.json (no thresholds)', 'settings': rows})}",
+          file=sys.stderr)
+    return 0
+
+
+def knn_only(vectors, medical, k=DEFAULT_K, per_group=REFERENCE_PER_GROUP):
     out = {}
     for g in vectors:
-        ref = lambda side: np.concatenate([v[:250] for h, v in vectors.items() if h != g and (h in medical) == side])  # noqa: E731
+        ref = lambda side: np.concatenate([v[:per_group] for h, v in vectors.items() if h != g and (h in medical) == side])  # noqa: E731
         out[g] = (knn_mean(vectors[g], ref(True), k) - knn_mean(vectors[g], ref(False), k), None)
     return out
 
@@ -148,6 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     ap.add_argument("--cache", type=Path, default=None, help="embedding cache (default: medchat's cache dir)")
     ap.add_argument("--max-per-group", type=int, default=MAX_PER_GROUP)
+    ap.add_argument("--sweep", action="store_true", help="compare the fit settings in SWEEP instead (no thresholds)")
     args = ap.parse_args(argv)
     setup(5)
     if args.cache is None:
@@ -165,6 +186,8 @@ def main(argv=None) -> int:
     requests = [g for g in general if g.startswith("clinc150_") or g == "own_requests"]
     fit_args = {}  # the defaults in medchat.core.guard.score, as guard_build uses them
     full = fit_score(vectors, med, **fit_args)
+    if args.sweep:
+        return sweep(vectors, med, full, requests)
 
     log("candidates, leave-one-group-out")
     shipped = summary("linear + contrastive kNN (shipped)", left_out(vectors, med, fit_args, full, True), med, requests)

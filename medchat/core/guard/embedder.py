@@ -144,7 +144,7 @@ def embed_cached(embedder, texts: Sequence[str], cache_dir: Path | None = None) 
     if missing:
         known.update(zip(missing, embedder.encode(missing)))
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # two processes filling one cache must not share it
         keys = list(known)
         np.savez(tmp, texts=np.array(keys), vectors=np.stack([known[k] for k in keys]).astype(np.float16))
         os.replace(tmp, path)

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-# Chosen by leave-one-group-out measurement (bench/guard_eval.py --sweep).
+# Chosen by leave-one-group-out measurement (bench/guard_eval.py --sweep -> bench/results/guard_sweep.json).
 DEFAULT_L2 = 3e-3
 DEFAULT_K = 20
 DEFAULT_KNN_WEIGHT = 10.0
