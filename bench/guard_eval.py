@@ -21,12 +21,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# One thread for numpy's BLAS too (set before numpy loads): the latency is "one check on one thread", and
+# a second BLAS thread spinning on 2 shared cores tripled the measured wall time.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 from _common import REPO, SHARED_DATA, log, machine, ratio_table, setup, write_json
 from medchat.core.guard.build import DEFAULT_FIT, calibrate
