@@ -1,6 +1,7 @@
 """The guard on what it never saw: every out-of-domain number on a group left out of fitting AND calibration.
 
     nice -n 5 python bench/guard_eval.py [--data-dir ../shared/data] [--cache /tmp/guard_cache]
+    nice -n 5 python bench/guard_eval.py --sweep     # the fit settings tried, same protocol: guard_sweep.json
 
 Groups: each medical source (Wikidoc, MedQuAD, MedMCQA, MMLU medical, PubMedQA, medchat's own lay medical
 messages), each general source (Natural Questions, WebQuestions, MMLU non-medical exam questions), each
@@ -9,7 +10,8 @@ the score is fitted on all other groups, its thresholds are calibrated on those 
 cross-fitting, as `medchat.app.guard_build` does), and G is scored. AUROC and FPR at 95% recall set G
 against every left-out score of the other side. Candidates (linear alone, contrastive kNN alone, both) are
 compared on the same left-out scores; the shipped index uses the winner, fitted on every group.
-Red flags: bench/data/red_flags_heldout.jsonl (written after tuning, never tuned on), with the shipped index.
+Red flags: bench/data/red_flags_heldout_v3.jsonl (written after tuning, never tuned on) and the older
+v2 and v1 sets (tuned on since), with the shipped index.
 Latency: one check (embed + score + rules + semantic layer) on one thread, median.
 Writes bench/results/guard_eval.json.
 """
@@ -19,23 +21,37 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# One thread for numpy's BLAS too (set before numpy loads): the latency is "one check on one thread", and
+# a second BLAS thread spinning on 2 shared cores tripled the measured wall time.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 from _common import REPO, SHARED_DATA, log, machine, ratio_table, setup, write_json
-from medchat.core.guard.build import calibrate
+from medchat.core.guard.build import DEFAULT_FIT, calibrate
 from medchat.core.guard.calibration import LEVELS, auroc, fpr_at_recall, level_counts
 from medchat.core.guard.embedder import Embedder, embed_cached
 from medchat.core.guard.index import GuardIndex, default_index_dir
 from medchat.core.guard.questions import asset_groups, data_groups, read_questions
 from medchat.app.guard_build import MAX_PER_GROUP
-from medchat.core.guard.score import fit_score, knn_mean
+from medchat.core.guard.score import DEFAULT_K, REFERENCE_PER_GROUP, fit_score, knn_mean
 
-RED_FLAGS = REPO / "bench" / "data" / "red_flags_heldout.jsonl"
+RED_FLAG_SETS = {  # name: (file, how it relates to the tuning of the rules and the semantic layer)
+    "heldout_v3": (REPO / "bench" / "data" / "red_flags_heldout_v3.jsonl",
+                   "written after the last tuning, measured once; never tuned on"),
+    "heldout_v2_tuned_on": (REPO / "bench" / "data" / "red_flags_heldout_v2.jsonl",
+                            "measured once fresh (rules + semantic: recall 64.3%, false alarms 1.5%, "
+                            "guard_eval.json of commit 59f9cfe), then its misses guided a second round of rules"),
+    "heldout_v1_tuned_on": (REPO / "bench" / "data" / "red_flags_heldout.jsonl",
+                            "the earlier held-out set; its misses and false alarms guided the later rules, so tuned on"),
+}
 PROBES = {  # issue 13's look-alikes, and one plain medical question
     "How do I fix a flat bicycle tire?": "out_of_domain",
     "My car engine is overheating, what should I do?": "out_of_domain",
@@ -60,10 +76,29 @@ def left_out(vectors, medical, fit_args, start, with_thresholds):
     return out
 
 
-def knn_only(vectors, medical, k=10):
+SWEEP = [  # fit settings compared on the same leave-one-group-out scores; the defaults are the first
+    {}, {"per_group": 250}, {"per_group": 250, "k": 10, "l2": 1.5e-3}, {"per_group": 750}, {"k": 10}, {"k": 30},
+    {"l2": 1e-3}, {"l2": 1e-2}, {"knn_weight": 5.0}, {"knn_weight": 15.0},
+]
+
+
+def sweep(vectors, medical, full, requests) -> int:
+    rows = []
+    for fa in SWEEP:
+        s = summary(json.dumps(fa) if fa else "defaults", left_out(vectors, medical, fa, full, False), medical, requests)
+        rows.append({"fit": {**DEFAULT_FIT, **fa}, **{k: s[k] for k in ("auroc_overall", "auroc_min_group", "fpr_at_95_recall")},
+                     "groups": {g: p["auroc"] for g, p in s["groups"].items()}})
+        print(f"{s['name']}: AUROC {s['auroc_overall']:.4f}, worst group {s['auroc_min_group']:.4f}, "
+              f"FPR@95 {s['fpr_at_95_recall']:.4f}", flush=True)
+    print(f"wrote {write_json('guard_sweep', {'protocol': 'leave-one-group-out scores as in guard_eval.json (no thresholds)', 'settings': rows})}",
+          file=sys.stderr)
+    return 0
+
+
+def knn_only(vectors, medical, k=DEFAULT_K, per_group=REFERENCE_PER_GROUP):
     out = {}
     for g in vectors:
-        ref = lambda side: np.concatenate([v[:250] for h, v in vectors.items() if h != g and (h in medical) == side])  # noqa: E731
+        ref = lambda side: np.concatenate([v[:per_group] for h, v in vectors.items() if h != g and (h in medical) == side])  # noqa: E731
         out[g] = (knn_mean(vectors[g], ref(True), k) - knn_mean(vectors[g], ref(False), k), None)
     return out
 
@@ -93,12 +128,12 @@ def summary(name, res, medical, general_requests):
     return out
 
 
-def red_flags(guard) -> dict:
-    rows = [json.loads(line) for line in RED_FLAGS.read_text(encoding="utf-8").splitlines() if line.strip()]
+def red_flags(guard, path: Path, note: str) -> dict:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     texts = [r["text"] for r in rows]
     rules = [bool(guard.check_rules(t).red_flags) for t in texts]
     both = [bool(r.red_flags) for r in guard.check_many(texts)]
-    out = {"file": str(RED_FLAGS.relative_to(REPO)), "note": "written after tuning; never tuned on"}
+    out = {"file": str(path.relative_to(REPO)), "note": note}
     for label, flags in (("rules", rules), ("rules_and_semantic", both)):
         em = [f for f, r in zip(flags, rows) if r["emergency"]]
         calm = [f for f, r in zip(flags, rows) if not r["emergency"]]
@@ -142,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=SHARED_DATA)
     ap.add_argument("--cache", type=Path, default=None, help="embedding cache (default: medchat's cache dir)")
     ap.add_argument("--max-per-group", type=int, default=MAX_PER_GROUP)
+    ap.add_argument("--sweep", action="store_true", help="compare the fit settings in SWEEP instead (no thresholds)")
     args = ap.parse_args(argv)
     setup(5)
     if args.cache is None:
@@ -159,6 +195,8 @@ def main(argv=None) -> int:
     requests = [g for g in general if g.startswith("clinc150_") or g == "own_requests"]
     fit_args = {}  # the defaults in medchat.core.guard.score, as guard_build uses them
     full = fit_score(vectors, med, **fit_args)
+    if args.sweep:
+        return sweep(vectors, med, full, requests)
 
     log("candidates, leave-one-group-out")
     shipped = summary("linear + contrastive kNN (shipped)", left_out(vectors, med, fit_args, full, True), med, requests)
@@ -189,7 +227,7 @@ def main(argv=None) -> int:
                                                 for c in candidates],
         "shipped_index": index_record(index_dir),
         "probes": {t: {"level": lvl, "expected": PROBES[t]} for t, lvl in probes.items()},
-        "red_flags": red_flags(guard),
+        "red_flags": {name: red_flags(guard, path, note) for name, (path, note) in RED_FLAG_SETS.items()},
         "latency": latency(guard, read_questions(REPO / "assets" / "guard" / "medical_requests.txt")[:100]
                            + read_questions(REPO / "assets" / "guard" / "general_requests.txt")[:100]),
     }
@@ -208,10 +246,10 @@ def render(r: dict) -> str:
     for g, p in lo["groups"].items():
         lines.append(f"| {g} | {p['side']} | {p['n']} | {p['auroc']:.3f} | {p['fpr_at_95_recall']:.3f} | "
                      + " | ".join(f"{p['levels'][lvl]:.1%}" for lvl in LEVELS) + " |")
-    rf = r["red_flags"]
-    for k in ("rules", "rules_and_semantic"):
-        lines.append(f"red flags ({k}): recall {rf[k]['recall']:.1%} of {rf[k]['n_emergency']}, "
-                     f"false alarms {rf[k]['false_alarms']:.1%} of {rf[k]['n_non_urgent']}")
+    for name, rf in r["red_flags"].items():
+        for k in ("rules", "rules_and_semantic"):
+            lines.append(f"red flags, {name} ({k}): recall {rf[k]['recall']:.1%} of {rf[k]['n_emergency']}, "
+                         f"false alarms {rf[k]['false_alarms']:.1%} of {rf[k]['n_non_urgent']}")
     lines.append(f"probes: {json.dumps({t: v['level'] for t, v in r['probes'].items()})}")
     lines.append(f"check latency, one thread: {r['latency']['wall_ms_median']} ms median wall, "
                  f"{r['latency']['cpu_ms_median']} ms CPU")

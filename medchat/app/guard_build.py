@@ -1,6 +1,11 @@
 """Build the guard index (out-of-domain score and thresholds) from a data directory.
 
     python -m medchat.app.guard_build --data-dir ../shared/data --out assets/guard/default_index
+    python -m medchat.app.guard_build --run assets/default-run     # a run's index, on the shipped one
+
+The second rebuilds <run>/guard_index after the shipped index changed: the shipped index plus the run's
+training questions (<run>/splits/train.jsonl, or the run rows its present index keeps). Both are
+deterministic (seeded samples; the fit has no randomness); only `created` in index.json changes.
 
 The data directory is laid out like ../shared/data (train/, mcq/ = medical; ood/ = general); the messages
 written for medchat in assets/guard/ are added to both sides, and each --questions file (your own medical
@@ -22,10 +27,12 @@ MAX_PER_GROUP = 1500  # per source or CLINC150 domain: more costs embedding time
 
 
 @click.command(name="build-guard-index", cls=MedchatCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Directory laid out like ../shared/data (train/, mcq/, ood/).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write the index to (created; its files are replaced).")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Instead: rebuild RUN/guard_index on the shipped index (assets/guard/default_index).")
 @click.option("--questions", "question_files", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="More medical questions (.jsonl with question/input keys, or .txt), one group per file; "
@@ -35,9 +42,15 @@ MAX_PER_GROUP = 1500  # per source or CLINC150 domain: more costs embedding time
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Embedding cache directory (default: medchat's cache dir).")
 @click.option("--seed", type=int, default=42, show_default=True)
-def main(data_dir, out_dir, question_files, max_per_group, cache, seed):
+def main(data_dir, out_dir, question_files, max_per_group, cache, seed, run_dir):
     """Build the guard index: fit the score, calibrate thresholds on left-out groups, save."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # huggingface_hub reads it when it is first imported
+    if run_dir is not None:
+        if data_dir or out_dir or question_files:
+            raise click.UsageError("--run rebuilds RUN/guard_index alone; leave out --data-dir, --out and --questions")
+        return _rebuild_run(run_dir, seed)
+    if data_dir is None or out_dir is None:
+        raise click.UsageError("give --data-dir and --out (the shipped index), or --run RUN (a run's index)")
     from medchat.core.guard.build import build_index
     from medchat.core.guard.embedder import shared_embedder
     from medchat.core.guard.questions import asset_groups, data_groups, dedupe, read_questions, sample
@@ -58,6 +71,17 @@ def main(data_dir, out_dir, question_files, max_per_group, cache, seed):
     cal, t = index.meta["calibration"], index.thresholds
     click.echo(f"{out_dir}: thresholds in_domain >= {t.in_domain}, out_of_domain < {t.out_of_domain}; "
                f"left-out calibration AUROC {cal['auroc']}, FPR@95% recall {cal['fpr_at_95_recall']}")
+
+
+def _rebuild_run(run_dir: Path, seed: int) -> None:
+    from medchat.core.guard.build import rebuild_run_index
+
+    try:
+        index = rebuild_run_index(run_dir, seed=seed)
+    except ValueError as exc:  # a MedchatError is printed by MedchatCommand
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{index.path}: shipped index {index.meta['based_on']} plus {index.meta['run_reference']['n']} "
+               "run reference rows")
 
 
 if __name__ == "__main__":

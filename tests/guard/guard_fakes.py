@@ -41,17 +41,17 @@ class HashEmbedder:
 
 
 MEDICAL = [
-    "what are the symptoms of diabetes",
+    "symptoms of diabetes",
     "how is diabetes treated",
-    "what causes high blood pressure",
-    "what are the symptoms of asthma",
+    "causes of high blood pressure",
+    "symptoms of asthma",
     "how is asthma treated",
-    "what causes kidney disease",
-    "what are the treatments for migraine",
-    "what are the symptoms of migraine",
+    "causes of kidney disease",
+    "treatments for migraine",
+    "symptoms of migraine",
     "how is high blood pressure treated",
     "what causes asthma attacks",
-    "what are the symptoms of kidney disease",
+    "symptoms of kidney disease",
     "how is migraine diagnosed",
 ]
 MEDICAL_CAL = [

@@ -9,7 +9,7 @@ import pytest
 from guard_fakes import GENERAL, MEDICAL, MEDICAL_CAL, synthetic_groups
 
 from medchat.core.guard import Guard
-from medchat.core.guard.build import build_index, build_reference_index
+from medchat.core.guard.build import build_index, build_reference_index, rebuild_run_index
 from medchat.core.guard.calibration import Thresholds
 from medchat.core.guard.embedder import embed_cached
 from medchat.core.guard.index import GENERAL_FILE, INDEX_JSON, REFERENCE_FILE, SCORE_FILE, GuardIndex, GuardIndexError
@@ -111,6 +111,27 @@ def test_a_run_index_adds_the_run_questions_to_the_shipped_reference(saved, hash
     loaded = GuardIndex.load(tmp_path / "run")
     assert len(loaded.reference) == len(base.reference) + len(MEDICAL)
     assert loaded.thresholds == base.thresholds and run.meta["based_on"] == str(path)
+
+
+def test_rebuilding_a_run_index_keeps_its_run_rows_on_the_new_shipped_index(saved, hash_embedder, tmp_path):
+    base, path, _ = saved
+    hash_embedder.dim = 16
+    build_reference_index(MEDICAL, tmp_path / "run" / "guard_index", embedder=hash_embedder, base_dir=path)
+    first = GuardIndex.load(tmp_path / "run" / "guard_index")
+    # no splits/ (as in the shipped run): the run rows its index keeps are carried over, byte for byte
+    again = rebuild_run_index(tmp_path / "run", base_dir=path)
+    np.testing.assert_array_equal(GuardIndex.load(tmp_path / "run" / "guard_index").reference, first.reference)
+    assert again.meta["run_reference"]["n"] == len(MEDICAL) and "kept from" in again.meta["run_reference"]["source"]
+    # with splits/train.jsonl the run's questions are embedded afresh
+    (tmp_path / "run" / "splits").mkdir()
+    (tmp_path / "run" / "splits" / "train.jsonl").write_text(
+        "".join(json.dumps({"question": q, "answer": "a"}) + "\n" for q in MEDICAL[:3]), encoding="utf-8")
+    fresh = rebuild_run_index(tmp_path / "run", embedder=hash_embedder, base_dir=path)
+    assert len(fresh.reference) == len(base.reference) + 3
+    (tmp_path / "bare" / "guard_index").mkdir(parents=True)
+    base.save(tmp_path / "bare" / "guard_index")  # an index without run rows cannot be rebuilt
+    with pytest.raises(GuardIndexError, match="no run rows"):
+        rebuild_run_index(tmp_path / "bare", base_dir=path)
 
 
 def test_embedding_cache_encodes_only_new_texts(tmp_path, hash_embedder):

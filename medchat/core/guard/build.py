@@ -28,7 +28,7 @@ from medchat.core.guard.calibration import (
     level_counts,
 )
 from medchat.core.guard.embedder import EMBEDDER_NAME, embed_cached
-from medchat.core.guard.index import REBUILD_HINT, GuardIndex, GuardIndexError, default_index_dir
+from medchat.core.guard.index import DEFAULT_INDEX_SUBDIR, REBUILD_HINT, GuardIndex, GuardIndexError
 from medchat.core.guard.questions import dedupe, sample
 from medchat.core.guard.score import (
     DEFAULT_K,
@@ -97,16 +97,19 @@ def build_index(medical: Mapping[str, list[str]], general: Mapping[str, list[str
     return GuardIndex(score, thresholds, meta)
 
 
+def shipped_base_dir() -> Path:
+    """assets/guard/default_index: the index every run's index is built on (never a run's own index, whose
+    run rows would otherwise pile up from run to run)."""
+    from medchat.core.paths import ASSETS_DIR
+
+    return ASSETS_DIR / DEFAULT_INDEX_SUBDIR
+
+
 def build_reference_index(questions: Sequence[str], out_dir: Path, *, embedder=None,
                           base_dir: Path | None = None, seed: int = 42) -> GuardIndex:
     """A training run's guard index (medchat-train): the shipped index with a sample of the run's own
     training questions added to the medical kNN reference, as one more group, so messages on the run's
     topics read as medical. Score weights and thresholds stay those calibrated for the shipped index."""
-    base_dir = base_dir or default_index_dir()
-    if base_dir is None:
-        raise GuardIndexError("no shipped guard index to base a run's index on; build it with "
-                              + REBUILD_HINT.format(dir="assets/guard/default_index"))
-    base = GuardIndex.load(base_dir)
     qs = sample(dedupe([q for q in questions if q and q.strip()]), REFERENCE_PER_GROUP, seed)
     if not qs:
         raise ValueError("build_reference_index: no questions given")
@@ -114,9 +117,46 @@ def build_reference_index(questions: Sequence[str], out_dir: Path, *, embedder=N
         from medchat.core.guard.embedder import shared_embedder
 
         embedder = shared_embedder()
-    score = replace(base.score, medical=np.concatenate([base.score.medical, embedder.encode(qs)]))
-    meta = {**base.meta, "based_on": str(base_dir), "run_reference": {"n": len(qs), "seed": seed}}
-    index = GuardIndex(score, base.thresholds, meta)
+    return _run_index(embedder.encode(qs), out_dir, base_dir, {"n": len(qs), "seed": seed})
+
+
+def rebuild_run_index(run_dir: Path, *, embedder=None, base_dir: Path | None = None, seed: int = 42) -> GuardIndex:
+    """Rebuild <run>/guard_index on the current shipped index: from the run's training questions
+    (<run>/splits/train.jsonl) when it has them, else from the run rows its present index keeps (a shipped
+    run carries no splits). Deterministic: the same run and shipped index give the same arrays."""
+    from medchat.core.guard.questions import read_questions
+
+    run_dir = Path(run_dir)
+    train = run_dir / "splits" / "train.jsonl"
+    out = run_dir / "guard_index"
+    if train.is_file():
+        return build_reference_index(read_questions(train), out, embedder=embedder, base_dir=base_dir, seed=seed)
+    old = GuardIndex.load(out)
+    kept = old.meta.get("run_reference") or {}
+    n = int(kept.get("n") or 0)
+    if n <= 0 or n > len(old.score.medical):
+        raise GuardIndexError(f"{train}: missing, and {out / 'index.json'} records no run rows to keep; "
+                              "retrain the run or rebuild its index from its training questions")
+    note = kept.get("source") or "embeddings of the run's training questions"
+    source = note if "kept from" in note else f"{note} (kept from its previous guard index)"
+    return _run_index(old.score.medical[-n:], out, base_dir, {**kept, "n": n, "source": source})
+
+
+def _run_index(run_vectors: np.ndarray, out_dir: Path, base_dir: Path | None, record: dict) -> GuardIndex:
+    base_dir = Path(base_dir) if base_dir else shipped_base_dir()
+    if not (base_dir / "index.json").is_file():
+        raise GuardIndexError(f"{base_dir}: no shipped guard index to base a run's index on; build it with "
+                              + REBUILD_HINT.format(dir=base_dir))
+    base = GuardIndex.load(base_dir)
+    medical = np.concatenate([base.score.medical, np.asarray(run_vectors, dtype=np.float32)])
+    from medchat.core.paths import ASSETS_DIR
+
+    try:  # a path inside the checkout is recorded relative to it, so a rebuild elsewhere writes the same file
+        based_on = str(base_dir.resolve().relative_to(ASSETS_DIR.resolve().parent))
+    except ValueError:
+        based_on = str(base_dir)
+    meta = {**base.meta, "based_on": based_on, "run_reference": record}
+    index = GuardIndex(replace(base.score, medical=medical), base.thresholds, meta)
     index.save(Path(out_dir))
     return index
 

@@ -95,7 +95,9 @@ def asset_groups(guard_assets: Path) -> tuple[dict, dict]:
       messages (no emergencies: the medical kNN reference doubles as the semantic red-flag layer's
       "not an emergency" examples);
     - own_requests: general_requests.txt and the lay general questions, kinds of request the public sets lack;
-    - own_exam_questions: general_exam_questions.txt, so that the exam shape alone does not mean "medical"."""
+    - own_exam_questions: general_exam_questions.txt, so that the exam shape alone does not mean "medical";
+    - own_medical_exam: medical_exam_questions.txt, medical and biology exam questions, so that it does not
+      mean "general" either (with it, left-out MMLU medical rose from 0.965 to 0.971 AUROC)."""
     ev = Path(guard_assets) / "eval"
     lay = [row for _, row in read_jsonl(ev / "lay_questions.jsonl", QuestionFileError)]
     medical = read_questions(Path(guard_assets) / "medical_requests.txt")
@@ -105,4 +107,6 @@ def asset_groups(guard_assets: Path) -> tuple[dict, dict]:
     general = read_questions(Path(guard_assets) / "general_requests.txt") + [
         r["question"] for r in lay if r["label"] != "medical"]
     exams = read_questions(Path(guard_assets) / "general_exam_questions.txt")
-    return {"lay_medical": dedupe(medical)}, {"own_requests": dedupe(general), "own_exam_questions": dedupe(exams)}
+    medical_exams = read_questions(Path(guard_assets) / "medical_exam_questions.txt")
+    return ({"lay_medical": dedupe(medical), "own_medical_exam": dedupe(medical_exams)},
+            {"own_requests": dedupe(general), "own_exam_questions": dedupe(exams)})
