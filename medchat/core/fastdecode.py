@@ -215,6 +215,13 @@ def checkpoint_context_length(tokenizer, model_dir: str | Path) -> int:
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
+    """The folder's tokenizer; without transformers where `tokenizers` reads it the same (its import alone
+    was most of a warm start: medchat.core.light_tokenizer)."""
+    from medchat.core import light_tokenizer
+
+    light = light_tokenizer.load(model_dir, trust_remote_code)
+    if light is not None:
+        return light
     from transformers import AutoTokenizer
 
     return ensure_pad_token(AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code))

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,9 +113,16 @@ class Loaded:
 
 
 def cuda_available() -> bool:
+    """Without a GPU driver's device nodes no CUDA (or ROCm) device can be used: answered without importing
+    torch, which alone takes seconds (the chat's start on CPU needs no torch at all)."""
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in _GPU_NODES):
+        return False
     import torch
 
     return torch.cuda.is_available()
+
+
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
 
 
 def cpu_supports_bf16() -> bool:
@@ -355,7 +363,7 @@ def _check_adapter_weights(adapter: str | Path) -> None:
 
     weights = Path(adapter).expanduser() / "adapter_model.safetensors"
     try:
-        with safe_open(str(weights), framework="pt") as handle:
+        with safe_open(str(weights), framework="numpy") as handle:  # "pt" would import torch: seconds
             for key in handle.keys():
                 handle.get_slice(key)
     except Exception as exc:

@@ -80,10 +80,7 @@ class OnnxEngine(TokenEngine):
             import onnxruntime_genai as og
         except ImportError as exc:
             raise ModelError(f"The ONNX backend needs onnxruntime-genai: {INSTALL_HINT}.") from exc
-        from medchat.core.model import _quiet_transformers
-
         og.disable_telemetry_events()  # medical text stays local: nothing optional leaves the machine
-        _quiet_transformers()
         resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
         try:
             folder = onnx_export.runnable_onnx(resolved, precision)

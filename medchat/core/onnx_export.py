@@ -117,6 +117,9 @@ def _save_hf_side(source: Path, out: Path, trust_remote_code: bool) -> None:
     """What the engine reads through transformers: the tokenizer and chat template, EOS and context length."""
     from transformers import AutoTokenizer
 
+    from medchat.core.model import _quiet_transformers
+
+    _quiet_transformers()
     AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code).save_pretrained(out)
     for name in HF_FILES:
         if (source / name).is_file():

@@ -221,3 +221,26 @@ async def test_intervals_beside_metrics_and_mcq_in_the_experiment_table(isolated
         assert "0.1800 (+20.0%, Δ [-0.6667, +0.7500])" in cells
         assert "medmcqa 55.0 (+30.0 pt [" in cells[9] and "pubmedqa 70.0 (+3.3 pt [" in cells[9]
         assert [c.plain for c in table.get_row("1")][9] == "—"
+
+
+@pytest.mark.parametrize("size", [(40, 12), (80, 24)])
+async def test_narrow_terminals_get_the_run_list_as_an_overlay(isolated_user_dirs, size):
+    populated_runs_root(isolated_user_dirs / "runs")
+    app = ReportApp()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        run_list, tabs = screen.query_one(RunList), screen.query_one(TabbedContent)
+        assert not run_list.display and tabs.size.width == size[0]  # the metrics keep the whole width
+        await pilot.press("l")
+        await pilot.pause()
+        assert run_list.display and run_list.has_focus
+        assert run_list.region.width <= size[0] * 0.9 and tabs.size.width == size[0]  # over the tabs, not beside
+        first = screen.current
+        await pilot.press("up", "enter")
+        await pilot.pause()
+        assert not run_list.display and screen.current is not first
+        assert screen.current.id in str(screen.query_one("#report-title", Static).render())
+        await pilot.resize_terminal(120, 36)
+        await pilot.pause()
+        assert run_list.display and tabs.size.width < 120  # wide: the list is back beside the tabs

@@ -117,7 +117,7 @@ class MedchatApp(App):
         self.cursor_blink = cursor_blink
         self.loader = Loader(engine_factory or default_engine_factory(spec, prompt_style),
                              guard_factory if guard_factory is not None else default_guard_factory(spec),
-                             self.call_from_thread)
+                             self.call_from_thread, self.call_after_refresh)
         # F8: the engine and guard for another run's adapter (None: the base model alone)
         self.factories_for_adapter = factories_for_adapter or partial(_factories_for_adapter, spec, prompt_style)
         self.store: HistoryStore | None = None
@@ -606,6 +606,7 @@ class MedchatApp(App):
             yield SystemCommand(title, help_text, callback)
 
     async def on_unmount(self) -> None:
+        self.loader.model_shown.set()
         self.loader.model_settled.set()
         if self._draft_timer is not None:
             self._draft_timer.stop()

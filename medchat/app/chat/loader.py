@@ -57,17 +57,20 @@ class Loader:
     """The engine and the guard, and where their loading stands."""
 
     def __init__(self, engine_factory: EngineFactory, guard_factory: GuardFactory,
-                 call_on_app: Callable[..., object]) -> None:
+                 call_on_app: Callable[..., object],
+                 after_paint: Callable[[Callable[[], object]], object] | None = None) -> None:
         self.engine_factory = engine_factory
         self.guard_factory = guard_factory
         self._call = call_on_app  # App.call_from_thread
+        self._after_paint = after_paint or (lambda callback: callback())  # App.call_after_refresh
         self.engine: Engine | None = None
         self.model_status = "loading"  # "loading" | "ready" | "failed"
         self.model_error: str | None = None
         self.guard: GuardChecker | None = None
         self.guard_status = "loading"
         self.guard_ready = asyncio.Event()  # the guard object is there (its embedder may still load)
-        self.model_settled = threading.Event()  # the model loaded or failed: the embedder may use the CPU
+        self.model_shown = threading.Event()  # "Ready" (or the failure) is on the screen
+        self.model_settled = threading.Event()  # the model loaded (and shown) or failed: the embedder may load
 
     def load_model(self, context: list[dict], on_loaded: Callable[[], object],
                    on_failed: Callable[[], object]) -> None:
@@ -75,26 +78,39 @@ class Loader:
         more than ModelError, and a traceback would hide the advice."""
         try:
             engine = self.engine_factory()
-            engine.prefill(context)  # the system prompt now: the first question pays only for itself
         except Exception as exc:
             self._call(self._model_failed, load_failure(exc), on_failed)
             return
         self._call(self._model_loaded, engine, on_loaded)
+        # The system prompt is read once "Ready" is on the screen, while the user types: the first question
+        # then pays only for itself. Before it, it delayed "Ready" by 0.2-0.5 s, and ONNX Runtime holds the
+        # GIL while it computes, so started at once it delayed the paint too (bench/startup.py).
+        self.model_shown.wait(timeout=2.0)
+        try:
+            engine.prefill(context)
+        except Exception as exc:
+            self._call(self._model_failed, load_failure(exc), on_failed)
+            return
+        # The embedder's load (torch's import: seconds, mostly holding the GIL) comes after both.
+        self.model_settled.set()
 
     def _model_loaded(self, engine: Engine, on_loaded: Callable[[], object]) -> None:
         self.engine, self.model_status = engine, "ready"
-        self.model_settled.set()
         on_loaded()
+        self._after_paint(self.model_shown.set)
 
     def _model_failed(self, message: str, on_failed: Callable[[], object]) -> None:
         self.model_status, self.model_error = "failed", message
+        self.model_shown.set()
         self.model_settled.set()
         on_failed()
 
     def load_guard(self) -> None:
         """Thread body. The guard's rules are usable at once; its embedder loads once the model has (the
         session waits for it if a message comes first). A guard that fails to build leaves the chat
-        without one, and the session says so before every answer."""
+        without one, and the session says so before every answer. It is built once "Ready" is shown:
+        built beside the model load, it slowed that by about 0.5 s, and no answer can start before it."""
+        self.model_shown.wait()
         try:
             guard = self.guard_factory()
         except Exception as exc:

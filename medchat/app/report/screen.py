@@ -9,7 +9,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, Tabs, TabPane
 
 from medchat.core.runs import RunDir, RunError, discover_runs, load_run
 from medchat.app.report.widgets import (
@@ -23,6 +23,7 @@ from medchat.app.report.widgets import (
     safe,
 )
 
+NARROW_COLUMNS = 100  # below this the run list floats over the tabs, hidden until asked for (as the chat's sidebar)
 # keys 1-6 in this order (the multiple-choice tab came last, so the older keys kept their numbers)
 TABS = ("metrics", "experiments", "loss", "examples", "probes", "mcq")
 
@@ -32,7 +33,8 @@ class ReportScreen(Screen):
 
     DEFAULT_CSS = """
     ReportScreen #report-title { height: 1; padding: 0 1; background: $primary 30%; text-style: bold; }
-    ReportScreen #report-body { height: 1fr; }
+    ReportScreen #report-body { height: 1fr; layers: base overlay; }
+    ReportScreen #report-body.narrow RunList { dock: left; layer: overlay; max-width: 90%; background: $surface; }
     ReportScreen TabbedContent { width: 1fr; height: 1fr; }
     ReportScreen TabPane { height: 1fr; padding: 0; }
     ReportScreen #report-empty { padding: 1 2; color: $warning; display: none; }
@@ -42,6 +44,7 @@ class ReportScreen(Screen):
         Binding("escape", "close", "close"),
         Binding("q", "close", "close", show=False),
         Binding("r", "reload", "reload"),
+        Binding("l,ctrl+b", "toggle_runs", "runs"),
         Binding("s", "sort_examples", "sort examples"),
         Binding("m", "metric_examples", "example metric"),
         *[Binding(str(i), f"tab('{tab}')", tab, show=False) for i, tab in enumerate(TABS, 1)],
@@ -75,7 +78,19 @@ class ReportScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._fit_to(self.size.width)
         self.load()
+
+    def on_resize(self, event) -> None:
+        self._fit_to(event.size.width)
+
+    def _fit_to(self, width: int) -> None:
+        """Narrow: the run list becomes an overlay (l or Ctrl+B), so the tabs keep the whole width."""
+        body = self.query_one("#report-body")
+        narrow = width < NARROW_COLUMNS
+        if narrow != body.has_class("narrow"):
+            body.set_class(narrow, "narrow")
+            self.query_one(RunList).display = not narrow
 
     # ------------------------------------------------------------------ data
     def load(self) -> None:
@@ -125,6 +140,11 @@ class ReportScreen(Screen):
         self.query_one(ExampleBrowser).show_run(run)
         self.query_one(ProbesPanel).show_run(run)
 
+    def on_option_list_option_selected(self, event) -> None:
+        """Enter on a run in the overlay: it is shown, and the overlay gives the screen back."""
+        if event.option_list.id == "run-list" and self.query_one("#report-body").has_class("narrow"):
+            self.action_toggle_runs()
+
     def on_run_list_run_chosen(self, event: RunList.RunChosen) -> None:
         if 0 <= event.index < len(self.runs) and self.runs[event.index] is not self.current:
             self.show_run(self.runs[event.index])
@@ -147,6 +167,14 @@ class ReportScreen(Screen):
     def action_metric_examples(self) -> None:
         self.action_tab("examples")
         self.query_one(ExampleBrowser).action_cycle_metric()
+
+    def action_toggle_runs(self) -> None:
+        run_list = self.query_one(RunList)
+        run_list.display = not run_list.display
+        if run_list.display:
+            run_list.focus()
+        else:
+            self.query_one(TabbedContent).query_one(Tabs).focus()
 
     def action_reload(self) -> None:
         self.load()
