@@ -362,8 +362,9 @@ async def test_chat_app_reads_the_system_prompt_and_the_draft_ahead(tiny_pair, a
     app = MedchatApp(None, engine_factory=lambda: fast, guard_factory=lambda: None, no_history=True,
                      cursor_blink=False)
     async with app.run_test(size=(100, 30)) as pilot:
+        # the system prompt is read once "Ready" is painted: model_settled says that read is done
         for _ in range(400):
-            if app.loader.model_status == "ready":
+            if app.loader.model_settled.is_set():
                 break
             await pilot.pause(0.01)
         assert app.loader.model_status == "ready"

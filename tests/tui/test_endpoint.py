@@ -31,6 +31,9 @@ async def test_chat_through_medchat_serve_survives_a_server_that_is_down(make_ap
     app = make_app(engine)
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_ready(app, pilot)
+        # the endpoint has no parameter count or load time of its own: Ready names the URL instead
+        assert app.status_bar.ready_text == f"Ready · medchat · http://127.0.0.1:{port}/v1 · F2 details"
+        assert app.loader.guard_ready.is_set()
         await send(app, pilot, "How much water should I drink?")
         await wait_idle(app, pilot)
         [failed] = app.query(AssistantMessage)

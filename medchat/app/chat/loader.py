@@ -45,11 +45,14 @@ def compact_summary(info: ModelInfo) -> str:
     parts = [Path(str(info.base)).name or str(info.base)]
     if info.adapter:
         parts[0] += f" + {Path(str(info.adapter)).parent.name or Path(str(info.adapter)).name}"
-    parts.append(f"{info.device} {info.dtype}")
-    if info.quantization not in (None, "none"):
-        parts.append(str(info.quantization))
-    parts.append(f"{info.params_total / 1e6:.0f}M")
-    parts.append(f"{info.load_seconds:.1f} s")
+    if info.params_total is None:  # a model behind an endpoint: its size and dtype are the server's business
+        parts.append(str(info.device))
+    else:
+        parts.append(f"{info.device} {info.dtype}")
+        if info.quantization not in (None, "none"):
+            parts.append(str(info.quantization))
+        parts.append(f"{info.params_total / 1e6:.0f}M")
+        parts.append(f"{info.load_seconds:.1f} s")
     return " · ".join(parts) + " · F2 details"
 
 
@@ -96,8 +99,10 @@ class Loader:
 
     def _model_loaded(self, engine: Engine, on_loaded: Callable[[], object]) -> None:
         self.engine, self.model_status = engine, "ready"
-        on_loaded()
-        self._after_paint(self.model_shown.set)
+        try:
+            on_loaded()
+        finally:  # the guard's load waits for this: a failing status line must not hold it for ever
+            self._after_paint(self.model_shown.set)
 
     def _model_failed(self, message: str, on_failed: Callable[[], object]) -> None:
         self.model_status, self.model_error = "failed", message
