@@ -3,6 +3,7 @@
     nice -n 5 python bench/red_flag_loco.py [--cache /tmp/red_flag_loco_cache] [--rules assets/guard/red_flags.yaml]
     nice -n 5 python bench/red_flag_loco.py --sweep          # threshold x margin grid, same protocol
     nice -n 5 python bench/red_flag_loco.py --threshold 0.5 --margin 0.04 --no-write   # try a setting
+    nice -n 5 python bench/red_flag_loco.py --check assets/guard/eval/red_flag_check1.jsonl   # + a fresh set
 
 Protocol. Positives: every row of the `semantic.positives` files (assets/guard/eval/red_flag_tune*.jsonl).
 For each rule id R: the semantic layer is built without any positive of R (its YAML `examples.fire` and its
@@ -16,6 +17,8 @@ index embeds some of these files as its medical reference, which the layer uses 
 (or all negatives files) are the LOCO recall and false-alarm rate. The text rules are written with these
 messages in view, so the rules' share is not held out; the semantic layer's is (rules and semantic, and
 semantic alone, are both reported).
+--check FILE scores a set that was never tuned on ({"text", "emergency"}; red_flag_check1.jsonl was written
+after the tuning that set threshold 0.57 / margin 0.05) with the full layer, as the guard runs it.
 Writes bench/results/red_flag_loco.json (not with --sweep or --no-write).
 """
 
@@ -152,6 +155,27 @@ def score(units, threshold, margin):
     return out
 
 
+def check(path, rules, threshold, margin, pos_vec, neg_vec, ref_vec, emb_of) -> dict:
+    """A set never tuned on ({"text", "emergency"}), with the full layer: every example and the reference."""
+    rows = [row for _, row in _rows(path)]
+    texts = [r["text"] for r in rows]
+    v = emb_of(texts)
+    sp = (v @ pos_vec.T).max(axis=1)
+    sn = np.maximum((v @ neg_vec.T).max(axis=1), (v @ ref_vec.T).max(axis=1))
+    sem = (sp >= threshold) & (sp - sn >= margin)
+    rule = np.array([bool(rules.red_flags(t)) for t in texts])
+    em = np.array([bool(r["emergency"]) for r in rows])
+    both = rule | sem
+    return {"file": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
+            "n_emergency": int(em.sum()), "n_non_urgent": int((~em).sum()),
+            "recall": round(float(both[em].mean()), 4), "rules_recall": round(float(rule[em].mean()), 4),
+            "semantic_recall": round(float(sem[em].mean()), 4),
+            "false_alarms": round(float(both[~em].mean()), 4), "rules_false_alarms": round(float(rule[~em].mean()), 4),
+            "semantic_false_alarms": round(float(sem[~em].mean()), 4),
+            "missed": [t for t, b, e in zip(texts, both, em) if e and not b],
+            "false_alarm_texts": [t for t, b, e in zip(texts, both, em) if b and not e]}
+
+
 def sweep(units, thresholds, margins):
     rows = []
     for t in thresholds:
@@ -199,6 +223,8 @@ def main(argv=None) -> int:
                          "leave-one-message-out recall")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--show-misses", action="store_true")
+    ap.add_argument("--check", type=Path, action="append", default=[],
+                    help="also score a set never tuned on ({text, emergency}) with the full layer (repeatable)")
     args = ap.parse_args(argv)
     setup(5)
     rules, cfg, pos, neg, test_neg = load(args.rules)
@@ -231,7 +257,18 @@ def main(argv=None) -> int:
            "threshold": threshold, "margin": margin, "targets": TARGETS,
            "positives_files": list(cfg.get("positives") or []), "negatives_files": list(cfg.get("negatives") or []),
            "n_reference": len(ref_vec), **score(units, threshold, margin)}
+    if args.check:
+        res["checks"] = [check(p, rules, threshold, margin, pos_vec, neg_vec, ref_vec, emb_of) for p in args.check]
     print(render(res))
+    for c in res.get("checks", []):
+        print(f"check {c['file']}: recall {c['recall']:.1%} of {c['n_emergency']} (rules {c['rules_recall']:.1%}, "
+              f"semantic {c['semantic_recall']:.1%}), false alarms {c['false_alarms']:.1%} of {c['n_non_urgent']} "
+              f"(rules {c['rules_false_alarms']:.1%}, semantic {c['semantic_false_alarms']:.1%})")
+        if args.show_misses:
+            for t in c["missed"]:
+                print(f"CHECK MISS: {t}")
+            for t in c["false_alarm_texts"]:
+                print(f"CHECK FA: {t}")
     if args.show_misses:
         for rid, v in res["rules"].items():
             for t in v.get("missed", []):
