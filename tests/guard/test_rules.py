@@ -181,3 +181,28 @@ def test_invalid_yaml_file_names_file_and_line(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(RulesError, match="cannot read"):
         RuleSet.load(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I used to self-harm as a teenager but I've been fine for years", []),
+        ("my daughter fainted at the sight of blood last year, should I worry", []),
+        ("I get a burning feeling in my chest after pizza, antacids fix it", []),
+        ("I had a stroke last year and now my face is drooping", ["stroke_signs"]),  # present tense: a situation
+        ("I used to self harm and I want to kill myself", ["suicidal_thoughts"]),  # strong patterns always fire
+        ("fainted years ago and he collapsed 5 minutes ago", ["unconscious"]),  # acute cue wins
+    ],
+)
+def test_benign_history_is_not_a_situation(text, expected):
+    assert fired(text) == expected
+
+
+def test_benign_context_is_optional():
+    data = _minimal()
+    data["context"]["benign"] = [r"\bused to\b"]
+    data["context"]["current"] = [r"\bnow\b"]
+    rs = RuleSet(data)
+    assert [r.id for r in rs.red_flags("i used to say ouch")] == []
+    assert [r.id for r in rs.red_flags("i used to say ouch and now ouch")] == ["r1"]
+    assert [r.id for r in RuleSet(_minimal()).red_flags("i used to say ouch")] == ["r1"]

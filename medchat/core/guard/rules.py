@@ -163,10 +163,15 @@ class Analysis:
     hypothetical: bool
     acute: bool
     question: bool
+    benign: bool = False  # a benign-history cue (context.benign) with no present-tense cue (context.current)
 
     @property
     def situation(self) -> bool:
-        return (self.personal and not self.hypothetical) or self.acute or not self.question
+        if self.acute:
+            return True
+        if self.benign:
+            return False
+        return (self.personal and not self.hypothetical) or not self.question
 
 
 class RuleSet:
@@ -183,6 +188,11 @@ class RuleSet:
         self.hypothetical = [_compile(p, f"{source}: context.hypothetical") for p in ctx["hypothetical"]]
         self.acute = [_compile(p, f"{source}: context.acute") for p in ctx["acute"]]
         self.question = [_compile(p, f"{source}: context.question") for p in ctx["question"]]
+        for key in ("benign", "current"):  # optional
+            if not isinstance(ctx.get(key) or [], list):
+                raise RulesError(f"{source}: context.{key} must be a list of patterns")
+        self.benign = [_compile(p, f"{source}: context.benign") for p in ctx.get("benign") or []]
+        self.current = [_compile(p, f"{source}: context.current") for p in ctx.get("current") or []]
         self.question_mark = bool(ctx.get("question_mark", True))
         self.typos = TypoCorrector(list(data.get("vocabulary") or []), dict(data.get("typo_aliases") or {}))
         self.rules: list[Rule] = []
@@ -252,6 +262,7 @@ class RuleSet:
             hypothetical=_matches(self.hypothetical, norm),
             acute=_matches(self.acute, norm),
             question=question,
+            benign=_matches(self.benign, norm) and not _matches(self.current, norm),
         )
 
     def red_flags(self, text: str) -> list[Rule]:
