@@ -86,7 +86,7 @@ def loco(rules, cfg, pos, neg, test_neg, pos_vec, neg_vec, ref_vec, emb_of):
         sn = np.maximum((v @ neg_vec[keep_n].T).max(axis=1), ref_best(v, all_ref))
         nearest = pos_rule[keep_p][(v @ pos_vec[keep_p].T).argmax(axis=1)]
         units["rules"][rid] = {"texts": tests, "rules": [[r.id for r in rules.red_flags(t)] for t in tests],
-                               "sp": sp, "sn": sn, "nearest": nearest.tolist()}
+                               "sp": sp, "sn": sn, "nearest": nearest.tolist(), "calm": calm_of(rules, tests)}
     # leave one message out (the semantic layer on a message of a rule it has other examples of)
     tests = [t for t, _, s in pos if s != "yaml examples"]
     v = emb_of(tests)
@@ -95,7 +95,8 @@ def loco(rules, cfg, pos, neg, test_neg, pos_vec, neg_vec, ref_vec, emb_of):
     sp[keys[:, None] == pos_key[None, :]] = -1.0
     sn = v @ neg_vec.T
     sn[keys[:, None] == neg_key[None, :]] = -1.0
-    units["loo"] = {"sp": sp.max(axis=1), "sn": np.maximum(sn.max(axis=1), ref_best(v, all_ref))}
+    units["loo"] = {"sp": sp.max(axis=1), "sn": np.maximum(sn.max(axis=1), ref_best(v, all_ref)),
+                    "calm": calm_of(rules, tests)}
     for rel, tests in test_neg.items():
         tkeys = {_key(t) for t in tests}
         keep_n = (neg_src != rel) & ~np.isin(neg_key, list(tkeys))
@@ -107,13 +108,18 @@ def loco(rules, cfg, pos, neg, test_neg, pos_vec, neg_vec, ref_vec, emb_of):
         units["negatives"][rel] = {"texts": tests, "rules": [[r.id for r in rules.red_flags(t)] for t in tests],
                                    "sp": sp_all.max(axis=1), "sn": sn,
                                    "nearest": pos_rule[keep_p][sp_all.argmax(axis=1)].tolist(),
-                                   "ref_rows_dropped": int((~keep_r).sum())}
+                                   "ref_rows_dropped": int((~keep_r).sum()), "calm": calm_of(rules, tests)}
     return units
+
+
+def calm_of(rules, texts) -> np.ndarray:
+    """The messages the guard keeps the semantic layer quiet on (told as hypothetical or over: Analysis.calm)."""
+    return np.array([rules.analyse(t).calm for t in texts], dtype=bool)
 
 
 def score(units, threshold, margin):
     def sem(u):
-        return (u["sp"] >= threshold) & (u["sp"] - u["sn"] >= margin)
+        return (u["sp"] >= threshold) & (u["sp"] - u["sn"] >= margin) & ~u["calm"]
 
     out = {"rules": {}, "negatives": {}}
     caught_all, rules_all, sem_all = [], [], []
@@ -162,7 +168,7 @@ def check(path, rules, threshold, margin, pos_vec, neg_vec, ref_vec, emb_of) -> 
     v = emb_of(texts)
     sp = (v @ pos_vec.T).max(axis=1)
     sn = np.maximum((v @ neg_vec.T).max(axis=1), (v @ ref_vec.T).max(axis=1))
-    sem = (sp >= threshold) & (sp - sn >= margin)
+    sem = (sp >= threshold) & (sp - sn >= margin) & ~calm_of(rules, texts)
     rule = np.array([bool(rules.red_flags(t)) for t in texts])
     em = np.array([bool(r["emergency"]) for r in rows])
     both = rule | sem

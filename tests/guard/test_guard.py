@@ -183,3 +183,22 @@ def test_semantic_config_from_shipped_rules():
     edu = [json.loads(line) for line in
            (ASSETS_DIR / "guard" / "eval" / "educational_questions.jsonl").read_text().splitlines()]
     assert not examples & {r["text"] for r in edu if r["role"] == "heldout"}
+
+
+def test_the_semantic_layer_is_quiet_on_hypothetical_or_resolved_wording(tiny_guard, hash_embedder):
+    from medchat.core.guard.semantic import SemanticConfig, SemanticRedFlags
+
+    # one emergency example, no negatives: anything close enough to it is raised, unless the rules' context
+    # says the message is told as hypothetical or as over
+    tiny_guard._semantic = SemanticRedFlags(
+        SemanticConfig(0.3, 0.0, (("my brother zebra yak quokka walrus", "seizure"),), ("ferret",)), hash_embedder)
+    tiny_guard.use_semantic = True
+
+    def sources(text):
+        return [(f.rule_id, f.source) for f in tiny_guard.check(text).red_flags]
+
+    assert sources("my brother zebra yak quokka walrus") == [("seizure", "semantic")]
+    assert sources("what should i do if my brother zebra yak quokka walrus") == []
+    assert sources("my brother zebra yak quokka walrus but it stopped on its own") == []
+    # an acute cue wins over the hypothetical wording
+    assert sources("what should i do if my brother zebra yak quokka walrus right now") == [("seizure", "semantic")]

@@ -163,7 +163,15 @@ class Analysis:
     hypothetical: bool
     acute: bool
     question: bool
-    benign: bool = False  # a benign-history cue (context.benign) with no present-tense cue (context.current)
+    # a benign-history cue (context.benign) with no present-tense cue (context.current), or a cue that the
+    # episode is over or mild (context.resolved: "stopped with pressure", "no other symptoms")
+    benign: bool = False
+
+    @property
+    def calm(self) -> bool:
+        """Told as over, mild or hypothetical, with no acute cue: the semantic layer stays quiet too (its
+        nearest examples cannot tell "what should I do if he chokes" from "he is choking")."""
+        return not self.acute and (self.benign or self.hypothetical)
 
     @property
     def situation(self) -> bool:
@@ -188,11 +196,12 @@ class RuleSet:
         self.hypothetical = [_compile(p, f"{source}: context.hypothetical") for p in ctx["hypothetical"]]
         self.acute = [_compile(p, f"{source}: context.acute") for p in ctx["acute"]]
         self.question = [_compile(p, f"{source}: context.question") for p in ctx["question"]]
-        for key in ("benign", "current"):  # optional
+        for key in ("benign", "current", "resolved"):  # optional
             if not isinstance(ctx.get(key) or [], list):
                 raise RulesError(f"{source}: context.{key} must be a list of patterns")
         self.benign = [_compile(p, f"{source}: context.benign") for p in ctx.get("benign") or []]
         self.current = [_compile(p, f"{source}: context.current") for p in ctx.get("current") or []]
+        self.resolved = [_compile(p, f"{source}: context.resolved") for p in ctx.get("resolved") or []]
         self.question_mark = bool(ctx.get("question_mark", True))
         self.typos = TypoCorrector(list(data.get("vocabulary") or []), dict(data.get("typo_aliases") or {}))
         self.rules: list[Rule] = []
@@ -262,7 +271,7 @@ class RuleSet:
             hypothetical=_matches(self.hypothetical, norm),
             acute=_matches(self.acute, norm),
             question=question,
-            benign=_matches(self.benign, norm) and not _matches(self.current, norm),
+            benign=(_matches(self.benign, norm) and not _matches(self.current, norm)) or _matches(self.resolved, norm),
         )
 
     def red_flags(self, text: str) -> list[Rule]:
