@@ -508,19 +508,27 @@ async def test_a_loading_guard_holds_the_answer_and_the_status_says_so(make_app)
     from .conftest import FakeGuard
 
     loading = threading.Event()
-    engine = FakeEngine([{"chunks": ["ok"]}])
+    engine = FakeEngine([{"chunks": ["ok"], "hang": True}])  # streams "ok", then waits for Esc
     app = make_app(engine, guard=FakeGuard(loading=loading))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_ready(app, pilot)
         await send(app, pilot, "I have chest pain")
         for _ in range(300):
-            if "safety checker" in str(app.query_one("#status").render()):
+            if "safety checker" in app.status_bar.text:
                 break
             await pilot.pause(0.01)
-        assert "safety checker" in str(app.query_one("#status").render())
+        assert "safety checker" in app.status_bar.text
         assert app.query_one(UserMessage).query_one(".ood").render().plain == "… checking"
         assert engine.requests == [] and app.generating
         loading.set()
+        for _ in range(300):
+            if engine.made and engine.made[0].started.is_set():
+                break
+            await pilot.pause(0.01)
+        await pilot.pause(0.05)
+        # once the check is done the status line stops saying it waits, while the answer streams
+        assert app.status_bar.text.startswith("Ready") and app.generating
+        await pilot.press("escape")
         await wait_idle(app, pilot)
         [answer] = _answers(app)
         assert EMERGENCY_NOTICE["emergency"] in str(answer.query_one(".notices").render())

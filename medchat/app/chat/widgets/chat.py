@@ -227,6 +227,8 @@ class ChatView(VerticalScroll):
                 await self._abandon(answer, session)
                 break
             if isinstance(event, Checked):
+                if self._status.loading:  # it said the check waits for the safety checker: no longer
+                    self._status.show_ready()
                 result = event.result
                 question.set_level(result.ood_level if result else None, result.ood_score if result else None)
                 question.message_id = session.last_user_message_id

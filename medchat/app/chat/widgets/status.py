@@ -32,6 +32,10 @@ class StatusBar(Horizontal):
         self.show(self.ready_text)
 
     @property
+    def loading(self) -> bool:
+        return bool(self.query_one("#loading").display)
+
+    @property
     def text(self) -> str:
         return str(self.query_one("#status", Static).render())
 
