@@ -10,8 +10,8 @@ the score is fitted on all other groups, its thresholds are calibrated on those 
 cross-fitting, as `medchat.app.guard_build` does), and G is scored. AUROC and FPR at 95% recall set G
 against every left-out score of the other side. Candidates (linear alone, contrastive kNN alone, both) are
 compared on the same left-out scores; the shipped index uses the winner, fitted on every group.
-Red flags: bench/data/red_flags_heldout_v5.jsonl (written apart from the tuning, never tuned on) and the
-older v4, v3, v2 and v1 sets (their misses shaped later rules), with the shipped index.
+Red flags: bench/data/red_flags_heldout_v6.jsonl (written apart from the tuning, never tuned on) and the
+older v5, v4, v3, v2 and v1 sets (their misses shaped later rules), with the shipped index.
 Latency: one check (embed + score + rules + semantic layer) on one thread, median.
 Writes bench/results/guard_eval.json.
 """
@@ -44,9 +44,13 @@ from medchat.app.guard_build import MAX_PER_GROUP
 from medchat.core.guard.score import DEFAULT_K, REFERENCE_PER_GROUP, fit_score, knn_mean
 
 RED_FLAG_SETS = {  # name: (file, how it relates to the tuning of the rules and the semantic layer)
-    "heldout_v5": (REPO / "bench" / "data" / "red_flags_heldout_v5.jsonl",
+    "heldout_v6": (REPO / "bench" / "data" / "red_flags_heldout_v6.jsonl",
                    "written by a separate writer that saw neither the rules nor the examples nor the other sets; "
                    "measured once, after the last change to the rules and the semantic layer; never tuned on"),
+    "heldout_v5_seen": (REPO / "bench" / "data" / "red_flags_heldout_v5.jsonl",
+                        "written the same way; measured once fresh (rules + semantic: recall 97.0%, false alarms "
+                        "18.0%, commit fe6022f), then its false alarms shaped context.resolved and the study-question "
+                        "cues"),
     "heldout_v4_seen": (REPO / "bench" / "data" / "red_flags_heldout_v4.jsonl",
                         "written the same way; measured once fresh after the taxonomy round (rules + semantic: "
                         "recall 97.0%, false alarms 20.0%), then its misses and false alarms shaped the calm-wording "

@@ -190,8 +190,17 @@ def test_missing_file(tmp_path):
         ("my daughter fainted at the sight of blood last year, should I worry", []),
         ("I get a burning feeling in my chest after pizza, antacids fix it", []),
         ("I had a stroke last year and now my face is drooping", ["stroke_signs"]),  # present tense: a situation
-        ("I used to self harm and I want to kill myself", ["suicidal_thoughts"]),  # strong patterns always fire
+        ("I used to self harm and I want to kill myself", ["suicidal_thoughts"]),  # history is not "over"
         ("fainted years ago and he collapsed 5 minutes ago", ["unconscious"]),  # acute cue wins
+        # told as over or mild (context.resolved), whatever the tense
+        ("my sister took an overdose of pills two years ago and is doing much better now", []),
+        ("my son fainted at his blood test, came round straight away and is playing now", []),
+        ("my chest felt tight during a panic attack, they checked my heart and it was fine", []),
+        ("seizure free, my epilepsy has been well controlled for 3 years", []),
+        ("my sister took an overdose of pills an hour ago, she was doing better now shes not waking", ["overdose_poisoning", "unconscious"]),
+        # study questions and comparisons
+        ("heat stroke vs heat exhaustion whats the difference", []),
+        ("nursing student here, what does a seizure look like for my exam", []),
     ],
 )
 def test_benign_history_is_not_a_situation(text, expected):

@@ -166,6 +166,7 @@ class Analysis:
     # a benign-history cue (context.benign) with no present-tense cue (context.current), or a cue that the
     # episode is over or mild (context.resolved: "stopped with pressure", "no other symptoms")
     benign: bool = False
+    resolved: bool = False  # the context.resolved part of that alone
 
     @property
     def calm(self) -> bool:
@@ -265,13 +266,15 @@ class RuleSet:
     def analyse(self, text: str) -> Analysis:
         norm = self.prepare(text)
         question = _matches(self.question, norm) or (self.question_mark and "?" in text)
+        resolved = _matches(self.resolved, norm)
         return Analysis(
             normalised=norm,
             personal=_matches(self.personal, norm),
             hypothetical=_matches(self.hypothetical, norm),
             acute=_matches(self.acute, norm),
             question=question,
-            benign=(_matches(self.benign, norm) and not _matches(self.current, norm)) or _matches(self.resolved, norm),
+            benign=(_matches(self.benign, norm) and not _matches(self.current, norm)) or resolved,
+            resolved=resolved,
         )
 
     def red_flags(self, text: str) -> list[Rule]:
@@ -279,7 +282,11 @@ class RuleSet:
         a = self.analyse(text)
         fired = []
         for rule in self.rules:
-            if _matches(rule.strong, a.normalised) or (a.situation and _matches(rule.symptoms, a.normalised)):
+            # a strong pattern names the emergency itself: only a message that says it is over ("took an
+            # overdose two years ago and is doing much better now") keeps it quiet; "I used to self harm and
+            # I want to kill myself" is not over
+            strong = not (a.resolved and not a.acute) and _matches(rule.strong, a.normalised)
+            if strong or (a.situation and _matches(rule.symptoms, a.normalised)):
                 fired.append(rule)
         return fired
 
