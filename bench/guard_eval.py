@@ -10,8 +10,8 @@ the score is fitted on all other groups, its thresholds are calibrated on those 
 cross-fitting, as `medchat.app.guard_build` does), and G is scored. AUROC and FPR at 95% recall set G
 against every left-out score of the other side. Candidates (linear alone, contrastive kNN alone, both) are
 compared on the same left-out scores; the shipped index uses the winner, fitted on every group.
-Red flags: bench/data/red_flags_heldout_v6.jsonl (written apart from the tuning, never tuned on) and the
-older v5, v4, v3, v2 and v1 sets (their misses shaped later rules), with the shipped index.
+Red flags: bench/data/red_flags_heldout_v7.jsonl (written apart from the tuning, never learned from) and the
+older v6-v1 sets (the semantic layer's classifier learns from them now), with the shipped index.
 Latency: one check (embed + score + rules + semantic layer) on one thread, median.
 Writes bench/results/guard_eval.json.
 """
@@ -44,25 +44,22 @@ from medchat.app.guard_build import MAX_PER_GROUP
 from medchat.core.guard.score import DEFAULT_K, REFERENCE_PER_GROUP, fit_score, knn_mean
 
 RED_FLAG_SETS = {  # name: (file, how it relates to the tuning of the rules and the semantic layer)
-    "heldout_v6": (REPO / "bench" / "data" / "red_flags_heldout_v6.jsonl",
+    "heldout_v7": (REPO / "bench" / "data" / "red_flags_heldout_v7.jsonl",
                    "written by a separate writer that saw neither the rules nor the examples nor the other sets; "
-                   "measured once, after the last change to the rules and the semantic layer; never tuned on"),
-    "heldout_v5_seen": (REPO / "bench" / "data" / "red_flags_heldout_v5.jsonl",
-                        "written the same way; measured once fresh (rules + semantic: recall 97.0%, false alarms "
-                        "18.0%, commit fe6022f), then its false alarms shaped context.resolved and the study-question "
-                        "cues"),
-    "heldout_v4_seen": (REPO / "bench" / "data" / "red_flags_heldout_v4.jsonl",
-                        "written the same way; measured once fresh after the taxonomy round (rules + semantic: "
-                        "recall 97.0%, false alarms 20.0%), then its misses and false alarms shaped the calm-wording "
-                        "gate of the semantic layer and three patterns"),
-    "heldout_v3_seen": (REPO / "bench" / "data" / "red_flags_heldout_v3.jsonl",
-                        "measured once fresh (rules + semantic: recall 84.6%, false alarms 7.8%, commit eef9624); "
-                        "the taxonomy round did not read it, but its misses shaped the list of gaps it was given"),
-    "heldout_v2_tuned_on": (REPO / "bench" / "data" / "red_flags_heldout_v2.jsonl",
-                            "measured once fresh (rules + semantic: recall 64.3%, false alarms 1.5%, "
-                            "guard_eval.json of commit 59f9cfe), then its misses guided a second round of rules"),
-    "heldout_v1_tuned_on": (REPO / "bench" / "data" / "red_flags_heldout.jsonl",
-                            "the earlier held-out set; its misses and false alarms guided the later rules, so tuned on"),
+                   "measured once, after the last change to the rules and the semantic layer; never learned from"),
+    "heldout_v6_learned": (REPO / "bench" / "data" / "red_flags_heldout_v6.jsonl",
+                           "written the same way; measured once fresh (recall 93.0%, false alarms 18.0%, commit "
+                           "088ca95); then the dev set that chose the classifier's settings, and one of its examples"),
+    "heldout_v5_learned": (REPO / "bench" / "data" / "red_flags_heldout_v5.jsonl",
+                           "measured once fresh (97.0% / 18.0%, commit fe6022f); then tuned on and learned from"),
+    "heldout_v4_learned": (REPO / "bench" / "data" / "red_flags_heldout_v4.jsonl",
+                           "measured once fresh (97.0% / 20.0%); then tuned on and learned from"),
+    "heldout_v3_learned": (REPO / "bench" / "data" / "red_flags_heldout_v3.jsonl",
+                           "measured once fresh (84.6% / 7.8%, commit eef9624); then tuned on and learned from"),
+    "heldout_v2_learned": (REPO / "bench" / "data" / "red_flags_heldout_v2.jsonl",
+                           "measured once fresh (64.3% / 1.5%, commit 59f9cfe); then tuned on and learned from"),
+    "heldout_v1_learned": (REPO / "bench" / "data" / "red_flags_heldout.jsonl",
+                           "the first held-out set; tuned on and learned from"),
 }
 PROBES = {  # issue 13's look-alikes, and one plain medical question
     "How do I fix a flat bicycle tire?": "out_of_domain",

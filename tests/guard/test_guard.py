@@ -150,18 +150,54 @@ def test_every_category_has_a_notice():
 # ---------------------------------------------------------------- semantic red-flag layer
 
 
-def test_semantic_layer_threshold_and_margin(hash_embedder):
+def _layer(hash_embedder, flag_at=0.7, keep_rules_at=0.1):
     from medchat.core.guard.semantic import SemanticConfig, SemanticRedFlags
 
-    cfg = SemanticConfig(0.9, 0.05, (("zebra yak quokka", "seizure"), ("walrus narwhal", "breathing")),
-                         ("zebra yak okapi",))
-    layer = SemanticRedFlags(cfg, hash_embedder)
-    vecs = hash_embedder.encode(["zebra yak quokka", "walrus narwhal", "ferret"])
-    assert layer.match(vecs) == [[("seizure", pytest.approx(1.0, abs=1e-5))],
-                                 [("breathing", pytest.approx(1.0, abs=1e-5))], []]
-    # a message as close to a non-emergency example as to the emergency one raises nothing
-    cfg2 = SemanticConfig(0.5, 0.05, (("zebra yak quokka", "seizure"),), ("zebra yak quokka",))
-    assert SemanticRedFlags(cfg2, hash_embedder).match(vecs[:1]) == [[]]
+    # emergencies are about zebras and walruses, calm talk about ferrets and otters
+    config = SemanticConfig(flag_at, keep_rules_at, 1e-4,
+                            (("zebra yak quokka", "seizure"), ("walrus narwhal", "breathing")),
+                            ("ferret otter", "ferret badger"), (("zebra quokka okapi", True), ("otter badger", False)))
+    return SemanticRedFlags(config, hash_embedder)
+
+
+def test_semantic_classifier_reads_the_examples_and_names_the_nearest_rule(hash_embedder):
+    layer = _layer(hash_embedder)
+    zebra, walrus, ferret = layer.read(hash_embedder.encode(["zebra yak quokka", "walrus narwhal", "ferret otter"]))
+    assert zebra.probability > 0.9 and zebra.nearest_rule == "seizure"
+    assert walrus.probability > 0.9 and walrus.nearest_rule == "breathing"
+    assert ferret.probability < 0.1
+
+
+def test_semantic_layer_raises_withdraws_and_never_withdraws_self_harm(tiny_guard, hash_embedder):
+    tiny_guard._semantic = _layer(hash_embedder)
+    tiny_guard.use_semantic = True
+
+    def flags(text):
+        return [(f.rule_id, f.source) for f in tiny_guard.check(text).red_flags]
+
+    assert flags("zebra yak quokka") == [("seizure", "semantic")]  # the rules see nothing; the classifier does
+    assert flags("ferret otter") == []
+    # words a rule fires on, in a message the classifier reads as calm: the rule's flag is withdrawn ...
+    assert tiny_guard.check_rules("my dad has crushing chest pain ferret otter ferret").red_flags
+    assert flags("my dad has crushing chest pain ferret otter ferret") == []
+    # ... but never a self-harm one
+    assert flags("i want to kill myself ferret otter ferret") == [("suicidal_thoughts", "rule")]
+
+
+def test_semantic_config_needs_its_probabilities(tmp_path):
+    from medchat.core.guard.rules import RuleSet, RulesError, default_rules_path
+    from medchat.core.guard.semantic import SemanticConfig
+
+    import yaml
+
+    data = yaml.safe_load(default_rules_path().read_text())
+    data["semantic"] = {"flag_at": "high", "keep_rules_at": 0.1}
+    with pytest.raises(RulesError, match="flag_at"):
+        SemanticConfig.from_rules(RuleSet(data, str(tmp_path / "rules.yaml")))
+    (tmp_path / "sets.jsonl").write_text('{"text": "x", "emergency": "yes"}\n')
+    data["semantic"] = {"flag_at": 0.7, "keep_rules_at": 0.1, "labelled": ["sets.jsonl"]}
+    with pytest.raises(RulesError, match=r"sets.jsonl:1: 'emergency' must be true or false"):
+        SemanticConfig.from_rules(RuleSet(data, str(tmp_path / "rules.yaml")))
 
 
 def test_semantic_config_from_shipped_rules():
@@ -173,32 +209,14 @@ def test_semantic_config_from_shipped_rules():
 
     rules = default_rules()
     cfg = SemanticConfig.from_rules(rules)
-    assert 0 < cfg.threshold < 1 and cfg.margin >= 0
+    assert 0 < cfg.keep_rules_at < cfg.flag_at < 1 and cfg.l2 > 0
+    assert sum(e for _, e in cfg.labelled) > 500 and len(cfg.labelled) > 1000  # the written sets, both sides
     ids = {r.id for r in rules.rules}
     assert len(cfg.positives) > 150 and {rid for _, rid in cfg.positives} == ids
     heldout = [json.loads(line)["text"] for line in
                (ASSETS_DIR / "guard" / "eval" / "red_flag_heldout.jsonl").read_text().splitlines()]
-    examples = {t for t, _ in cfg.positives} | set(cfg.negatives)
+    examples = {t for t, _ in cfg.positives} | set(cfg.negatives) | {t for t, _ in cfg.labelled}
     assert not examples & set(heldout)  # the held-out messages never serve as examples
     edu = [json.loads(line) for line in
            (ASSETS_DIR / "guard" / "eval" / "educational_questions.jsonl").read_text().splitlines()]
     assert not examples & {r["text"] for r in edu if r["role"] == "heldout"}
-
-
-def test_the_semantic_layer_is_quiet_on_hypothetical_or_resolved_wording(tiny_guard, hash_embedder):
-    from medchat.core.guard.semantic import SemanticConfig, SemanticRedFlags
-
-    # one emergency example, no negatives: anything close enough to it is raised, unless the rules' context
-    # says the message is told as hypothetical or as over
-    tiny_guard._semantic = SemanticRedFlags(
-        SemanticConfig(0.3, 0.0, (("my brother zebra yak quokka walrus", "seizure"),), ("ferret",)), hash_embedder)
-    tiny_guard.use_semantic = True
-
-    def sources(text):
-        return [(f.rule_id, f.source) for f in tiny_guard.check(text).red_flags]
-
-    assert sources("my brother zebra yak quokka walrus") == [("seizure", "semantic")]
-    assert sources("what should i do if my brother zebra yak quokka walrus") == []
-    assert sources("my brother zebra yak quokka walrus but it stopped on its own") == []
-    # an acute cue wins over the hypothetical wording
-    assert sources("what should i do if my brother zebra yak quokka walrus right now") == [("seizure", "semantic")]

@@ -95,7 +95,7 @@ class Guard:
             vec = self.embedder.encode(["warm up"])  # loads the model on first use
             layer = self._semantic_layer()
             if layer is not None:
-                layer.match(vec)  # embeds (or reads from the cache) the red-flag example messages
+                layer.read(vec)  # embeds (or reads from the cache) the red-flag examples and fits on them
         return self
 
     # ---- checks
@@ -129,7 +129,7 @@ class Guard:
             if config is None:
                 self.use_semantic = False
                 return None
-            self._semantic = SemanticRedFlags(config, self.embedder, self.index.reference, cache_dir() / "guard")
+            self._semantic = SemanticRedFlags(config, self.embedder, cache_dir() / "guard")
         return self._semantic
 
     def check(self, text: str, ood: bool = True) -> GuardResult:
@@ -141,22 +141,19 @@ class Guard:
         if not ood:
             return base
         scored, vecs = self._embed_and_score(texts)
-        extra: list[list[RedFlag]] = [[] for _ in texts]
+        flags = [list(b.red_flags) for b in base]
         layer = self._semantic_layer() if vecs is not None else None
         if layer is not None:
+            from medchat.core.guard.semantic import apply
+
             by_id = {r.id: r for r in self.rules.rules}
-            for i, matches in enumerate(layer.match(vecs)):
-                if self.rules.analyse(texts[i]).calm:
-                    continue
-                have = {f.rule_id for f in base[i].red_flags}
-                for rule_id, _sim in matches:
-                    if rule_id not in have and rule_id in by_id:
-                        r = by_id[rule_id]
-                        notice = EMERGENCY_NOTICE.get(r.category, EMERGENCY_NOTICE["emergency"])
-                        extra[i].append(RedFlag(r.id, r.category, notice, r.title, source="semantic"))
-        return [
-            GuardResult(s, lvl, b.red_flags + x, b.dosing_note) for b, (s, lvl), x in zip(base, scored, extra)
-        ]
+            for i, reading in enumerate(layer.read(vecs)):
+                flags[i], more = apply(reading, flags[i], layer.config)
+                if more and reading.nearest_rule in by_id:
+                    r = by_id[reading.nearest_rule]
+                    notice = EMERGENCY_NOTICE.get(r.category, EMERGENCY_NOTICE["emergency"])
+                    flags[i].append(RedFlag(r.id, r.category, notice, r.title, source="semantic"))
+        return [GuardResult(s, lvl, f, b.dosing_note) for b, (s, lvl), f in zip(base, scored, flags)]
 
 
 __all__ = ["Guard", "GuardResult", "RedFlag", "GuardIndexError"]

@@ -169,12 +169,6 @@ class Analysis:
     resolved: bool = False  # the context.resolved part of that alone
 
     @property
-    def calm(self) -> bool:
-        """Told as over, mild or hypothetical, with no acute cue: the semantic layer stays quiet too (its
-        nearest examples cannot tell "what should I do if he chokes" from "he is choking")."""
-        return not self.acute and (self.benign or self.hypothetical)
-
-    @property
     def situation(self) -> bool:
         if self.acute:
             return True
