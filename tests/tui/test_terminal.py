@@ -126,9 +126,9 @@ class Terminal:
         self.history = history
         subprocess.run([*self.tmux, "new-session", "-d", "-s", "keep"], check=True)
 
-    def start(self, name: str) -> int:
+    def start(self, name: str, script: str = SCRIPTED_APP) -> int:
         tests = Path(__file__).resolve().parents[1]
-        command = " ".join(shlex.quote(part) for part in (sys.executable, "-c", SCRIPTED_APP, str(tests),
+        command = " ".join(shlex.quote(part) for part in (sys.executable, "-c", script, str(tests),
                                                              str(self.history)))
         subprocess.run([*self.tmux, "new-session", "-d", "-s", name, "-x", "100", "-y", "30", command], check=True)
         self.wait_for(name, "Ready")
@@ -222,3 +222,23 @@ def test_a_killed_chat_keeps_the_partial_answer_and_shows_it_interrupted_when_re
         terminal.close()
     answer = _last_answer(history)
     assert (answer.status, answer.content) == ("interrupted", "Rest, fluids and paracetamol.")
+
+
+def test_a_hang_up_ends_the_process_even_when_the_terminal_restore_blocks(tmp_path):
+    """Closed right as the bundled model was ready, Textual's exit once blocked for ever on its output thread
+    (seen under tmux kill-session), so medchat outlived its window. Here that restore is made to block: the
+    hang-up still ends the process."""
+    blocking = SCRIPTED_APP.replace("app.run()", "import threading\n"
+                                    "from textual.drivers.linux_driver import LinuxDriver\n"
+                                    "LinuxDriver.close = lambda self: threading.Event().wait()\n"
+                                    "app.run()")
+    terminal = Terminal(tmp_path / "history.sqlite3")
+    try:
+        pid = terminal.start("chat", script=blocking)
+        subprocess.run([*terminal.tmux, "kill-session", "-t", "chat"], check=True)
+        gone = _wait_gone(pid, timeout=15)
+        if not gone:
+            os.kill(pid, signal.SIGKILL)  # leave no orphan
+        assert gone, "medchat kept running after its window closed"
+    finally:
+        terminal.close()

@@ -42,6 +42,7 @@ from medchat.core.settings import (
     save_theme,
 )
 from medchat.core.textsafe import strip_control
+from medchat.app.process_exit import exit_now
 from medchat.app.chat.conversation_actions import ConversationActions
 from medchat.app.chat.editor import EditorError, edit_text
 from medchat.app.chat.loader import (
@@ -68,6 +69,7 @@ from medchat.app.chat.widgets import (
 
 NARROW_COLUMNS = 100  # below this the history sidebar is an overlay, hidden until asked for
 SHORT_ROWS = 16  # below this the title bar gives its row to the conversation
+HANGUP_EXIT_S = 2.0  # how long a hang-up's exit may take to restore a terminal that is gone
 
 
 class MedchatApp(App):
@@ -246,6 +248,12 @@ class MedchatApp(App):
         session saves the text shown so far as stopped at once, so nothing waits for the model."""
         if self.generating:
             self.action_stop()
+        if return_code == 129 and not self.is_headless:
+            # Textual's output thread can die writing to the dead terminal, and its shutdown then waits for it
+            # for ever (seen under tmux kill-session): the answer is saved by then, so the process ends anyway.
+            watchdog = threading.Timer(HANGUP_EXIT_S, exit_now, args=(129,))
+            watchdog.daemon = True
+            watchdog.start()
         self.exit(return_code=return_code)
 
     def update_title(self) -> None:
