@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,8 @@ class Terminal:
     """One private tmux server; each `start` runs the scripted app in a new session of it."""
 
     def __init__(self, history: Path):
-        self.tmux = ["tmux", "-L", f"medchat-hangup-{os.getpid()}"]
+        # a server of its own per test: one that the last test killed may still be going away
+        self.tmux = ["tmux", "-L", f"medchat-hangup-{os.getpid()}-{uuid.uuid4().hex[:8]}"]
         self.history = history
         subprocess.run([*self.tmux, "new-session", "-d", "-s", "keep"], check=True)
 
