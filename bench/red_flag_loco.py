@@ -48,16 +48,12 @@ def units_of(rules) -> list[tuple[str, str, bool]]:
     return out
 
 
-class Flag:  # what `apply` needs of a rule flag
-    def __init__(self, category: str):
-        self.category = category
-
-
-def decide(texts, p, rules, config) -> np.ndarray:
+def decide(fired, p, config) -> np.ndarray:
+    """Flagged or not, per message: `fired` holds the rules each one fires (a Rule has the `.category` that
+    `apply` reads of a flag), `p` the classifier's probabilities."""
     out = []
-    for text, prob in zip(texts, p):
-        flags = [Flag(r.category) for r in rules.red_flags(text)]
-        kept, more = apply(Reading(float(prob), ""), flags, config)
+    for rules_fired, prob in zip(fired, p):
+        kept, more = apply(Reading(float(prob), ""), rules_fired, config)
         out.append(bool(kept) or more)
     return np.array(out, dtype=bool)
 
@@ -81,7 +77,8 @@ def main(argv=None) -> int:
     log(f"embedding {len(texts)} examples (cached)")
     emb = Embedder()
     vectors = embed_cached(emb, texts, args.cache)
-    rule_flags = np.array([bool(rules.red_flags(t)) for t in texts])
+    fired = [rules.red_flags(t) for t in texts]
+    rule_flags = np.array([bool(f) for f in fired])
     caught = np.zeros(len(rows), dtype=bool)
     per_unit = {}
     for u in dict.fromkeys(unit):
@@ -90,7 +87,7 @@ def main(argv=None) -> int:
         train = ~test & ~np.array([t in held for t in texts])
         w, b = fit_classifier(vectors[train], emergency[train], config.l2)
         idx = np.nonzero(test)[0]
-        caught[idx] = decide([texts[i] for i in idx], probability(w, b, vectors[idx]), rules, config)
+        caught[idx] = decide([fired[i] for i in idx], probability(w, b, vectors[idx]), config)
         em, calm = emergency[idx], ~emergency[idx]
         per_unit[u] = {"n_emergency": int(em.sum()), "n_non_urgent": int(calm.sum()),
                        "recall": round(float(caught[idx][em].mean()), 4) if em.any() else None,
@@ -117,7 +114,7 @@ def main(argv=None) -> int:
         check_rows = [row for _, row in _rows(path)]
         ct = [r["text"] for r in check_rows]
         ce = np.array([bool(r["emergency"]) for r in check_rows])
-        flags = decide(ct, probability(w, b, embed_cached(emb, ct, args.cache)), rules, config)
+        flags = decide([rules.red_flags(t) for t in ct], probability(w, b, embed_cached(emb, ct, args.cache)), config)
         res["checks"][str(path)] = {"recall": round(float(flags[ce].mean()), 4), "n_emergency": int(ce.sum()),
                                     "false_alarms": round(float(flags[~ce].mean()), 4), "n_non_urgent": int((~ce).sum())}
     print(render(res))

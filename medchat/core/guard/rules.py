@@ -163,10 +163,12 @@ class Analysis:
     hypothetical: bool
     acute: bool
     question: bool
-    # a benign-history cue (context.benign) with no present-tense cue (context.current), or a cue that the
-    # episode is over or mild (context.resolved: "stopped with pressure", "no other symptoms")
-    benign: bool = False
-    resolved: bool = False  # the context.resolved part of that alone
+    history: bool = False  # a benign-history cue (context.benign) with no present-tense cue (context.current)
+    resolved: bool = False  # told as over or mild (context.resolved: "stopped with pressure", "no other symptoms")
+
+    @property
+    def benign(self) -> bool:
+        return self.history or self.resolved
 
     @property
     def situation(self) -> bool:
@@ -260,15 +262,14 @@ class RuleSet:
     def analyse(self, text: str) -> Analysis:
         norm = self.prepare(text)
         question = _matches(self.question, norm) or (self.question_mark and "?" in text)
-        resolved = _matches(self.resolved, norm)
         return Analysis(
             normalised=norm,
             personal=_matches(self.personal, norm),
             hypothetical=_matches(self.hypothetical, norm),
             acute=_matches(self.acute, norm),
             question=question,
-            benign=(_matches(self.benign, norm) and not _matches(self.current, norm)) or resolved,
-            resolved=resolved,
+            history=_matches(self.benign, norm) and not _matches(self.current, norm),
+            resolved=_matches(self.resolved, norm),
         )
 
     def red_flags(self, text: str) -> list[Rule]:
