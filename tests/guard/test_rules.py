@@ -126,6 +126,13 @@ def test_typo_corrector():
     assert fix("unconcious") == "unconscious"
     assert fix("sezure") == "seizure"
     assert fix("the cat") == "the cat"  # short and unrelated words untouched
+    assert fix("my chests hurt") == "my chest hurt"  # a plural (or "chest's") of a vocabulary word
+
+
+def test_common_english_words_are_not_typos():
+    fix = TypoCorrector(["seizing", "vomiting", "unconscious"], {})  # the default keep set: known_words()
+    assert fix("sneezing") == "sneezing"  # not "seizing": it is an English word
+    assert fix("vomitting") == "vomiting" and fix("unconcious") == "unconscious"
 
 
 def test_rules_load_no_model():

@@ -62,16 +62,23 @@ def _edit_distance(a: str, b: str, limit: int) -> int:
     return prev[-1]
 
 
+COMMON_WORD_COUNT = 100  # pyspellchecker's English list puts rare words and misspellings ("brest") at 50
+
+
 @functools.lru_cache(maxsize=1)
 def known_words() -> frozenset[str]:
-    """English words that are never 'corrected' (the embedder's WordPiece vocabulary, when installed)."""
+    """English words that are never 'corrected': pyspellchecker's common English words ("sneezing" is
+    not a typo of "seizing") and the embedder's WordPiece vocabulary, when installed."""
+    from spellchecker import SpellChecker
+
+    counts = SpellChecker(language="en", distance=1).word_frequency.dictionary
+    words = {w for w, n in counts.items() if n >= COMMON_WORD_COUNT and w.isalpha()}
     try:
         from medchat.core.guard.embedder import embedder_model_dir
 
-        vocab = embedder_model_dir() / "vocab.txt"
-        words = vocab.read_text(encoding="utf-8").split()
-    except Exception:  # no embedder package: typo correction still works, just with fewer guards
-        return frozenset()
+        words.update((embedder_model_dir() / "vocab.txt").read_text(encoding="utf-8").split())
+    except Exception:  # no embedder package: typo correction still works, with the English list alone
+        pass
     return frozenset(w for w in words if w.isalpha() and len(w) > 1)
 
 
@@ -99,7 +106,9 @@ class TypoCorrector:
         if tok in self._cache:
             return self._cache[tok]
         out = tok
-        if len(tok) >= 4 and tok.isalpha() and tok not in self.vocabulary and tok not in self.keep:
+        if tok.endswith("s") and tok not in self.vocabulary and tok[:-1] in self.vocabulary:  # "throats", "sugars"
+            out = tok[:-1]
+        elif len(tok) >= 4 and tok.isalpha() and tok not in self.vocabulary and tok not in self.keep:
             limit = 2 if len(tok) >= 8 else 1
             best = (limit + 1, "")
             for cand in self._by_first.get(tok[0], ()):
