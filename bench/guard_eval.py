@@ -10,8 +10,9 @@ the score is fitted on all other groups, its thresholds are calibrated on those 
 cross-fitting, as `medchat.app.guard_build` does), and G is scored. AUROC and FPR at 95% recall set G
 against every left-out score of the other side. Candidates (linear alone, contrastive kNN alone, both) are
 compared on the same left-out scores; the shipped index uses the winner, fitted on every group.
-Red flags: bench/data/red_flags_heldout_v7.jsonl (written apart from the tuning, never learned from) and the
-older v6-v1 sets (the semantic layer's classifier learns from them now), with the shipped index.
+Red flags: the shipped guard on bench/data/red_flags_heldout_v10.jsonl (fresh: written apart from the tuning,
+never learned from, measured once), v9-v7 (never learned from, but each has since guided a choice) and the
+older v6-v1 sets (the semantic layer's classifier learns from them now).
 Latency: one check (embed + score + rules + semantic layer) on one thread, median.
 Writes bench/results/guard_eval.json.
 """
@@ -44,6 +45,16 @@ from medchat.app.guard_build import MAX_PER_GROUP
 from medchat.core.guard.score import DEFAULT_K, REFERENCE_PER_GROUP, fit_score, knn_mean
 
 RED_FLAG_SETS = {  # name: (file, how it relates to the tuning of the rules and the semantic layer)
+    "heldout_v10": (REPO / "bench" / "data" / "red_flags_heldout_v10.jsonl",
+                    "written by a separate writer that saw nothing of the project, after the last change to the "
+                    "semantic layer; measured once"),
+    "heldout_v9": (REPO / "bench" / "data" / "red_flags_heldout_v9.jsonl",
+                   "written the same way after the all-layer classifier was chosen (one row equal to a learned-from "
+                   "example removed: 100 + 99); measured once (100.0% / 10.1%, commit after 4213b16), then its false "
+                   "alarms (idioms: 'I could literally die') led to the figurative-speech examples, never learned from"),
+    "heldout_v8": (REPO / "bench" / "data" / "red_flags_heldout_v8.jsonl",
+                   "written the same way; measured once (last-layer classifier: 96.0% / 12.0%, commit 3c93cf7), "
+                   "then it chose the all-layer classifier"),
     "heldout_v7": (REPO / "bench" / "data" / "red_flags_heldout_v7.jsonl",
                    "written by a separate writer that saw neither the rules nor the examples nor the other sets; "
                    "measured once after the classifier (recall 95.0%, false alarms 18.0%, commit 1376438); since "

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     emergency = np.array([e for _, _, e in rows], dtype=bool)
     log(f"embedding {len(texts)} examples (cached)")
     emb = Embedder()
-    vectors = embed_cached(emb, texts, args.cache)
+    vectors = embed_cached(emb, texts, args.cache, layers=True)
     fired = [rules.red_flags(t) for t in texts]
     rule_flags = np.array([bool(f) for f in fired])
     caught = np.zeros(len(rows), dtype=bool)
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         check_rows = [row for _, row in _rows(path)]
         ct = [r["text"] for r in check_rows]
         ce = np.array([bool(r["emergency"]) for r in check_rows])
-        flags = decide([rules.red_flags(t) for t in ct], probability(w, b, embed_cached(emb, ct, args.cache)), config)
+        flags = decide([rules.red_flags(t) for t in ct], probability(w, b, embed_cached(emb, ct, args.cache, layers=True)), config)
         res["checks"][str(path)] = {"recall": round(float(flags[ce].mean()), 4), "n_emergency": int(ce.sum()),
                                     "false_alarms": round(float(flags[~ce].mean()), 4), "n_non_urgent": int((~ce).sum())}
     print(render(res))

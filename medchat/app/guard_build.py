@@ -2,10 +2,12 @@
 
     python -m medchat.app.guard_build --data-dir ../shared/data --out assets/guard/default_index
     python -m medchat.app.guard_build --run assets/default-run     # a run's index, on the shipped one
+    python -m medchat.app.guard_build --red-flag-classifier        # refit assets/guard/red_flag_classifier.npz
 
 The second rebuilds <run>/guard_index after the shipped index changed: the shipped index plus the run's
-training questions (<run>/splits/train.jsonl, or the run rows its present index keeps). Both are
-deterministic (seeded samples; the fit has no randomness); only `created` in index.json changes.
+training questions (<run>/splits/train.jsonl, or the run rows its present index keeps). The third refits
+the semantic red-flag layer on the examples named in assets/guard/red_flags.yaml (after editing them; the
+guard otherwise refits at every warm-up until it does). All are deterministic (seeded samples; the fit has no randomness); only `created` in index.json changes.
 
 The data directory is laid out like ../shared/data (train/, mcq/ = medical; ood/ = general); the messages
 written for medchat in assets/guard/ are added to both sides, and each --questions file (your own medical
@@ -41,10 +43,17 @@ MAX_PER_GROUP = 1500  # per source or CLINC150 domain: more costs embedding time
               help="Seeded sample of at most this many texts per source / CLINC150 domain.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Embedding cache directory (default: medchat's cache dir).")
+@click.option("--red-flag-classifier", "red_flags", is_flag=True,
+              help="Instead: refit the semantic red-flag classifier shipped in assets/guard.")
 @click.option("--seed", type=int, default=42, show_default=True)
-def main(data_dir, out_dir, question_files, max_per_group, cache, seed, run_dir):
+def main(data_dir, out_dir, question_files, max_per_group, cache, seed, run_dir, red_flags):
     """Build the guard index: fit the score, calibrate thresholds on left-out groups, save."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # huggingface_hub reads it when it is first imported
+    if red_flags:
+        if data_dir or out_dir or question_files or run_dir:
+            raise click.UsageError("--red-flag-classifier refits the shipped classifier alone; "
+                                   "leave out --data-dir, --out, --questions and --run")
+        return _refit_red_flags(cache)
     if run_dir is not None:
         if data_dir or out_dir or question_files:
             raise click.UsageError("--run rebuilds RUN/guard_index alone; leave out --data-dir, --out and --questions")
@@ -82,6 +91,20 @@ def _rebuild_run(run_dir: Path, seed: int) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{index.path}: shipped index {index.meta['based_on']} plus {index.meta['run_reference']['n']} "
                "run reference rows")
+
+
+def _refit_red_flags(cache: Path | None) -> None:
+    from medchat.core.guard.embedder import shared_embedder
+    from medchat.core.guard.rules import default_rules
+    from medchat.core.guard.semantic import SHIPPED_FIT, Fit, SemanticConfig
+    from medchat.core.paths import cache_dir
+
+    config = SemanticConfig.from_rules(default_rules())
+    if config is None:
+        raise click.ClickException("assets/guard/red_flags.yaml has no semantic: section to fit")
+    fit = Fit.make(config, shared_embedder(), cache or cache_dir() / "guard")
+    fit.save(SHIPPED_FIT)
+    click.echo(f"{SHIPPED_FIT}: {len(fit.labels)} named emergencies, fingerprint {fit.fingerprint}")
 
 
 if __name__ == "__main__":

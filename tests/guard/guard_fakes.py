@@ -12,10 +12,12 @@ STOPWORDS = frozenset("a an and are by do does for how in is of the to was what 
 
 
 class HashEmbedder:
-    """Each word hashes to a fixed random unit vector; a text is the normalised sum of its words."""
+    """Each word hashes to a fixed random unit vector; a text is the normalised sum of its words. Its
+    "layers" hash the words with a salt each, the last one without (so it equals `encode`, as in the real one)."""
 
     name = "test-hash-embedder"
     dim = 32
+    n_layers = 2
     loaded = True
 
     def __init__(self):
@@ -28,16 +30,24 @@ class HashEmbedder:
         seed = int(hashlib.sha256(w.encode()).hexdigest()[:8], 16)
         return np.random.RandomState(seed).standard_normal(self.dim).astype(np.float32)
 
-    def encode(self, texts, batch_size: int = 64) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        self.calls += 1
+    def _encode(self, texts, salt: str = "") -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
-            v = sum((self._word(w) for w in re.findall(r"[a-z]+", t.lower()) if w not in STOPWORDS), np.zeros(self.dim, np.float32))
+            words = [w for w in re.findall(r"[a-z]+", t.lower()) if w not in STOPWORDS]
+            v = sum((self._word(salt + w) for w in words), np.zeros(self.dim, np.float32))
             n = np.linalg.norm(v)
             out[i] = v / n if n else v
         return out
+
+    def encode(self, texts, batch_size: int = 64) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else texts
+        self.calls += 1
+        return self._encode(texts)
+
+    def encode_layers(self, texts, batch_size: int = 64) -> np.ndarray:
+        texts = [texts] if isinstance(texts, str) else texts
+        self.calls += 1
+        return np.hstack([self._encode(texts, "layer0:"), self._encode(texts)])
 
 
 MEDICAL = [

@@ -30,6 +30,15 @@ def test_vectors_are_unit_and_ordered(embedder):
     assert v[0] @ v[2] > v[0] @ v[1]
 
 
+def test_layer_means_end_with_the_sentence_embedding(embedder):
+    texts = ["crushing chest pain and my left arm is numb", "", "how is asthma treated"]
+    layers = embedder.encode_layers(texts)
+    assert layers.shape == (3, 6 * 384) and embedder.n_layers == 6
+    np.testing.assert_allclose(np.linalg.norm(layers.reshape(3, 6, 384), axis=2), 1.0, atol=1e-5)  # each unit
+    np.testing.assert_allclose(layers[:, -384:], embedder.encode(texts), atol=1e-5)  # so the index is unchanged
+    assert embedder.encode_layers([]).shape == (0, 6 * 384)
+
+
 def test_the_shipped_index_puts_issue_13s_look_alikes_out_of_domain(embedder):
     from medchat.core.guard import Guard
 
@@ -75,3 +84,18 @@ def test_cli_bad_index_is_a_message_not_a_traceback(tmp_path):
     assert res.exit_code == 1
     assert str(tmp_path / "missing" / "index.json") in res.output and "guard_build" in res.output
     assert "Traceback" not in res.output
+
+
+def test_the_shipped_red_flag_fit_is_what_fitting_the_examples_gives(embedder, tmp_path):
+    from medchat.core.guard.rules import default_rules
+    from medchat.core.guard.semantic import SHIPPED_FIT, Fit, SemanticConfig, SemanticRedFlags
+
+    config = SemanticConfig.from_rules(default_rules())
+    fresh = SemanticRedFlags(config, embedder, tmp_path, shipped=None)  # fits from scratch, keeps it in tmp_path
+    shipped = SemanticRedFlags(config, embedder, None, shipped=SHIPPED_FIT)
+    texts = ["my husband collapsed and isn't breathing", "what are the warning signs of a stroke",
+             "this deadline is killing me", "my 3 week old has a fever of 38.5"]
+    vecs = embedder.encode_layers(texts)
+    for a, b in zip(fresh.read(vecs), shipped.read(vecs)):
+        assert a.nearest_rule == b.nearest_rule and a.probability == pytest.approx(b.probability, abs=0.02)
+    assert Fit.load(tmp_path / SHIPPED_FIT.name, fresh.fit.fingerprint) is not None

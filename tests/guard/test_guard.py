@@ -162,7 +162,7 @@ def _layer(hash_embedder, flag_at=0.7, keep_rules_at=0.1):
 
 def test_semantic_classifier_reads_the_examples_and_names_the_nearest_rule(hash_embedder):
     layer = _layer(hash_embedder)
-    zebra, walrus, ferret = layer.read(hash_embedder.encode(["zebra yak quokka", "walrus narwhal", "ferret otter"]))
+    zebra, walrus, ferret = layer.read(hash_embedder.encode_layers(["zebra yak quokka", "walrus narwhal", "ferret otter"]))
     assert zebra.probability > 0.9 and zebra.nearest_rule == "seizure"
     assert walrus.probability > 0.9 and walrus.nearest_rule == "breathing"
     assert ferret.probability < 0.1
@@ -220,3 +220,41 @@ def test_semantic_config_from_shipped_rules():
     edu = [json.loads(line) for line in
            (ASSETS_DIR / "guard" / "eval" / "educational_questions.jsonl").read_text().splitlines()]
     assert not examples & {r["text"] for r in edu if r["role"] == "heldout"}
+
+
+def test_semantic_fit_is_reused_only_for_the_examples_it_was_made_from(tmp_path, hash_embedder):
+    from dataclasses import replace
+
+    from medchat.core.guard.semantic import FIT_FILE, Fit, SemanticRedFlags, fingerprint
+
+    config = _layer(hash_embedder).config
+    first = SemanticRedFlags(config, hash_embedder, tmp_path, shipped=None)
+    zebra = first.read(hash_embedder.encode_layers(["zebra yak quokka"]))[0]
+    assert (tmp_path / FIT_FILE).is_file() and first.fit.fingerprint == fingerprint(config, hash_embedder.name)
+    calls = hash_embedder.calls
+    again = SemanticRedFlags(config, hash_embedder, tmp_path, shipped=None)  # a later start reads the fit
+    assert again.read(hash_embedder.encode_layers(["zebra yak quokka"]))[0] == zebra
+    assert hash_embedder.calls == calls + 1  # only the message itself was embedded
+    # edited examples have another fingerprint: the kept fit is not used, a new one is made and kept
+    edited = replace(config, negatives=config.negatives + ("zebra yak quokka",))
+    assert fingerprint(edited, hash_embedder.name) != fingerprint(config, hash_embedder.name)
+    assert Fit.load(tmp_path / FIT_FILE, fingerprint(edited, hash_embedder.name)) is None
+    refit = SemanticRedFlags(edited, hash_embedder, tmp_path, shipped=None)
+    assert refit.read(hash_embedder.encode_layers(["zebra yak quokka"]))[0].probability < zebra.probability
+    assert Fit.load(tmp_path / FIT_FILE, fingerprint(edited, hash_embedder.name)) is not None
+    (tmp_path / FIT_FILE).write_bytes(b"damaged")  # a damaged file is refitted, never trusted
+    assert SemanticRedFlags(edited, hash_embedder, tmp_path, shipped=None).fit.fingerprint == refit.fit.fingerprint
+
+
+def test_the_shipped_semantic_fit_matches_the_shipped_examples():
+    """Editing the examples in assets/guard without refitting fails here:
+    python -m medchat.app.guard_build --red-flag-classifier"""
+    from medchat.core.guard.embedder import EMBEDDER_NAME
+    from medchat.core.guard.rules import default_rules
+    from medchat.core.guard.semantic import SHIPPED_FIT, Fit, SemanticConfig, fingerprint
+
+    config = SemanticConfig.from_rules(default_rules())
+    fit = Fit.load(SHIPPED_FIT, fingerprint(config, EMBEDDER_NAME))
+    assert fit is not None, "refit: python -m medchat.app.guard_build --red-flag-classifier"
+    assert fit.w.shape == (6 * 384,) and fit.named.shape == (len(config.positives), 384)
+    assert fit.labels == tuple(r for _, r in config.positives)

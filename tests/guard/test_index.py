@@ -144,3 +144,15 @@ def test_embedding_cache_encodes_only_new_texts(tmp_path, hash_embedder):
     assert hash_embedder.calls == calls + 1
     (next(tmp_path.glob("*.npz"))).write_bytes(b"garbage")  # a damaged cache is rebuilt, not trusted
     np.testing.assert_allclose(embed_cached(hash_embedder, ["one"], tmp_path), a[:1], atol=1e-3)
+
+
+def test_layer_vectors_have_a_cache_of_their_own(tmp_path, hash_embedder):
+    sentence = embed_cached(hash_embedder, ["one", "two"], tmp_path)
+    layers = embed_cached(hash_embedder, ["one", "two"], tmp_path, layers=True)
+    assert layers.shape == (2, 2 * hash_embedder.dim)
+    np.testing.assert_allclose(layers[:, -hash_embedder.dim:], sentence, atol=1e-3)
+    calls = hash_embedder.calls
+    np.testing.assert_allclose(embed_cached(hash_embedder, ["two"], tmp_path, layers=True), layers[1:], atol=1e-3)
+    assert hash_embedder.calls == calls
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == [
+        "test-hash-embedder-layers.npz", "test-hash-embedder.npz"]

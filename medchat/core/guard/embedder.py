@@ -82,18 +82,33 @@ class Embedder:
                 self._model = model.to(self._device)
         return self
 
+    @property
+    def n_layers(self) -> int:
+        return self.load()._model.config.num_hidden_layers
+
     def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
-        """Return an (n, 384) float32 array of unit vectors (one row per text)."""
+        """Return an (n, 384) float32 array of unit vectors (one row per text): the sentence embedding."""
+        return self._pool(texts, batch_size, every_layer=False)
+
+    def encode_layers(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
+        """(n, 6 * 384): the unit mean of each layer's hidden states, the last block equal to `encode`.
+
+        The emergency classifier reads these better than the last layer alone (bench/red_flag_features.py),
+        and they come from the same forward pass."""
+        return self._pool(texts, batch_size, every_layer=True)
+
+    def _pool(self, texts: list[str] | str, batch_size: int, every_layer: bool) -> np.ndarray:
         import torch
 
         if isinstance(texts, str):
             texts = [texts]
         self.load()
+        width = self.dim * (self.n_layers if every_layer else 1)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, width), dtype=np.float32)
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), width), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
@@ -104,11 +119,14 @@ class Embedder:
                     max_length=MAX_SEQ_LENGTH,
                     return_tensors="pt",
                 ).to(self._device)
-                hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.float().cpu().numpy()
+                result = self._model(**batch, output_hidden_states=every_layer)
+                layers = result.hidden_states[1:] if every_layer else (result.last_hidden_state,)
+                mask = batch["attention_mask"].unsqueeze(-1).to(layers[0].dtype)
+                pooled = [
+                    torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1)
+                    for h in layers
+                ]
+                out[idx] = torch.cat(pooled, 1).float().cpu().numpy()
         return out
 
 
@@ -125,14 +143,16 @@ def shared_embedder() -> Embedder:
         return _shared
 
 
-def embed_cached(embedder, texts: Sequence[str], cache_dir: Path | None = None) -> np.ndarray:
-    """Encode texts, reusing vectors stored in `<cache_dir>/<embedder>.npz` for texts seen before.
+def embed_cached(embedder, texts: Sequence[str], cache_dir: Path | None = None, layers: bool = False) -> np.ndarray:
+    """Encode texts (`encode_layers` if `layers`), reusing vectors stored in `<cache_dir>/<embedder>.npz`
+    (`<embedder>-layers.npz`) for texts seen before.
 
     The cache is keyed by text, so growing or resampling a data set only encodes the new texts."""
     texts = list(texts)
-    if cache_dir is None:
-        return embedder.encode(texts)
-    path = Path(cache_dir) / (getattr(embedder, "name", "embedder").replace("/", "--") + ".npz")
+    encode = embedder.encode_layers if layers else embedder.encode
+    if cache_dir is None or not texts:
+        return encode(texts)
+    path = Path(cache_dir) / (embedder.name.replace("/", "--") + ("-layers" if layers else "") + ".npz")
     known: dict[str, np.ndarray] = {}
     if path.is_file():
         try:
@@ -142,10 +162,8 @@ def embed_cached(embedder, texts: Sequence[str], cache_dir: Path | None = None) 
             known = {}  # a damaged cache is rebuilt, never trusted
     missing = list(dict.fromkeys(t for t in texts if t not in known))
     if missing:
-        known.update(zip(missing, embedder.encode(missing)))
+        known.update(zip(missing, encode(missing)))
         keys = list(known)
         with staged_file(path, suffix=".tmp.npz") as tmp:
             np.savez(tmp, texts=np.array(keys), vectors=np.stack([known[k] for k in keys]).astype(np.float16))
-    if not texts:
-        return np.zeros((0, getattr(embedder, "dim", EMBEDDING_DIM)), dtype=np.float32)
     return np.stack([known[t] for t in texts]).astype(np.float32)

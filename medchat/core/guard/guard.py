@@ -92,8 +92,8 @@ class Guard:
     def warm_up(self) -> "Guard":
         """Load the embedder and the semantic layer's example vectors (takes seconds; call it in a worker)."""
         if self.index is not None:
-            vec = self.embedder.encode(["warm up"])  # loads the model on first use
             layer = self._semantic_layer()
+            vec = (self.embedder.encode_layers if layer else self.embedder.encode)(["warm up"])  # loads the model
             if layer is not None:
                 layer.read(vec)  # embeds (or reads from the cache) the red-flag examples and fits on them
         return self
@@ -107,18 +107,20 @@ class Guard:
         ]
         return GuardResult(None, None, flags, self.rules.dosing_request(text))
 
-    def _embed_and_score(self, texts: list[str]):
+    def _embed_and_score(self, texts: list[str], layers: bool):
+        """(score, level) per text and the vectors (every layer's if `layers`; None when not scored)."""
         from medchat.core.guard.embedder import EmbedderError
 
         index = self.index
         if index is None:
             return [(None, None)] * len(texts), None
         try:
-            vecs = self.embedder.encode(list(texts))
+            vecs = (self.embedder.encode_layers if layers else self.embedder.encode)(list(texts))
         except EmbedderError as exc:
             self.ood_error = str(exc)
             return [(None, None)] * len(texts), None
-        return [(float(s), index.level(float(s))) for s in index.scores(vecs)], vecs
+        sentence = vecs[:, -self.embedder.dim:]  # the last layer's block is the sentence embedding
+        return [(float(s), index.level(float(s))) for s in index.scores(sentence)], vecs
 
     def _semantic_layer(self):
         if self._semantic is None and self.use_semantic:
@@ -140,10 +142,10 @@ class Guard:
         base = [self.check_rules(t) for t in texts]
         if not ood:
             return base
-        scored, vecs = self._embed_and_score(texts)
+        layer = self._semantic_layer() if self.index is not None else None
+        scored, vecs = self._embed_and_score(texts, layers=layer is not None)
         flags = [list(b.red_flags) for b in base]
-        layer = self._semantic_layer() if vecs is not None else None
-        if layer is not None:
+        if layer is not None and vecs is not None:
             from medchat.core.guard.semantic import apply
 
             by_id = {r.id: r for r in self.rules.rules}

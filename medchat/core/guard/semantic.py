@@ -1,8 +1,12 @@
 """Semantic red flags: a classifier on the sentence embeddings, a second layer after the text rules.
 
 "Is this message someone describing an emergency now?" A logistic regression (score.fit_logistic, classes
-balanced) fitted on the example messages of the `semantic:` section of assets/guard/red_flags.yaml, when the
-guard warms up (a fraction of a second; no model file to ship). Its probability p decides two things:
+balanced) on the mean of every embedder layer (`Embedder.encode_layers`, 6 x 384: it separates emergencies
+from calm talk about them better than the sentence embedding alone, bench/red_flag_features.py), fitted on
+the example messages of the `semantic:` section of assets/guard/red_flags.yaml. The fit ships as
+assets/guard/red_flag_classifier.npz, named by a fingerprint of the examples and the embedder; when they
+differ (edited examples, another rules file) the guard fits at warm-up (seconds) and keeps that fit in the
+cache. Its probability p decides two things:
 p >= flag_at raises a flag the rules did not (named after the rule of the nearest emergency example), and
 p < keep_rules_at withdraws the rules' own flags: a message the classifier reads as calm talk about an
 emergency ("my son had a febrile seizure when he was 2, he's 5 now") though its words match a rule. Flags
@@ -12,6 +16,7 @@ for suicidal thoughts are never withdrawn. Needs the embedder, so it runs with t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -19,11 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
+from medchat.core.fileio import staged_file
 from medchat.core.guard.embedder import embed_cached
 from medchat.core.guard.rules import RuleSet, RulesError
 from medchat.core.guard.score import fit_logistic
+from medchat.core.paths import ASSETS_DIR
 
 NEVER_WITHDRAWN = frozenset({"self_harm"})  # categories whose rule flags the classifier never takes back
+FIT_FILE = "red_flag_classifier.npz"
+SHIPPED_FIT = ASSETS_DIR / "guard" / FIT_FILE
+FIT_FORMAT = 1  # bump when what a fit holds or how it is computed changes
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,57 @@ def _rows(path: Path, key: str = "text"):
             yield lineno, row
 
 
+def fingerprint(config: SemanticConfig, embedder_name: str) -> str:
+    """Names what a fit was made from: the examples with their labels, l2, the embedder, the format."""
+    h = hashlib.sha256(f"{FIT_FORMAT}|{embedder_name}|{config.l2!r}\n".encode())
+    for text, rule in config.positives:
+        h.update(f"+{rule}\t{text}\n".encode())
+    for text in config.negatives:
+        h.update(f"-\t{text}\n".encode())
+    for text, emergency in config.labelled:
+        h.update(f"{'+' if emergency else '-'}\t{text}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The fitted layer: the classifier on every layer's means, and the named emergencies' sentence
+    embeddings (the nearest one names a raised flag)."""
+
+    fingerprint: str
+    w: np.ndarray
+    b: float
+    named: np.ndarray
+    labels: tuple[str, ...]
+
+    @classmethod
+    def make(cls, config: SemanticConfig, embedder, cache_dir: Path | None = None) -> "Fit":
+        texts = [t for t, _ in config.positives] + list(config.negatives) + [t for t, _ in config.labelled]
+        vecs = embed_cached(embedder, texts, cache_dir, layers=True)
+        emergency = np.array([True] * len(config.positives) + [False] * len(config.negatives)
+                             + [e for _, e in config.labelled], dtype=bool)
+        w, b = fit_classifier(vecs, emergency, config.l2)
+        named = vecs[:len(config.positives), -embedder.dim:]
+        return cls(fingerprint(config, embedder.name), w, b, named, tuple(r for _, r in config.positives))
+
+    def save(self, path: Path) -> None:
+        with staged_file(path, suffix=".tmp.npz") as tmp:
+            np.savez_compressed(tmp, fingerprint=np.array(self.fingerprint), w=self.w, b=np.array(self.b),
+                                named=self.named.astype(np.float16), labels=np.array(self.labels))
+
+    @classmethod
+    def load(cls, path: Path, wanted: str) -> "Fit | None":
+        """The fit in `path` if it was made from what `wanted` names; None if not, or if it is missing or damaged."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["fingerprint"]) != wanted:
+                    return None
+                return cls(wanted, z["w"].astype(np.float32), float(z["b"]), z["named"].astype(np.float32),
+                           tuple(z["labels"].tolist()))
+        except (OSError, ValueError, KeyError):
+            return None
+
+
 def fit_classifier(vectors: np.ndarray, emergency: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
     """(w, b) of the emergency classifier: both classes weigh the same, however many examples each has."""
     emergency = np.asarray(emergency, dtype=bool)
@@ -108,32 +169,36 @@ def apply(reading: Reading, flags: list, config: SemanticConfig) -> tuple[list, 
 
 
 class SemanticRedFlags:
-    def __init__(self, config: SemanticConfig, embedder, cache_dir=None):
+    def __init__(self, config: SemanticConfig, embedder, cache_dir: Path | None = None, shipped: Path | None = SHIPPED_FIT):
         self.config = config
         self._embedder = embedder
-        self._cache_dir = cache_dir
+        self._cache_dir = Path(cache_dir) if cache_dir else None
+        self._shipped = shipped
         self._lock = threading.Lock()
-        self._named = None  # unit vectors of the named positives
-        self._labels: list[str] = []
-        self._w: np.ndarray | None = None
-        self._b = 0.0
+        self._fit: Fit | None = None
 
-    def _ensure(self):
-        if self._named is None:
+    @property
+    def fit(self) -> Fit:
+        """The shipped or cached fit for these examples, else one made now (and cached)."""
+        if self._fit is None:
             with self._lock:
-                if self._named is None:
-                    cfg = self.config
-                    texts = ([t for t, _ in cfg.positives] + list(cfg.negatives) + [t for t, _ in cfg.labelled])
-                    vecs = embed_cached(self._embedder, texts, self._cache_dir)
-                    emergency = np.array([True] * len(cfg.positives) + [False] * len(cfg.negatives)
-                                         + [e for _, e in cfg.labelled], dtype=bool)
-                    self._w, self._b = fit_classifier(vecs, emergency, cfg.l2)
-                    self._labels = [r for _, r in cfg.positives]
-                    self._named = vecs[:len(cfg.positives)]
+                if self._fit is None:
+                    wanted = fingerprint(self.config, self._embedder.name)
+                    cached = self._cache_dir / FIT_FILE if self._cache_dir else None
+                    for path in (self._shipped, cached):
+                        self._fit = Fit.load(path, wanted) if path else None
+                        if self._fit is not None:
+                            break
+                    else:
+                        self._fit = Fit.make(self.config, self._embedder, self._cache_dir)
+                        if cached:
+                            self._fit.save(cached)
+        return self._fit
 
     def read(self, vectors: np.ndarray) -> list[Reading]:
-        self._ensure()
+        """One Reading per row of `vectors` (from the embedder's `encode_layers`)."""
+        fit = self.fit
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        p = 1.0 / (1.0 + np.exp(-np.clip(vectors @ self._w + self._b, -30, 30)))
-        nearest = (vectors @ self._named.T).argmax(axis=1)
-        return [Reading(float(pi), self._labels[j]) for pi, j in zip(p, nearest)]
+        p = 1.0 / (1.0 + np.exp(-np.clip(vectors @ fit.w + fit.b, -30, 30)))
+        nearest = (vectors[:, -fit.named.shape[1]:] @ fit.named.T).argmax(axis=1)
+        return [Reading(float(pi), fit.labels[j]) for pi, j in zip(p, nearest)]
