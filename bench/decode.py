@@ -20,7 +20,9 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
                      exported (medchat.core.gguf_export), the chat app's decoding settings, streamed text:
                      cold (empty KV cache), first (the system prompt prefilled when the model loaded,
                      as the chat app does), typed (also the draft read ahead at the user's last pause,
-                     before the last word) and warm (a follow-up turn: the whole prompt prefix cached)
+                     before the last word), pasted (the question pasted: the chat reads a paste at once,
+                     and Enter comes PASTE_TO_ENTER_S later, while that read may still be running) and
+                     warm (a follow-up turn: the whole prompt prefix cached)
 
 Each candidate runs --repeats times, interleaved round-robin so load on the shared machine hits all
 alike; the table shows medians. Rows marked * stop at EOS (the chat settings), so they may produce
@@ -37,6 +39,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +49,8 @@ import _common  # noqa: E402
 # The README's llama.cpp row and the torch engine's in the same run (1 thread), for the ratio when
 # llama-cpp-python is not installed: decode tok/s.
 RECORDED_LLAMACPP = {"llama.cpp": 82.92, "engine-torch*": 19.49}
+
+PASTE_TO_ENTER_S = 0.25  # a quick paste-then-Enter
 
 QUESTION = (  # 63 tokens with the SmolLM2 tokenizer
     "I am a 52-year-old woman with type 2 diabetes and high blood pressure. For two weeks my ankles have swelled "
@@ -179,7 +184,13 @@ def add_token_engine_rows(candidates, name, engine, messages, settings):
         first_question()
         engine.prefill(messages[:1], draft=QUESTION[:QUESTION.rfind(" ")])
 
-    for label, reset in (("cold", cold), ("first", first_question), ("typed", typed_question)):
+    def pasted_question():  # as in the chat app: a paste is read at once, Enter follows (the read may still run)
+        first_question()
+        threading.Thread(target=engine.prefill, args=(messages[:1],), kwargs={"draft": QUESTION}).start()
+        time.sleep(PASTE_TO_ENTER_S)
+
+    for label, reset in (("cold", cold), ("first", first_question), ("typed", typed_question),
+                         ("pasted", pasted_question)):
         candidates[f"{name} {label}*"] = lambda reset=reset: measure_engine(engine, messages, settings, reset=reset)
     # warm prompt: a follow-up turn in the chat reuses the KV cache of the shared prefix
     candidates[f"{name} warm*"] = lambda: measure_engine(engine, messages, settings)
@@ -221,6 +232,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="also measure the lean loop under torch.compile")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch and llama.cpp")
     parser.add_argument("--only", default="", help="comma-separated subset of candidate names")
+    parser.add_argument("--json-name", default="decode", help="writes bench/results/NAME.json (keep a subset apart)")
     parser.add_argument("--llama-threads", type=int, default=None,
                         help="llama.cpp threads (default: medchat's, half the logical CPUs)")
     parser.add_argument("--onnx-precisions", default="int8",
@@ -361,7 +373,7 @@ def main(argv=None) -> int:
     for name, result in agree.items():
         print(f"- {name}: {'same answer as' if result['same_text'] else 'differs from'} the torch engine "
               f"(first {result['shared_prefix_tokens']} of {result['reference_tokens']} tokens shared)")
-    path = _common.write_json("decode", {
+    path = _common.write_json(args.json_name, {
         "settings": {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads, "dtype": dtype,
                      "question_tokens": question_tokens, "prompt_tokens": len(prompt_ids),
                      "chat_settings": chat_settings.as_dict()},

@@ -38,6 +38,31 @@ async def test_enter_sends_ctrl_j_and_shift_enter_add_newlines_up_recalls(make_a
         assert prompt.text == "draft"  # the unsent draft comes back
 
 
+async def _prefills_after(app, pilot, engine, n: int, within_s: float) -> list:
+    for _ in range(int(within_s / 0.01)):
+        if len(engine.prefills) > n:
+            break
+        await pilot.pause(0.01)
+    return engine.prefills[n:]
+
+
+async def test_a_paste_is_read_ahead_at_once_and_typing_after_a_pause(make_app):
+    engine = FakeEngine()
+    app = make_app(engine)
+    app.DRAFT_PAUSE_S = 1.5
+    question = "What could cause swollen ankles and breathlessness at night?"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_ready(app, pilot)
+        before = len(engine.prefills)  # the system prompt, read when the model loaded
+        app.query_one(ChatInput).post_message(events.Paste(question))
+        [(context, draft)] = await _prefills_after(app, pilot, engine, before, within_s=1.0)  # before the pause
+        assert draft == question and context[0]["role"] == "system"
+        await pilot.press("space", "o", "k")  # typing: nothing is read until the typing pauses
+        assert await _prefills_after(app, pilot, engine, before + 1, within_s=0.5) == []
+        [(_, draft)] = await _prefills_after(app, pilot, engine, before + 1, within_s=5.0)
+        assert draft == question + " ok"
+
+
 async def test_hostile_paste_is_sanitised_and_survives(make_app):
     nasty = (
         "Headache? \x1b[2J\x1b]52;c;ZXZpbA==\x07\x1b[31mred\x1b[0m \x00\x07\x08 "

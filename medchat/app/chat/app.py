@@ -77,6 +77,7 @@ class MedchatApp(App):
 
     CSS_PATH = "medchat.tcss"
     DRAFT_PAUSE_S = 0.4  # a pause in typing this long lets the engine read the draft ahead of Enter
+    PASTE_CHARS = 20  # the draft grew by more at once: a paste (or a recalled prompt), read it at once
     TITLE = "medchat"
     ENABLE_COMMAND_PALETTE = True
 
@@ -140,6 +141,7 @@ class MedchatApp(App):
         self.conversation_actions = ConversationActions(self)  # rename, delete, export
         self._pending: str | None = None
         self._draft_timer = None
+        self._draft_length = 0
 
     # ---------------------------------------------------------------- layout
 
@@ -285,10 +287,14 @@ class MedchatApp(App):
         return [{"role": "system", "content": self.settings.effective_system_prompt}] + self.turns
 
     @on(TextArea.Changed, "#prompt")
-    def _draft_changed(self) -> None:
+    def _draft_changed(self, event: TextArea.Changed) -> None:
         if self._draft_timer is not None:
             self._draft_timer.stop()
-        self._draft_timer = self.set_timer(self.DRAFT_PAUSE_S, self._read_draft_ahead)
+        length = len(event.text_area.text)
+        # Enter often follows a paste at once: waiting for a pause would leave the whole prompt to read then.
+        pasted = length - self._draft_length > self.PASTE_CHARS
+        self._draft_length = length
+        self._draft_timer = self.set_timer(0.01 if pasted else self.DRAFT_PAUSE_S, self._read_draft_ahead)
 
     def _read_draft_ahead(self) -> None:
         """Let the engine read the draft while the user is still typing: Enter then costs only the rest."""
