@@ -8,6 +8,7 @@ options cannot do that: its repetition penalty and n-gram ban are not transforme
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -19,6 +20,7 @@ from medchat.core.fastdecode import (BackendInfo, TokenEngine, checkpoint_contex
 from medchat.core.model import ModelError, ModelSpec, ResolvedModel, resolve
 
 INSTALL_HINT = "pip install onnxruntime-genai onnx onnx-ir (medchat installs them by default)"
+DRAFT_TOKENS = 4  # drafts per verification pass with a "+" precision (bench/decode.py --draft-tokens)
 
 
 def available() -> bool:
@@ -73,8 +75,10 @@ class OnnxEngine(TokenEngine):
 
     @classmethod
     def load(cls, spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", n_threads: int | None = None,
-             precision: str | None = None) -> "OnnxEngine":
-        """`precision`: int8 (default), int4 or fp32 (default spec.onnx_precision, else int8)."""
+             precision: str | None = None, draft_tokens: int | None = None) -> "OnnxEngine":
+        """`precision`: int8 (default), int4, fp32, or a draft's and the model's joined by '+' (int8+fp32:
+        the fp32 model's greedy answers, drafted by the int8 model `draft_tokens` at a time; see
+        TokenEngine) (default spec.onnx_precision, else int8)."""
         started = time.perf_counter()
         try:
             import onnxruntime_genai as og
@@ -83,40 +87,40 @@ class OnnxEngine(TokenEngine):
         og.disable_telemetry_events()  # medical text stays local: nothing optional leaves the machine
         resolved = spec if isinstance(spec, ResolvedModel) else resolve(spec)
         try:
-            folder = onnx_export.runnable_onnx(resolved, precision)
+            verified, draft = onnx_export.precisions(precision or resolved.spec.onnx_precision)
+            folder = onnx_export.runnable_onnx(resolved, verified)
+            draft_folder = onnx_export.runnable_onnx(resolved, draft) if draft else None
         except onnx_export.OnnxExportError as exc:
             raise ModelError(str(exc)) from exc
         converted = onnx_export.record(folder)
         tokenizer = load_tokenizer(folder / "hf", resolved.trust_remote_code)
         threads = n_threads or cpu_threads(resolved.spec.threads)
-        config = og.Config(str(folder))
-        # A KV cache that grows with the text instead of one preallocated for the whole context: creating
-        # the generator then costs nothing, and decoding was measured no slower (bench/decode.py).
-        config.overlay(json.dumps({
-            "model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}},
-            "search": {"past_present_share_buffer": False},
-        }))
-        try:
-            og_model = og.Model(config)
-        except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException for a damaged folder
-            raise ModelError(f"ONNX Runtime could not load {folder}: {exc}. Delete the folder to convert again.") from exc
         context = checkpoint_context_length(tokenizer, folder / "hf")
+        eos = checkpoint_eos_ids(tokenizer, folder / "hf")
         info = BackendInfo(
             base=resolved.spec.base,
             base_path=str(folder),
             adapter=str(resolved.adapter) if resolved.adapter else None,
             merged=bool(resolved.adapter),
-            quantization=converted["precision"],
+            quantization=f"{draft}+{verified}" if draft else converted["precision"],
             device="cpu",
             dtype="onnxruntime",
             params_total=int(converted["params"]),
             params_trainable=0,
-            load_seconds=round(time.perf_counter() - started, 3),
+            load_seconds=0.0,
             context_length=context,
             extra={"backend": "onnxruntime", "onnx": str(folder), "n_threads": threads,
                    "builder": converted["builder"]},
         )
-        return cls(og_model, tokenizer, info, checkpoint_eos_ids(tokenizer, folder / "hf"), prompt_style)
+        engine = cls(_og_model(og, folder, threads), tokenizer, info, eos, prompt_style)
+        if draft_folder is not None:
+            draft_info = dataclasses.replace(info, base_path=str(draft_folder), quantization=draft,
+                                             extra={**info.extra, "onnx": str(draft_folder)})
+            engine.drafter = cls(_og_model(og, draft_folder, threads), tokenizer, draft_info, eos, prompt_style)
+            engine.draft_tokens = draft_tokens or DRAFT_TOKENS
+            info.extra.update(draft_onnx=str(draft_folder), draft_tokens=engine.draft_tokens)
+        info.load_seconds = round(time.perf_counter() - started, 3)
+        return engine
 
     def _cached_ids(self) -> list[int]:
         return self._ids
@@ -141,3 +145,23 @@ class OnnxEngine(TokenEngine):
     def _logits(self):
         logits = self._generator.get_logits()
         return logits.reshape(-1, logits.shape[-1])[-1].copy()
+
+    def _feed_logits(self, ids: list[int]):
+        # get_logits() has only the last position's; the model output "logits" has one row per token fed.
+        self._feed(ids)
+        logits = self._generator.get_output("logits")
+        return logits.reshape(-1, logits.shape[-1])[-len(ids):].copy()
+
+
+def _og_model(og, folder: Path, threads: int):
+    config = og.Config(str(folder))
+    # A KV cache that grows with the text instead of one preallocated for the whole context: creating
+    # the generator then costs nothing, and decoding was measured no slower (bench/decode.py).
+    config.overlay(json.dumps({
+        "model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}},
+        "search": {"past_present_share_buffer": False},
+    }))
+    try:
+        return og.Model(config)
+    except Exception as exc:  # onnxruntime-genai raises RuntimeError/OrtException for a damaged folder
+        raise ModelError(f"ONNX Runtime could not load {folder}: {exc}. Delete the folder to convert again.") from exc
