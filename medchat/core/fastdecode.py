@@ -402,9 +402,11 @@ class TokenEngine(Engine):
                     drafter._evaluate(history)
                 while len(drafts) < room:
                     draft = self._pick(drafter._logits(), history, blocker, settings, None)
-                    drafts.append(draft)
                     if draft in eos:
-                        break  # verified like the others: the answer may end here
+                        # Not fed to this engine: after onnxruntime-genai was fed a drafted EOS that ended the
+                        # answer, the next turn on that cache decoded garbage. The pick after the drafts decides.
+                        break
+                    drafts.append(draft)
                     history.append(draft)
                     blocker.extend([draft])
                     if len(drafts) < room:

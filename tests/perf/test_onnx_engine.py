@@ -147,7 +147,7 @@ class Corrupted:
     """A drafter that repeats another engine's runtime but proposes a wrong token wherever `wrong(n)`
     says so (n: tokens in its cache): drafts rejected at known places."""
 
-    def __new__(cls, inner, wrong):
+    def __new__(cls, inner, wrong, token=None):
         from medchat.core.fastdecode import TokenEngine
 
         class _Drafter(TokenEngine):
@@ -163,7 +163,8 @@ class Corrupted:
             def _logits(self):
                 logits = inner._logits()
                 if wrong(len(inner._cached_ids())):
-                    logits[(int(logits.argmax()) + 7) % len(logits)] = logits.max() + 100.0
+                    bad = (int(logits.argmax()) + 7) % len(logits) if token is None else token
+                    logits[bad] = logits.max() + 100.0
                 return logits
 
         return _Drafter(inner.tokenizer, inner.info, list(inner.eos_ids))
@@ -192,7 +193,9 @@ def drafter_of(tiny_spec, tiny_dir):
     def use(kind, draft_tokens=4):
         tiny_spec.drafter = {"int8": own, "fp32": fp32,
                              "every-3rd-wrong": Corrupted(fp32, lambda n: n % 3 == 0),
-                             "always-wrong": Corrupted(fp32, lambda n: True)}[kind]
+                             "always-wrong": Corrupted(fp32, lambda n: True),
+                             # the model's real EOS: onnxruntime-genai ends a sequence it is fed
+                             "proposes-eos": Corrupted(fp32, lambda n: n % 4 == 0, token=min(own.eos_ids))}[kind]
         tiny_spec.draft_tokens = draft_tokens
         return tiny_spec
 
@@ -213,7 +216,7 @@ def test_speculative_precision_is_parsed_and_loaded(tiny_spec):
 
 
 @pytest.mark.parametrize("kind,k", [("int8", 1), ("int8", 3), ("int8", 4), ("int8", 8), ("fp32", 4),
-                                    ("every-3rd-wrong", 4), ("always-wrong", 3)])
+                                    ("every-3rd-wrong", 4), ("always-wrong", 3), ("proposes-eos", 4)])
 def test_speculative_answers_equal_the_fp32_engine(tiny_onnx, drafter_of, kind, k):
     engine = drafter_of(kind, k)
     drafted = accepted = 0
@@ -330,3 +333,38 @@ def test_speculative_sampling_takes_the_plain_path(tiny_onnx, tiny_spec):
     got = list(tiny_spec.decode_tokens(ids, settings, threading.Event(), seed=3))
     assert got == list(tiny_onnx.decode_tokens(ids, settings, threading.Event(), seed=3))
     assert tiny_spec.speculation == before and tiny_spec.drafter._cached_ids() == drafter_ids
+
+
+def test_speculative_never_verifies_a_drafted_eos(tiny_onnx, drafter_of, monkeypatch):
+    """A drafted EOS is not fed to the fp32 model: after an answer whose drafted EOS it was fed and kept,
+    the next turn on that cache decoded garbage (seen on the bundled model: a follow-up answer sharing 0
+    tokens with the fp32 engine's). The pick after the last draft decides whether the answer ends."""
+    from medchat.core.onnx_engine import OnnxEngine
+
+    engine = drafter_of("proposes-eos", 4)
+    blocks: list[list[int]] = []
+    feed_logits = OnnxEngine._feed_logits
+    monkeypatch.setattr(OnnxEngine, "_feed_logits", lambda self, ids: (blocks.append(list(ids)), feed_logits(self, ids))[1])
+    for settings in (CHAT, PLAIN):
+        assert _tokens(engine, MESSAGES, settings) == _tokens(tiny_onnx, MESSAGES, settings)
+    assert blocks and not any(set(block[1:]) & engine.eos_ids for block in blocks)
+
+
+@pytest.mark.bundled
+def test_bundled_speculative_answers_equal_the_fp32_engines():
+    """int8+fp32 against the fp32 transformers engine: the same answers, also on a warm cache (each prompt
+    asked twice: its answer, which ends at EOS, is in both KV caches the second time)."""
+    from medchat.core import paths
+    from medchat.core.onnx_engine import OnnxEngine
+    from medchat.core.prompting import build_messages
+
+    spec = ModelSpec(adapter=str(paths.default_adapter_dir()), dtype="fp32")
+    torch_engine = Engine(load(spec))
+    fast = OnnxEngine.load(spec, n_threads=1, precision="int8+fp32")
+    settings = GenerationSettings(max_new_tokens=128)
+    for prompt in PROMPTS:
+        messages = build_messages(prompt)
+        expected, _ = torch_engine.generate(messages, settings)
+        assert fast.generate(messages, settings)[0] == expected, prompt
+        assert fast.generate(messages, settings)[0] == expected, prompt
+        assert fast.speculation["accepted"] > 0
