@@ -3,7 +3,10 @@
 onnxruntime-genai runs the model converted by medchat.core.onnx_export and keeps its KV cache; medchat
 drives it one token at a time (append_tokens / get_logits / rewind_to) and picks every token itself with
 the transformers engine's logits processors (medchat.core.fastdecode.TokenEngine). Its own search
-options cannot do that: its repetition penalty and n-gram ban are not transformers' rules.
+options cannot do that: its repetition penalty and n-gram ban are not transformers' rules (nor can its
+built-in speculative search, for the same reason). A precision such as int8+fp32 loads both models: the
+int8 one drafts, the fp32 one checks each pass of drafts at once (its model output "logits" has a row per
+token fed) and keeps only its own picks, so greedy answers are fp32's (TokenEngine, speculative decoding).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from medchat.core.fastdecode import (BackendInfo, TokenEngine, checkpoint_contex
 from medchat.core.model import ModelError, ModelSpec, ResolvedModel, resolve
 
 INSTALL_HINT = "pip install onnxruntime-genai onnx onnx-ir (medchat installs them by default)"
-DRAFT_TOKENS = 4  # drafts per verification pass with a "+" precision (bench/decode.py --draft-tokens)
+DRAFT_TOKENS = 6  # drafts per verification pass with a "+" precision: the fastest of 3, 4, 6, 8 (bench/decode.py)
 
 
 def available() -> bool:
