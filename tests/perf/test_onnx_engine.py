@@ -368,3 +368,13 @@ def test_bundled_speculative_answers_equal_the_fp32_engines():
         assert fast.generate(messages, settings)[0] == expected, prompt
         assert fast.generate(messages, settings)[0] == expected, prompt
         assert fast.speculation["accepted"] > 0
+
+
+@pytest.mark.parametrize("kind", ["int8", "always-wrong", "every-3rd-wrong"])
+def test_speculative_next_prompt_after_another(tiny_onnx, drafter_of, kind):
+    """A new question after another one's answer (the cache shares only the start of the prompt)."""
+    engine = drafter_of(kind, 6)
+    engine.reset()
+    for messages in PROMPTS_TINY + PROMPTS_TINY[::-1]:
+        for settings in (CHAT, PLAIN):
+            assert _tokens(engine, messages, settings) == _tokens(tiny_onnx, messages, settings), kind
