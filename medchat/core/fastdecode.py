@@ -403,8 +403,9 @@ class TokenEngine(Engine):
                 while len(drafts) < room:
                     draft = self._pick(drafter._logits(), history, blocker, settings, None)
                     if draft in eos:
-                        # Not fed to this engine: after onnxruntime-genai was fed a drafted EOS that ended the
-                        # answer, the next turn on that cache decoded garbage. The pick after the drafts decides.
+                        # Not fed to this engine: the pick after the drafts decides whether the answer ends.
+                        # (Next turns decoded garbage after a fed EOS was kept; the cause was onnxruntime-
+                        # genai's KV cache after two rewinds in a row, see OnnxEngine._truncate.)
                         break
                     drafts.append(draft)
                     history.append(draft)

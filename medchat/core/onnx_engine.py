@@ -74,7 +74,8 @@ class OnnxEngine(TokenEngine):
         super().__init__(tokenizer, info, eos, prompt_style=prompt_style)
         self._og_model = og_model
         self._generator = None
-        self._ids: list[int] = []
+        self._ids: list[int] = []  # the tokens the cache holds for medchat
+        self._computed = 0  # the tokens the generator holds: more while a truncation waits for the next feed
 
     @classmethod
     def load(cls, spec: ModelSpec | ResolvedModel, prompt_style: str = "chat", n_threads: int | None = None,
@@ -129,21 +130,27 @@ class OnnxEngine(TokenEngine):
         return self._ids
 
     def _truncate(self, keep: int) -> None:
+        # The rewind itself waits for the next _feed: onnxruntime-genai (seen on 0.18) rewinds its KV cache by copying
+        # the last run's output with the stride of the length the cache had at its last rewind, so a second
+        # rewind_to before the next append_tokens copies wrong rows (every KV head but the first). That
+        # happened when a speculative answer ended on a pass whose drafts were not all kept (the cache
+        # rewound) and the next prompt rewound it again: that answer was wrong from its first token.
         if self._generator is None:
             import onnxruntime_genai as og
 
             params = og.GeneratorParams(self._og_model)
             params.set_search_options(max_length=self.info.context_length, batch_size=1)
             self._generator = og.Generator(self._og_model, params)
-        elif keep < len(self._ids):
-            self._generator.rewind_to(keep)
         self._ids = self._ids[:keep]
 
     def _feed(self, ids: list[int]) -> None:
         import numpy as np
 
+        if len(self._ids) < self._computed:  # one rewind, to the shortest length asked since the last feed
+            self._generator.rewind_to(len(self._ids))
         self._generator.append_tokens(np.asarray(ids, dtype=np.int32))
         self._ids = self._ids + list(ids)
+        self._computed = len(self._ids)
 
     def _logits(self):
         logits = self._generator.get_logits()

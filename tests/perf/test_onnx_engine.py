@@ -176,10 +176,13 @@ def _tokens(engine, messages, settings, cancel=None):
 
 
 def _consistent(engine):
-    """The KV caches hold exactly the tokens the engine thinks they hold."""
+    """The KV caches hold the tokens the engine thinks they hold (and, until the next feed, those of a
+    truncation not yet applied: see OnnxEngine._truncate)."""
     for one in (engine, engine.drafter):
         if one is not None and getattr(one, "_generator", None) is not None:
-            assert one._generator.token_count() == len(one._cached_ids())
+            cached = one._cached_ids()
+            assert one._generator.token_count() == one._computed >= len(cached)
+            assert list(one._generator.get_sequence(0))[:len(cached)] == cached
 
 
 @pytest.fixture
@@ -336,9 +339,9 @@ def test_speculative_sampling_takes_the_plain_path(tiny_onnx, tiny_spec):
 
 
 def test_speculative_never_verifies_a_drafted_eos(tiny_onnx, drafter_of, monkeypatch):
-    """A drafted EOS is not fed to the fp32 model: after an answer whose drafted EOS it was fed and kept,
-    the next turn on that cache decoded garbage (seen on the bundled model: a follow-up answer sharing 0
-    tokens with the fp32 engine's). The pick after the last draft decides whether the answer ends."""
+    """A drafted EOS is not fed to the fp32 model: the pick after the last draft decides whether the answer
+    ends. (A fed EOS that was kept was rewound away at the answer's end, and the next turn's rewind then
+    corrupted the cache: the two-rewinds bug test_truncations_in_a_row_keep_the_cache_right covers.)"""
     from medchat.core.onnx_engine import OnnxEngine
 
     engine = drafter_of("proposes-eos", 4)
@@ -378,3 +381,53 @@ def test_speculative_next_prompt_after_another(tiny_onnx, drafter_of, kind):
     for messages in PROMPTS_TINY + PROMPTS_TINY[::-1]:
         for settings in (CHAT, PLAIN):
             assert _tokens(engine, messages, settings) == _tokens(tiny_onnx, messages, settings), kind
+
+
+def test_truncations_in_a_row_keep_the_cache_right(tiny_onnx):
+    """onnxruntime-genai's rewind_to twice before the next append_tokens corrupted its KV cache (it copies
+    the last run's output with the stride of the last rewind's length): OnnxEngine applies only one."""
+    import numpy as np
+
+    ids = tiny_onnx.fit_prompt(MESSAGES, 8)
+    assert len(ids) > 12
+    tiny_onnx.reset()
+    expected = tiny_onnx._feed_logits(ids)
+    for first, second in ((len(ids) - 2, len(ids) - 5), (len(ids) - 1, 3), (len(ids) - 6, len(ids) - 7)):
+        tiny_onnx.reset()
+        tiny_onnx._feed(ids)
+        tiny_onnx._truncate(first)
+        tiny_onnx._truncate(second)
+        got = tiny_onnx._feed_logits(ids[second:])
+        np.testing.assert_allclose(got, expected[second:], rtol=0, atol=1e-5, err_msg=f"{first}, {second}")
+        assert tiny_onnx._generator.token_count() == len(ids)
+
+
+def test_speculative_next_prompt_after_an_answer_ending_on_rejected_drafts(tiny_onnx, drafter_of):
+    """An answer whose last pass kept fewer drafts than it verified leaves the fp32 cache rewound; the next
+    prompt rewinds it again. That next prompt's logits are the plain engine's (they were not, on the
+    bundled model: int4+fp32 answered a second question wrong from its first token)."""
+    import numpy as np
+
+    engine = drafter_of("always-wrong", 6)  # every pass keeps none of its drafts
+    answer = _tokens(tiny_onnx, MESSAGES, CHAT)
+    saved = (set(tiny_onnx.eos_ids), set(engine.eos_ids), set(engine.drafter.eos_ids))
+    other = tiny_onnx.fit_prompt(PROMPTS_TINY[1], PLAIN.max_new_tokens)
+    try:
+        for position in (4, 9, 13):
+            for one in (tiny_onnx, engine, engine.drafter):
+                one.eos_ids = saved[0] | {answer[position]}
+            engine.reset()
+            assert _tokens(engine, MESSAGES, CHAT) == answer[:answer.index(answer[position])]
+            # every pass, the last one too (the answer is far from max_new_tokens), verified drafts it dropped
+            assert engine.speculation["drafted"] > 0 == engine.speculation["accepted"]
+            with engine._lock:
+                engine._evaluate(other)
+                got = engine._logits()
+            tiny_onnx.reset()
+            with tiny_onnx._lock:
+                tiny_onnx._evaluate(other)
+                expected = tiny_onnx._logits()
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5, err_msg=str(position))
+            _consistent(engine)
+    finally:
+        tiny_onnx.eos_ids, engine.eos_ids, engine.drafter.eos_ids = saved
