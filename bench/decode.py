@@ -16,6 +16,12 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
   engine-onnx        medchat's default CPU path (medchat.core.onnx_engine.OnnxEngine, int8 unless
                      --onnx-precisions says more), the chat's decoding settings, streamed text; cold / first /
                      typed / warm as for engine-llamacpp below
+  engine-onnx D+fp32 k=K   exact speculative decoding (--onnx-precisions int8+fp32, --draft-tokens): the D
+                     model drafts K tokens, the fp32 model verifies them in one pass; cold and warm rows,
+                     with the share of drafts accepted and the fp32 passes per answer. Its answers are then
+                     checked (untimed) against the fp32 torch engine's and the plain fp32 ONNX engine's on
+                     EXACT_PROMPTS, for every K
+  engine-torch fp32  the torch engine in fp32 (with a +fp32 or fp32 ONNX precision): the reference for exactness
   engine-llamacpp    the optional fast path (medchat.core.fastdecode.LlamaCppEngine): the adapter merged and
                      exported (medchat.core.gguf_export), the chat app's decoding settings, streamed text:
                      cold (empty KV cache), first (the system prompt prefilled when the model loaded,
@@ -31,6 +37,7 @@ ratios are then against the torch engine, and the note gives llama.cpp's recorde
 Each medchat engine's last answer is compared with the torch engine's (same text, shared prefix).
 
     nice -n 10 .venv/bin/python bench/decode.py [--repeats 3] [--compile] [--threads 2] [--onnx-precisions int8,fp32]
+        [--onnx-precisions int8,fp32,int8+fp32,int4+fp32 --draft-tokens 3,4,6,8]
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ QUESTION = (  # 63 tokens with the SmolLM2 tokenizer
     "every evening, I get short of breath on one flight of stairs and I need extra pillows at night. What could "
     "cause this, and which tests should I ask for?"
 )
+# The exactness check of the speculative rows: the question above and the bundled test's three.
+EXACT_PROMPTS = [QUESTION, "What are common symptoms of iron deficiency anaemia?", "How is high blood pressure treated?",
+                 "What should I do after a minor burn?"]
 
 
 class _FirstTokenTimer:
@@ -132,7 +142,12 @@ def measure_engine(engine, messages, settings, reset=None):
     stream = engine.stream(messages, settings)
     text = "".join(stream)
     stats = stream.stats
-    return {"ttft_s": stats.ttft_s, "tokens": stats.tokens, "tok_s": stats.tokens_per_s, "text": text}
+    result = {"ttft_s": stats.ttft_s, "tokens": stats.tokens, "tok_s": stats.tokens_per_s, "text": text}
+    if getattr(engine, "drafter", None) is not None:
+        spec = engine.speculation
+        result.update(acceptance=spec["accepted"] / spec["drafted"] if spec["drafted"] else None,
+                      verify_passes=spec["verify_passes"])
+    return result
 
 
 def measure_llama_cpp(llm, prompt_ids, new_tokens):
@@ -174,7 +189,7 @@ def measure_onnx_plain(og_model, prompt_ids, new_tokens):
 def add_token_engine_rows(candidates, name, engine, messages, settings):
     """cold / first / typed / warm rows for a TokenEngine (see the module doc)."""
     def cold():
-        engine._truncate(0)
+        engine.reset()  # both KV caches of a speculative engine
 
     def first_question():  # as in the chat app: the system prompt was prefilled when the model loaded
         cold()
@@ -204,6 +219,31 @@ def agreement(tokenizer, reference: str, text: str) -> dict:
             break
         shared += 1
     return {"same_text": text == reference, "shared_prefix_tokens": shared, "reference_tokens": len(theirs)}
+
+
+def exactness(speculative, onnx_fp32, torch_fp32, draft_tokens, settings) -> dict:
+    """Untimed: each speculative engine's answers to EXACT_PROMPTS, for every k, against the fp32 torch
+    engine's and the plain fp32 ONNX engine's (same text?)."""
+    from medchat.core.prompting import build_messages
+
+    if not speculative:
+        return {}
+    conversations = [build_messages(prompt) for prompt in EXACT_PROMPTS]
+    _common.log("exactness: reference answers")
+    torch_answers = [torch_fp32.generate(c, settings)[0] for c in conversations] if torch_fp32 else None
+    onnx_answers = [onnx_fp32.generate(c, settings)[0] for c in conversations] if onnx_fp32 else None
+    out = {}
+    for precision, engine in speculative.items():
+        for k in (int(k) for k in draft_tokens.split(",")):
+            engine.draft_tokens = k
+            _common.log(f"exactness: {precision} k={k}")
+            answers = [engine.generate(c, settings)[0] for c in conversations]
+            out[f"engine-onnx {precision} k={k}"] = {
+                "prompts": len(answers),
+                "same_as_torch_fp32": sum(a == b for a, b in zip(answers, torch_answers)) if torch_answers else None,
+                "same_as_onnx_fp32": sum(a == b for a, b in zip(answers, onnx_answers)) if onnx_answers else None,
+                "answers": answers}
+    return out
 
 
 def random_adapter(out: Path) -> str:
@@ -236,7 +276,9 @@ def main(argv=None) -> int:
     parser.add_argument("--llama-threads", type=int, default=None,
                         help="llama.cpp threads (default: medchat's, half the logical CPUs)")
     parser.add_argument("--onnx-precisions", default="int8",
-                        help="comma-separated ONNX weight precisions for the engine-onnx rows (int8, int4, fp32)")
+                        help="comma-separated ONNX weight precisions for the engine-onnx rows (int8, int4, fp32, "
+                             "or speculative: int8+fp32, int4+fp32)")
+    parser.add_argument("--draft-tokens", default="4", help="comma-separated drafts per pass for the + precisions")
     parser.add_argument("--no-lora-export", action="store_true",
                         help="without a shipped adapter, skip the random-LoRA merge+export row")
     args = parser.parse_args(argv)
@@ -289,18 +331,37 @@ def main(argv=None) -> int:
 
     from medchat.core import onnx_engine
 
+    speculative = {}  # precision -> engine, for the exactness check
+    onnx_engines = {}
+    engine_torch32 = None
     if onnx_engine.available():
-        for precision in args.onnx_precisions.split(","):
+        precisions = args.onnx_precisions.split(",")
+        if any(p.split("+")[-1] == "fp32" for p in precisions):
+            engine_torch32 = Engine(load(ModelSpec(adapter=adapter, dtype="fp32")))
+            candidates["engine-torch fp32*"] = lambda: measure_engine(engine_torch32, messages, chat_settings)
+        for precision in precisions:
             _common.log(f"loading the ONNX engine ({precision}; converts once, then cached)")
             started = time.perf_counter()
             engine_onnx = onnx_engine.OnnxEngine.load(ModelSpec(adapter=adapter), n_threads=args.llama_threads,
                                                       precision=precision)
+            onnx_engines[precision] = engine_onnx
             notes.append(f"engine-onnx {precision}: loaded in {time.perf_counter() - started:.1f}s "
                          f"({engine_onnx.info.extra['n_threads']} thread(s))")
             if precision == "int8":
                 candidates["onnxruntime-genai int8"] = lambda m=engine_onnx._og_model: measure_onnx_plain(
                     m, prompt_ids, args.new_tokens)
-            add_token_engine_rows(candidates, f"engine-onnx {precision}", engine_onnx, messages, chat_settings)
+            if engine_onnx.drafter is None:
+                add_token_engine_rows(candidates, f"engine-onnx {precision}", engine_onnx, messages, chat_settings)
+                continue
+            speculative[precision] = engine_onnx
+            for k in (int(k) for k in args.draft_tokens.split(",")):
+                def run(engine=engine_onnx, k=k, cold=True):
+                    engine.draft_tokens = k
+                    return measure_engine(engine, messages, chat_settings, reset=engine.reset if cold else None)
+
+                candidates[f"engine-onnx {precision} k={k} cold*"] = run
+                # a follow-up turn: right after the cold row, whose prompt both KV caches still hold
+                candidates[f"engine-onnx {precision} k={k} warm*"] = lambda run=run: run(cold=False)
     else:
         notes.append("ONNX rows skipped: onnxruntime-genai is not installed")
 
@@ -358,7 +419,13 @@ def main(argv=None) -> int:
             "tok_s": statistics.median(r["tok_s"] for r in results),
             "tokens": statistics.median(r["tokens"] for r in results),
         })
-    table = _common.ratio_table(rows, [("ttft_s", "TTFT s"), ("tok_s", "decode tok/s"), ("tokens", "tokens")],
+    for row in rows:
+        results = samples[row["name"]]
+        if "acceptance" in results[0]:
+            row["acceptance"] = statistics.median(r["acceptance"] for r in results if r["acceptance"] is not None)
+            row["verify_passes"] = statistics.median(r["verify_passes"] for r in results)
+    table = _common.ratio_table(rows, [("ttft_s", "TTFT s"), ("tok_s", "decode tok/s"), ("tokens", "tokens"),
+                                       ("acceptance", "drafts kept"), ("verify_passes", "fp32 passes")],
                                 baseline=baseline, ratio_of=[("ttft_s", False), ("tok_s", True)])
     print(f"\nDecode on the bundled SmolLM2-135M-Instruct, CPU ({threads} threads, torch {dtype}), "
           f"{question_tokens}-token question ({len(prompt_ids)}-token prompt), {args.new_tokens} new tokens, greedy, "
@@ -367,18 +434,28 @@ def main(argv=None) -> int:
     for note in notes:
         print(f"- {note}")
     texts = {name: results[-1].get("text") for name, results in samples.items() if results[-1].get("text")}
-    reference = texts.get("engine-torch*")
-    agree = {name: agreement(tokenizer, reference, text) for name, text in texts.items()
-             if reference is not None and name != "engine-torch*"}
-    for name, result in agree.items():
-        print(f"- {name}: {'same answer as' if result['same_text'] else 'differs from'} the torch engine "
-              f"(first {result['shared_prefix_tokens']} of {result['reference_tokens']} tokens shared)")
+    agree = {}
+    for reference_name in ("engine-torch*", "engine-torch fp32*"):
+        reference = texts.get(reference_name)
+        label = "the torch engine" + (" (fp32)" if "fp32" in reference_name else f" ({dtype})")
+        for name, text in texts.items():
+            if reference is None or name.startswith("engine-torch"):
+                continue
+            result = agree[f"{name} vs {reference_name}"] = agreement(tokenizer, reference, text)
+            print(f"- {name}: {'same answer as' if result['same_text'] else 'differs from'} {label} "
+                  f"(first {result['shared_prefix_tokens']} of {result['reference_tokens']} tokens shared)")
+    exact = exactness(speculative, onnx_engines.get("fp32"), engine_torch32, args.draft_tokens, chat_settings)
+    for name, result in exact.items():
+        said = [f"{result[key]}/{result['prompts']} answers equal {label}'s" for key, label in (
+            ("same_as_torch_fp32", "the fp32 torch engine"), ("same_as_onnx_fp32", "the plain fp32 ONNX engine"))
+            if result[key] is not None]
+        print(f"- {name}: " + ", ".join(said))
     path = _common.write_json(args.json_name, {
         "settings": {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads, "dtype": dtype,
                      "question_tokens": question_tokens, "prompt_tokens": len(prompt_ids),
                      "chat_settings": chat_settings.as_dict()},
         "baseline": baseline, "rows": rows, "samples": samples, "notes": notes, "table": table,
-        "answers": texts, "agreement_with_torch_engine": agree,
+        "answers": texts, "agreement_with_torch_engine": agree, "speculative_exactness": exact,
         "recorded_llamacpp": None if fastdecode.llamacpp_available() else RECORDED_LLAMACPP,
     })
     print(f"\nJSON: {path}")

@@ -31,6 +31,11 @@ def _shared_cache_dir(tmp_path_factory):
     """One cache for the whole session (the bundled model is converted once), unless the caller set one."""
     if "MEDCHAT_CACHE_DIR" not in os.environ:
         os.environ["MEDCHAT_CACHE_DIR"] = str(Path.home() / ".cache" / "medchat-tests")
+    from medchat.core import paths
+
+    # Now, not only in isolated_user_dirs: a module-scoped fixture (an engine loaded once) runs before the
+    # first test's function-scoped fixtures, and would otherwise convert into the user's own cache.
+    paths.configure(cache=os.environ["MEDCHAT_CACHE_DIR"])
     yield
 
 

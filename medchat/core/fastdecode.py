@@ -141,13 +141,30 @@ class NgramBlocker:
         self.size = size
         self.seen: dict[tuple[int, ...], set[int]] = {}
         self.seq: list[int] = []
+        self._new: list[tuple | None] = []  # per token: the n-gram it added first (for truncate)
 
     def extend(self, tokens) -> None:
         for token in tokens:
             self.seq.append(int(token))
+            added = None
             if self.size > 0 and len(self.seq) >= self.size:
                 gram = tuple(self.seq[-self.size:])
-                self.seen.setdefault(gram[:-1], set()).add(gram[-1])
+                followers = self.seen.setdefault(gram[:-1], set())
+                if gram[-1] not in followers:
+                    followers.add(gram[-1])
+                    added = gram
+            self._new.append(added)
+
+    def truncate(self, length: int) -> None:
+        """Forget the tokens after the first `length` (speculative decoding takes back rejected drafts)."""
+        while len(self.seq) > length:
+            self.seq.pop()
+            gram = self._new.pop()
+            if gram is not None:
+                followers = self.seen[gram[:-1]]
+                followers.discard(gram[-1])
+                if not followers:
+                    del self.seen[gram[:-1]]
 
     def banned(self) -> list[int]:
         if self.size <= 0 or len(self.seq) + 1 < self.size:
@@ -240,12 +257,24 @@ class TokenEngine(Engine):
     """`Engine` on a runtime that computes next-token logits: medchat picks each token (see the module doc).
 
     A runtime supplies four primitives over its one KV cache: `_cached_ids` (the tokens in it),
-    `_truncate(n)` (keep the first n), `_feed(ids)` (evaluate more tokens) and `_logits()` (of the last)."""
+    `_truncate(n)` (keep the first n), `_feed(ids)` (evaluate more tokens) and `_logits()` (of the last).
+
+    Exact speculative decoding, for greedy answers: a runtime that also supplies `_feed_logits(ids)` (the
+    logits after each of the tokens fed) can be given a `drafter`, a cheaper TokenEngine on the same
+    tokenizer (the int8 model beside the fp32 one). The drafter proposes `draft_tokens` tokens one at a
+    time; this engine evaluates them all in one forward pass and keeps the longest prefix that equals its
+    own pick at each position, plus its own pick at the first difference. Every token kept is this
+    engine's pick under the same rules and history, so the answer is the one this engine alone gives;
+    the drafter only decides how many tokens one forward pass yields. With sampling it is not used."""
 
     def __init__(self, tokenizer, info: ModelInfo, eos_ids: list[int], prompt_style: str = "chat"):
         super().__init__(Loaded(model=None, tokenizer=tokenizer, info=info), prompt_style=prompt_style)
         self.eos_ids = set(eos_ids)
         self._lock = threading.Lock()  # one KV cache: one generation at a time
+        self.drafter: TokenEngine | None = None
+        self.draft_tokens = 4
+        # The last speculative answer: tokens drafted, drafts kept, forward passes of this engine.
+        self.speculation = {"drafted": 0, "accepted": 0, "verify_passes": 0}
 
     def _cached_ids(self) -> list[int]:
         raise NotImplementedError
@@ -257,6 +286,10 @@ class TokenEngine(Engine):
         raise NotImplementedError
 
     def _logits(self):
+        raise NotImplementedError
+
+    def _feed_logits(self, ids: list[int]):
+        """Evaluate more tokens and return the logits after each of them: shape (len(ids), vocab)."""
         raise NotImplementedError
 
     # -- generation
@@ -284,6 +317,15 @@ class TokenEngine(Engine):
         if ids and len(ids) < self.info.context_length:  # longer: fit_prompt will cut it when it is sent
             with self._lock:
                 self._evaluate(ids)
+            if self.drafter is not None:  # else the drafter reads the prompt after the first token
+                self.drafter.prefill(messages, draft)
+
+    def reset(self) -> None:
+        """Empty the KV cache(s): the next prompt is read from its start."""
+        with self._lock:
+            self._truncate(0)
+        if self.drafter is not None:
+            self.drafter.reset()
 
     def _evaluate(self, ids: list[int]) -> None:
         """Bring the KV cache to `ids`, keeping the part of it that already matches. Hold the lock."""
@@ -292,11 +334,25 @@ class TokenEngine(Engine):
         self._truncate(keep)
         self._feed(ids[keep:])
 
+    def _pick(self, logits, history: list[int], blocker: NgramBlocker, settings: GenerationSettings, rng) -> int:
+        """The next token from the logits after `history` (the blocker holds the same tokens): the
+        transformers engine's rules, in its order. Modifies `logits`."""
+        import numpy as np
+
+        apply_repetition_penalty(logits, history, settings.repetition_penalty)
+        banned = blocker.banned()
+        if banned:
+            logits[banned] = -np.inf
+        return pick_token(logits, settings, rng)
+
     def decode_tokens(self, prompt_ids: list[int], settings: GenerationSettings, cancel: threading.Event,
                       seed: int | None = None) -> Iterator[int]:
         """Yield generated token ids (EOS excluded). Reuses the KV cache of a shared prompt prefix."""
         import numpy as np
 
+        if self.drafter is not None and settings.temperature <= 0:
+            yield from self._speculative_tokens(prompt_ids, settings, cancel)
+            return
         rng = np.random.default_rng(seed)
         with self._lock:
             self._evaluate(prompt_ids)
@@ -306,12 +362,7 @@ class TokenEngine(Engine):
             for step in range(settings.max_new_tokens):
                 if cancel.is_set():
                     return
-                logits = self._logits()
-                apply_repetition_penalty(logits, history, settings.repetition_penalty)
-                banned = blocker.banned()
-                if banned:
-                    logits[banned] = -np.inf
-                token = pick_token(logits, settings, rng)
+                token = self._pick(self._logits(), history, blocker, settings, rng)
                 if token in self.eos_ids:
                     return
                 yield token
@@ -321,6 +372,65 @@ class TokenEngine(Engine):
                 blocker.extend([token])
                 self._feed([token])
 
+    def _speculative_tokens(self, prompt_ids: list[int], settings: GenerationSettings,
+                            cancel: threading.Event) -> Iterator[int]:
+        """decode_tokens for greedy decoding with the drafter (see the class doc): the same tokens."""
+        drafter, eos, budget = self.drafter, self.eos_ids, settings.max_new_tokens
+        stats = self.speculation = {"drafted": 0, "accepted": 0, "verify_passes": 0}
+        with self._lock, drafter._lock:
+            self._evaluate(prompt_ids)
+            history = list(prompt_ids)  # the answer so far; this engine's KV cache holds all but its last
+            blocker = NgramBlocker(settings.no_repeat_ngram_size)
+            blocker.extend(prompt_ids)
+            picks = [self._pick(self._logits(), history, blocker, settings, None)]  # no drafter: first token sooner
+            produced = 0
+            while True:
+                for token in picks:  # every one is this engine's own pick
+                    if cancel.is_set() or token in eos:
+                        return
+                    yield token
+                    produced += 1
+                    if produced == budget:
+                        return
+                    history.append(token)
+                    blocker.extend([token])
+                committed = len(history)
+                # Drafts: no more than the answer has room for after the pick that follows them.
+                drafts: list[int] = []
+                room = min(self.draft_tokens, budget - produced - 1)
+                if room > 0:
+                    drafter._evaluate(history)
+                while len(drafts) < room:
+                    draft = self._pick(drafter._logits(), history, blocker, settings, None)
+                    if draft in eos:
+                        # Not fed to this engine: the pick after the drafts decides whether the answer ends.
+                        # (Next turns decoded garbage after a fed EOS was kept; the cause was onnxruntime-
+                        # genai's KV cache after two rewinds in a row, see OnnxEngine._truncate.)
+                        break
+                    drafts.append(draft)
+                    history.append(draft)
+                    blocker.extend([draft])
+                    if len(drafts) < room:
+                        drafter._feed([draft])
+                history[committed:] = []
+                blocker.truncate(committed)
+                # One forward pass over the last kept token and the drafts: the logits after each of them.
+                rows = self._feed_logits([history[-1]] + drafts)
+                stats["drafted"] += len(drafts)
+                stats["verify_passes"] += 1
+                picks = []
+                for position, logits in enumerate(rows):
+                    token = self._pick(logits, history, blocker, settings, None)
+                    picks.append(token)
+                    if position == len(drafts) or token != drafts[position] or token in eos:
+                        break
+                    history.append(token)  # the draft was this engine's pick: the next position counts
+                    blocker.extend([token])
+                stats["accepted"] += sum(1 for a, b in zip(picks, drafts) if a == b)
+                history[committed:] = []
+                blocker.truncate(committed)
+                # Keep in the KV cache what precedes the last pick, as the plain loop would have it.
+                self._truncate(committed - 1 + len(picks))
 
 class LlamaCppEngine(TokenEngine):
     """`TokenEngine` on llama.cpp (llama-cpp-python's `Llama`)."""

@@ -7,7 +7,8 @@ Its input is the resolved model's merged fp32 checkpoint (medchat.core.model.Res
 runs is the adapter-merged model. The layers' weights are stored in 8 bits by default (MatMulNBits,
 block-wise int8): a LoRA's change to a weight is far smaller than a 4-bit step, so 4 bits would round
 the fine-tune away (the same reason the GGUF export uses Q8_0); MEDCHAT_ONNX_PRECISION=int4 is faster and
-less faithful, fp32 the exact one.
+less faithful, fp32 the exact one, and int8+fp32 fp32's greedy answers with int8 drafts (speculative
+decoding, onnx_engine: about 1.4-1.6x fp32's speed, 0.63-0.71x int8's; both folders are made, each cached as below).
 
     folder = runnable_onnx(resolve(spec))  # cache_dir()/onnx/<name>-<merged|base>-<precision>-<key>/
 
@@ -48,13 +49,22 @@ class OnnxExportError(Exception):
     """The model cannot be converted to ONNX; the message says why and what to do."""
 
 
-def precision(name: str | None = None) -> str:
-    """The weights' precision: the argument (ModelSpec.onnx_precision, from MEDCHAT_ONNX_PRECISION), else int8."""
+def precisions(name: str | None = None) -> tuple[str, str | None]:
+    """(the precision whose model picks the tokens, that of a draft model or None): the argument
+    (ModelSpec.onnx_precision, from MEDCHAT_ONNX_PRECISION), else int8. "DRAFT+PRECISION", e.g.
+    int8+fp32: the fp32 model's greedy answers, drafted by the int8 one (onnx_engine: speculative)."""
     chosen = (name or DEFAULT_PRECISION).lower()
-    if chosen not in PRECISIONS:
+    draft, _, verified = chosen.rpartition("+")
+    if verified not in PRECISIONS or (draft and (draft not in PRECISIONS or draft == verified)):
         raise OnnxExportError(
-            f"Unknown ONNX precision {chosen!r} (MEDCHAT_ONNX_PRECISION); choose one of {', '.join(PRECISIONS)}.")
-    return chosen
+            f"Unknown ONNX precision {chosen!r} (MEDCHAT_ONNX_PRECISION); choose one of {', '.join(PRECISIONS)}, "
+            "or a draft's and the model's joined by '+' (int8+fp32).")
+    return verified, draft or None
+
+
+def precision(name: str | None = None) -> str:
+    """The precision of the model that picks the tokens (see precisions: for int8+fp32, fp32)."""
+    return precisions(name)[0]
 
 
 def builder_version() -> str:
