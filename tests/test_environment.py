@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import re
 from pathlib import Path
 
@@ -50,12 +52,18 @@ def test_the_commands_model_spec_carries_the_decoding_variables(monkeypatch):
     assert (spec.threads, spec.gguf_type, spec.onnx_precision) == (2, "q4_1", "fp32")
 
 
-def test_a_bad_variable_is_one_line_naming_it(monkeypatch):
-    monkeypatch.setenv("MEDCHAT_THREADS", "many")
+@pytest.mark.parametrize("variable, value", [("MEDCHAT_THREADS", "many"), ("MEDCHAT_ONNX_PRECISION", "bogus"),
+                                             ("MEDCHAT_ONNX_PRECISION", "fp32+fp32")])
+def test_a_bad_variable_is_one_line_naming_it(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
     result = CliRunner().invoke(_spec_command({}), [])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == [result.output.strip()] and "MEDCHAT_THREADS" in result.output
+    assert result.output.strip().splitlines() == [result.output.strip()] and variable in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_speculative_precision_is_accepted():
+    assert environment.Environment.read({"MEDCHAT_ONNX_PRECISION": "int8+fp32"}).onnx_precision == "int8+fp32"
 
 
 def test_no_module_below_the_app_reads_a_medchat_variable():

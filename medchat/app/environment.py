@@ -38,10 +38,18 @@ class Environment:
         if threads and not (threads.isdigit() and int(threads) >= 1):
             raise EnvironmentVariableError(f"MEDCHAT_THREADS must be a whole number of threads (1 or more), not {threads!r}; "
                                     "set it right or unset it to use half the CPUs.")
+        precision = environ.get("MEDCHAT_ONNX_PRECISION") or None
+        if precision:
+            from medchat.core.onnx_export import OnnxExportError, precisions
+
+            try:
+                precisions(precision)
+            except OnnxExportError as exc:  # now, not as a traceback from deep in the backend choice
+                raise EnvironmentVariableError(f"{exc} Set it right or unset it for int8.") from None
         return cls(dirs={name: environ[var] for var, name in DIR_VARIABLES.items() if environ.get(var)},
                    threads=int(threads) if threads else None,
                    gguf_type=environ.get("MEDCHAT_GGUF_TYPE") or None,
-                   onnx_precision=environ.get("MEDCHAT_ONNX_PRECISION") or None)
+                   onnx_precision=precision)
 
     def apply(self) -> None:
         """Point medchat.core.paths at the directories chosen here (every other one back to its default)."""
