@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import re
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from medchat.app import environment
