@@ -6,8 +6,9 @@
 
 The second rebuilds <run>/guard_index after the shipped index changed: the shipped index plus the run's
 training questions (<run>/splits/train.jsonl, or the run rows its present index keeps). The third refits
-the semantic red-flag layer on the examples named in assets/guard/red_flags.yaml (after editing them; the
-guard otherwise refits at every warm-up until it does). All are deterministic (seeded samples; the fit has no randomness); only `created` in index.json changes.
+the semantic red-flag layer on the examples named in assets/guard/red_flags.yaml, after editing them (until
+then the guard fits at warm-up and keeps that fit in its cache). All are deterministic (seeded samples; the
+fits have no randomness); only `created` in index.json changes.
 
 The data directory is laid out like ../shared/data (train/, mcq/ = medical; ood/ = general); the messages
 written for medchat in assets/guard/ are added to both sides, and each --questions file (your own medical

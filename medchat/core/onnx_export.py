@@ -8,7 +8,8 @@ runs is the adapter-merged model. The layers' weights are stored in 8 bits by de
 block-wise int8): a LoRA's change to a weight is far smaller than a 4-bit step, so 4 bits would round
 the fine-tune away (the same reason the GGUF export uses Q8_0); MEDCHAT_ONNX_PRECISION=int4 is faster and
 less faithful, fp32 the exact one, and int8+fp32 fp32's greedy answers with int8 drafts (speculative
-decoding, onnx_engine: about 1.4-1.6x fp32's speed, 0.63-0.71x int8's; both folders are made, each cached as below).
+decoding, onnx_engine: about 1.5x fp32's speed, 0.65x int8's in bench/decode.py; both folders are made, each cached
+as below).
 
     folder = runnable_onnx(resolve(spec))  # cache_dir()/onnx/<name>-<merged|base>-<precision>-<key>/
 
