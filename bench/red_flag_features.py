@@ -27,16 +27,10 @@ import numpy as np  # noqa: E402
 
 from _common import REPO, log, setup, write_json  # noqa: E402
 from red_flag_loco import decide, probability, units_of  # noqa: E402
+from medchat.core.guard.calibration import auroc  # noqa: E402
 from medchat.core.guard.embedder import Embedder, embed_cached  # noqa: E402
 from medchat.core.guard.rules import default_rules  # noqa: E402
 from medchat.core.guard.semantic import SemanticConfig, _rows, fit_classifier  # noqa: E402
-
-
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney estimate (ties count half)."""
-    pos, neg = score[y], score[~y]
-    return float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
-                 / (len(pos) * len(neg)))
 
 
 FEATURES = {"last layer": False, "all layers (shipped)": True}  # name: Embedder.encode_layers?
@@ -57,7 +51,7 @@ def check_set(path: Path, rules, config, embedder, fits) -> dict:
         flagged = decide(fired, p, config)
         out["layers"][name] = {"recall": round(float(flagged[truth].mean()), 4),
                                "false_alarms": round(float(flagged[~truth].mean()), 4),
-                               "classifier_auroc": round(auroc(truth, p), 4),
+                               "classifier_auroc": round(auroc(p[truth], p[~truth]), 4),
                                "missed": [t for t, f, e in zip(texts, flagged, truth) if e and not f],
                                "false_alarm_texts": [t for t, f, e in zip(texts, flagged, truth) if f and not e]}
     return out

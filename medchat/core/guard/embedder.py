@@ -154,7 +154,7 @@ class Embedder:
         if isinstance(texts, str):
             texts = [texts]
         self.load()
-        width = self.dim * (self.n_layers if every_layer else 1)
+        width = self.dim * (self._bert.n_layers if every_layer else 1)
         out = np.zeros((len(texts), width), dtype=np.float32)
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
