@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated subset of candidate names")
     parser.add_argument("--json-name", default="decode", help="writes bench/results/NAME.json (keep a subset apart)")
     parser.add_argument("--llama-threads", type=int, default=None,
-                        help="llama.cpp threads (default: medchat's, half the logical CPUs)")
+                        help="llama.cpp and ONNX threads (default: medchat's, one per physical core)")
     parser.add_argument("--onnx-precisions", default="int8",
                         help="comma-separated ONNX weight precisions for the engine-onnx rows (int8, int4, fp32, "
                              "or speculative: int8+fp32, int4+fp32)")
@@ -439,7 +439,8 @@ def main(argv=None) -> int:
         reference = texts.get(reference_name)
         label = "the torch engine" + (" (fp32)" if "fp32" in reference_name else f" ({dtype})")
         for name, text in texts.items():
-            if reference is None or name.startswith("engine-torch"):
+            # the torch engine in fp32 against its bf16 self too: how much dtype alone moves a greedy answer
+            if reference is None or name == reference_name or name.startswith("engine-torch*"):
                 continue
             result = agree[f"{name} vs {reference_name}"] = agreement(tokenizer, reference, text)
             print(f"- {name}: {'same answer as' if result['same_text'] else 'differs from'} {label} "

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 from medchat.core.engine import BaseStream, Engine, GenerationSettings, shared_prefix_length
 from medchat.core.model import BACKENDS, Loaded, ModelError, ModelInfo, ModelSpec, ResolvedModel, resolve
 from medchat.core.tokens import context_length, ensure_pad_token, eos_ids
@@ -245,12 +247,20 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
 
 
 def cpu_threads(chosen: int | None = None) -> int:
-    """`chosen` (ModelSpec.threads, from MEDCHAT_THREADS), else half the logical CPUs (the physical cores).
-    More threads than free cores is catastrophic for llama.cpp (its threads spin-wait on each other)."""
+    """`chosen` (ModelSpec.threads, from MEDCHAT_THREADS), else one per physical core this process may use.
+    More threads than free cores is catastrophic for llama.cpp (its threads spin-wait on each other), and a
+    second hyperthread on a core adds little; but a VM whose CPUs are one per core gets them all."""
     if chosen:
         return max(1, int(chosen))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // 2)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return threads_for(usable, psutil.cpu_count(logical=True), psutil.cpu_count(logical=False))
+
+
+def threads_for(usable: int, logical: int | None, physical: int | None) -> int:
+    """One thread per physical core among `usable` logical CPUs, with `logical` / `physical` CPUs per
+    machine (psutil's counts, None where unknown: then assume two hyperthreads per core)."""
+    per_core = logical // physical if logical and physical else 2
+    return max(1, usable // max(1, per_core))
 
 
 class TokenEngine(Engine):

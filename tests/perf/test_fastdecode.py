@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -393,3 +394,19 @@ async def test_chat_app_reads_the_system_prompt_and_the_draft_ahead(tiny_pair, a
         # only the question's last tokens and the answer were evaluated after Enter
         answer_tokens = stand_in.evaluated - before - (len(prompt) - len(draft_prefix))
         assert 0 <= answer_tokens <= 8
+
+
+@pytest.mark.parametrize("usable, logical, physical, expected", [
+    (2, 2, 2, 2),     # a VM with one CPU per core: both (the old half-the-CPUs rule gave 1)
+    (16, 16, 8, 8),   # two hyperthreads per core: one per core
+    (4, 16, 8, 2),    # affinity limited to 4 hyperthreads
+    (1, 2, 1, 1),
+    (6, None, None, 3),  # counts unknown: assume hyperthreads
+])
+def test_threads_one_per_physical_core(usable, logical, physical, expected):
+    assert fastdecode.threads_for(usable, logical, physical) == expected
+
+
+def test_chosen_threads_win():
+    assert fastdecode.cpu_threads(3) == 3
+    assert 1 <= fastdecode.cpu_threads() <= (os.cpu_count() or 1)
