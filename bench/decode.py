@@ -20,7 +20,8 @@ first token (TTFT, prompt processing included) and decode tokens/s after the fir
                      model drafts K tokens, the fp32 model verifies them in one pass; cold and warm rows,
                      with the share of drafts accepted and the fp32 passes per answer. Its answers are then
                      checked (untimed) against the fp32 torch engine's and the plain fp32 ONNX engine's on
-                     EXACT_PROMPTS, for every K
+                     EXACT_PROMPTS, for every K; so are the plain ONNX engines' and the torch engine's in its
+                     default dtype, with the tokens each answer shares with the fp32 torch one
   engine-torch fp32  the torch engine in fp32 (with a +fp32 or fp32 ONNX precision): the reference for exactness
   engine-llamacpp    the optional fast path (medchat.core.fastdecode.LlamaCppEngine): the adapter merged and
                      exported (medchat.core.gguf_export), the chat app's decoding settings, streamed text:
@@ -53,9 +54,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-# The README's llama.cpp row and the torch engine's in the same run (1 thread), for the ratio when
-# llama-cpp-python is not installed: decode tok/s.
-RECORDED_LLAMACPP = {"llama.cpp": 82.92, "engine-torch*": 19.49}
+# The README's llama.cpp row and the torch engine's in the same run (2 threads, bench/results/decode.json),
+# for the ratio when llama-cpp-python is not installed: decode tok/s.
+RECORDED_LLAMACPP = {"llama.cpp": 54.75, "engine-torch*": 13.78}
 
 PASTE_TO_ENTER_S = 0.25  # a quick paste-then-Enter
 
@@ -64,7 +65,7 @@ QUESTION = (  # 63 tokens with the SmolLM2 tokenizer
     "every evening, I get short of breath on one flight of stairs and I need extra pillows at night. What could "
     "cause this, and which tests should I ask for?"
 )
-# The exactness check of the speculative rows: the question above and the bundled test's three.
+# The exactness check (with the fp32 torch engine): the question above and the bundled test's three.
 EXACT_PROMPTS = [QUESTION, "What are common symptoms of iron deficiency anaemia?", "How is high blood pressure treated?",
                  "What should I do after a minor burn?"]
 
@@ -221,28 +222,37 @@ def agreement(tokenizer, reference: str, text: str) -> dict:
     return {"same_text": text == reference, "shared_prefix_tokens": shared, "reference_tokens": len(theirs)}
 
 
-def exactness(speculative, onnx_fp32, torch_fp32, draft_tokens, settings) -> dict:
-    """Untimed: each speculative engine's answers to EXACT_PROMPTS, for every k, against the fp32 torch
-    engine's and the plain fp32 ONNX engine's (same text?)."""
+def exactness(speculative, plain, torch_engine, torch_fp32, draft_tokens, settings, tokenizer) -> dict:
+    """Untimed, with the fp32 torch engine: the answers to EXACT_PROMPTS of each speculative engine (every k),
+    each plain ONNX engine and the torch engine in its default dtype, against the fp32 torch engine's and the
+    plain fp32 ONNX engine's: how many are the same text, and how many tokens each shares with the fp32 torch
+    answer before they part (arithmetic alone, dtype or quantization, moves a greedy answer)."""
     from medchat.core.prompting import build_messages
 
-    if not speculative:
+    if torch_fp32 is None:
         return {}
     conversations = [build_messages(prompt) for prompt in EXACT_PROMPTS]
     _common.log("exactness: reference answers")
-    torch_answers = [torch_fp32.generate(c, settings)[0] for c in conversations] if torch_fp32 else None
+    torch_answers = [torch_fp32.generate(c, settings)[0] for c in conversations]
+    onnx_fp32 = plain.get("fp32")
     onnx_answers = [onnx_fp32.generate(c, settings)[0] for c in conversations] if onnx_fp32 else None
-    out = {}
+    runs = {"engine-torch*": (torch_engine, None)}
+    runs.update({f"engine-onnx {precision}": (engine, None) for precision, engine in plain.items() if precision != "fp32"})
     for precision, engine in speculative.items():
-        for k in (int(k) for k in draft_tokens.split(",")):
+        runs.update({f"engine-onnx {precision} k={k}": (engine, int(k)) for k in draft_tokens.split(",")})
+    out = {}
+    for name, (engine, k) in runs.items():
+        if k is not None:
             engine.draft_tokens = k
-            _common.log(f"exactness: {precision} k={k}")
-            answers = [engine.generate(c, settings)[0] for c in conversations]
-            out[f"engine-onnx {precision} k={k}"] = {
-                "prompts": len(answers),
-                "same_as_torch_fp32": sum(a == b for a, b in zip(answers, torch_answers)) if torch_answers else None,
-                "same_as_onnx_fp32": sum(a == b for a, b in zip(answers, onnx_answers)) if onnx_answers else None,
-                "answers": answers}
+        _common.log(f"exactness: {name}")
+        answers = [engine.generate(c, settings)[0] for c in conversations]
+        out[name] = {
+            "prompts": len(answers),
+            "same_as_torch_fp32": sum(a == b for a, b in zip(answers, torch_answers)),
+            "same_as_onnx_fp32": sum(a == b for a, b in zip(answers, onnx_answers)) if onnx_answers else None,
+            "shared_prefix_tokens_with_torch_fp32": [agreement(tokenizer, b, a)["shared_prefix_tokens"]
+                                                     for a, b in zip(answers, torch_answers)],
+            "answers": answers}
     return out
 
 
@@ -445,12 +455,16 @@ def main(argv=None) -> int:
             result = agree[f"{name} vs {reference_name}"] = agreement(tokenizer, reference, text)
             print(f"- {name}: {'same answer as' if result['same_text'] else 'differs from'} {label} "
                   f"(first {result['shared_prefix_tokens']} of {result['reference_tokens']} tokens shared)")
-    exact = exactness(speculative, onnx_engines.get("fp32"), engine_torch32, args.draft_tokens, chat_settings)
+    plain_onnx = {precision: engine for precision, engine in onnx_engines.items() if engine.drafter is None}
+    exact = exactness(speculative, plain_onnx, engine_torch, engine_torch32, args.draft_tokens, chat_settings,
+                      tokenizer)
     for name, result in exact.items():
         said = [f"{result[key]}/{result['prompts']} answers equal {label}'s" for key, label in (
             ("same_as_torch_fp32", "the fp32 torch engine"), ("same_as_onnx_fp32", "the plain fp32 ONNX engine"))
             if result[key] is not None]
-        print(f"- {name}: " + ", ".join(said))
+        said.append("tokens shared with the fp32 torch answers: "
+                    + ", ".join(map(str, result["shared_prefix_tokens_with_torch_fp32"])))
+        print(f"- {name}, on {result['prompts']} prompts: " + ", ".join(said))
     path = _common.write_json(args.json_name, {
         "settings": {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads, "dtype": dtype,
                      "question_tokens": question_tokens, "prompt_tokens": len(prompt_ids),
