@@ -36,10 +36,10 @@ test: setup
 # 2 cores the first time, then pip's wheel cache. It builds for this CPU but without AMX: on a Xeon with
 # AMX, llama-cpp-python 0.3.36's native build crashed in its first evaluation, and the same build without
 # AMX ran (README, Performance). Your own CMAKE_ARGS (e.g. -DGGML_CUDA=on) come after and win.
-NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 fast: setup
-	CMAKE_ARGS="$(if $(NO_AMX),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)') $$CMAKE_ARGS" \
-		$(BIN)/python -m pip install -q -e ".[dev,llamacpp]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install -q -e ".[dev,llamacpp]"
 
 bench: setup
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"
