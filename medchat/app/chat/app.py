@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SuspendNotSupported, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -168,10 +168,13 @@ class MedchatApp(App):
     def generating(self) -> bool:
         return self.chat_view.generating
 
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        # cursor_blink for every text field on every screen (a cursor is only drawn where the focus is)
+        if hasattr(event.widget, "cursor_blink"):
+            event.widget.cursor_blink = self.cursor_blink
+
     def on_mount(self) -> None:
-        prompt = self.query_one(ChatInput)
-        prompt.cursor_blink = self.cursor_blink
-        prompt.focus()
+        self.query_one(ChatInput).focus()
         self._fit_to(self.size.width, self.size.height)
         self.query_one(HistorySidebar).display = self.size.width >= 120 and not self.incognito
         self._open_history()
