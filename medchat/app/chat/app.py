@@ -170,7 +170,7 @@ class MedchatApp(App):
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         # cursor_blink for every text field on every screen (a cursor is only drawn where the focus is)
-        if hasattr(event.widget, "cursor_blink"):
+        if isinstance(event.widget, (Input, TextArea)):
             event.widget.cursor_blink = self.cursor_blink
 
     def on_mount(self) -> None:
